@@ -1,0 +1,48 @@
+"""iabn-zoo: the networks of In-Place Activated BatchNorm, their published weights, torch.hub and fine-tuning.
+
+Public names are imported on first use, so `import iabn_zoo` costs little more than `import torch`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "ZooError": "errors",
+    "InvalidArgumentError": "errors",
+    "UnknownNameError": "errors",
+    "RegistryError": "errors",
+    "DownloadError": "errors",
+    "ChecksumError": "errors",
+    "CheckpointError": "errors",
+    "DataError": "errors",
+    "list_models": "factory",
+    "create_model": "factory",
+    "Weights": "weights",
+    "list_weights": "weights",
+    "get_weights": "weights",
+    "register_weights": "weights",
+    "download": "download",
+    "load_state_dict": "checkpoint",
+    "make_norm_act": "norm_act",
+    "convert_norm": "norm_act",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'iabn_zoo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
