@@ -1,0 +1,1 @@
+"""Measured comparisons behind every performance claim; `make bench` runs them (`python -m benchmarks`)."""

@@ -1,0 +1,38 @@
+"""What every benchmark module shares: interleaved, repeated timing and the row format of the results table."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def row(name: str, ours: float, baseline: float, *, target: float | None, unit: str,
+        higher_is_better: bool = False, note: str = "") -> dict[str, Any]:
+    """One line of the table: `ratio` = ours / baseline, `meets` compares it with `target` (None: report only)."""
+    ratio = ours / baseline if baseline else float("inf")
+    if target is None:
+        meets = None
+    elif higher_is_better:
+        meets = ratio >= target
+    else:
+        meets = ratio <= target
+    return {"name": name, "ours": ours, "baseline": baseline, "ratio": ratio, "target": target, "unit": unit,
+            "meets": meets, "note": note}
+
+
+def interleaved_medians(ours: Callable[[], Any], baseline: Callable[[], Any], repeats: int,
+                        warmup: int = 1) -> tuple[float, float]:
+    """Median wall-clock seconds of two callables, run alternately so that machine noise hits both alike."""
+    for _ in range(warmup):
+        ours()
+        baseline()
+    ours_times, base_times = [], []
+    for i in range(repeats):
+        pair = ((ours, ours_times), (baseline, base_times))
+        for fn, times in (pair if i % 2 == 0 else pair[::-1]):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(ours_times), statistics.median(base_times)
