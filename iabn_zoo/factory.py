@@ -80,12 +80,13 @@ def _build(arch: str, arch_kwargs: dict[str, Any], *, bn_mode: str | None, num_c
 
 def _build_pretrained(weights: Weights, *, bn_mode: str | None, num_classes: int | None, progress: bool, **kwargs):
     from .norm_act import convert_norm
-    from .pretrained import load_pretrained
+    from .pretrained import build_pretrained
 
     trained_mode = weights.arch_kwargs.get("bn_mode", "inplace")
     load_mode = "inplace" if trained_mode == "sync" else trained_mode
-    model = _build(weights.arch, weights.arch_kwargs, bn_mode=load_mode, num_classes=weights.num_classes, **kwargs)
-    load_pretrained(model, weights, progress=progress)
+    model = build_pretrained(
+        lambda: _build(weights.arch, weights.arch_kwargs, bn_mode=load_mode, num_classes=weights.num_classes, **kwargs),
+        weights, progress=progress)
     if num_classes is not None and num_classes != weights.num_classes:
         model.reset_classifier(num_classes)
     if bn_mode is not None and bn_mode != load_mode:
