@@ -19,7 +19,7 @@ SIXTEEN_BIT_MAX = 65535
 EIGHT_BIT_MAX = 255
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
+def open_rgb(path: str | os.PathLike) -> Image.Image:
     """Read the image at `path` as an RGB image; unreadable files and decompression bombs raise DataError."""
     path = Path(path)
     try:
@@ -43,6 +43,9 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     except (OSError, ValueError, SyntaxError) as error:
         raise DataError(f"{path}: the image cannot be decoded ({error}); the file is probably truncated or damaged."
                         ) from None
+
+
+open_image = open_rgb  # both names are in use (datasets, segment)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
