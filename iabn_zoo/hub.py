@@ -1,0 +1,91 @@
+"""torch.hub entry points, generated from the registries: one per weights name (pretrained by default) and one per
+architecture (random initialisation by default), each documented for `torch.hub.help`. hubconf.py exposes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch.nn as nn
+
+ENTRY_ARGS = """
+Args:
+    pretrained: {pretrained_help}
+    progress: show a progress bar while downloading.
+    **kwargs: passed on to `iabn_zoo.create_model` (e.g. num_classes=N for a new classifier, bn_mode, features_only).
+"""
+
+
+def entry_points() -> dict[str, Callable[..., nn.Module]]:
+    """Every entry point by name: architectures first, then weights names (which win a clash of names)."""
+    from .arch_registry import list_archs
+    from .weights import get_weights, list_weights
+
+    entries = {arch: arch_entry(arch) for arch in list_archs()}
+    entries.update({name: weights_entry(get_weights(name)) for name in list_weights()})
+    return entries
+
+
+def weights_entry(weights: Any) -> Callable[..., nn.Module]:
+    """An entry point building `weights`' network with its published weights loaded (unless pretrained=False)."""
+    from .factory import create_model
+
+    def entry(pretrained: bool = True, progress: bool = True, **kwargs: Any) -> nn.Module:
+        return create_model(weights.name, pretrained=pretrained, progress=progress, **kwargs)
+
+    return _named(entry, weights.name, weights_doc(weights))
+
+
+def arch_entry(arch: str) -> Callable[..., nn.Module]:
+    """An entry point building architecture `arch`, randomly initialised unless pretrained=True."""
+    from .factory import create_model
+
+    def entry(pretrained: bool = False, progress: bool = True, **kwargs: Any) -> nn.Module:
+        return create_model(arch, pretrained=pretrained, progress=progress, **kwargs)
+
+    return _named(entry, arch, arch_doc(arch))
+
+
+def weights_doc(weights: Any) -> str:
+    """What `torch.hub.help` shows for a weights entry: description, metrics, license, preprocessing, file."""
+    options = ", ".join(f"{key}={value!r}" for key, value in weights.arch_kwargs.items())
+    metrics = ", ".join(f"{key} {value:.2f}" for key, value in weights.metrics.items())
+    preprocessing = ", ".join(f"{key} {value}" for key, value in weights.preprocessing.items())
+    lines = [
+        weights.description,
+        "",
+        f"Architecture: {weights.arch}({options})",
+        f"Task: {weights.task}, {weights.num_classes} classes" + (f" ({weights.labels})" if weights.labels else ""),
+        f"Metrics: {metrics}",
+        f"License: {weights.license}",
+        f"Preprocessing: {preprocessing}",
+        f"Checkpoint: {weights.file_name}, md5 {weights.md5}",
+    ]
+    pretrained_help = "load the published weights (default); False gives the same network randomly initialised."
+    return "\n".join(lines) + "\n" + ENTRY_ARGS.format(pretrained_help=pretrained_help)
+
+
+def arch_doc(arch: str) -> str:
+    """What `torch.hub.help` shows for an architecture entry: its constructor's summary and its published weights."""
+    from .arch_registry import get_arch
+    from .weights import get_weights, list_weights
+
+    summary = (get_arch(arch).__doc__ or f"The {arch} architecture.").strip().splitlines()[0]
+    published = [get_weights(name) for name in list_weights() if get_weights(name).arch == arch]
+    lines = [summary, "", "Randomly initialised by default."]
+    if published:
+        lines.append("Published weights (pretrained=True takes the best top-1): " + ", ".join(
+            f"{w.name} ({', '.join(f'{k} {v:.2f}' for k, v in list(w.metrics.items())[:2])})" for w in published))
+        pretrained_help = "load the best published weights of this architecture (default False)."
+    else:
+        lines.append("No published weights.")
+        pretrained_help = "not available for this architecture (no published weights)."
+    return "\n".join(lines) + "\n" + ENTRY_ARGS.format(pretrained_help=pretrained_help)
+
+
+def _named(entry: Callable[..., nn.Module], name: str, doc: str) -> Callable[..., nn.Module]:
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = doc
+    entry.__module__ = "hubconf"
+    return entry
