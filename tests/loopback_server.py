@@ -75,15 +75,15 @@ class Route:
         return self.payload[start:stop]
 
 
-@dataclass(frozen=True)
+@dataclass
 class RequestRecord:
-    """One request the server answered: method, path, query, Range header and the status sent."""
+    """One request the server received: method, path, query, Range header and the status sent (0 until the response completes)."""
 
     method: str
     path: str
     query: dict[str, str]
     range: str | None
-    status: int
+    status: int = 0
 
 
 @dataclass
@@ -207,6 +207,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self, head: bool = False) -> None:
         parts = urlsplit(self.path)
         query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+        record = RequestRecord(self.command, parts.path, query, self.headers.get("Range"))
+        self.zoo._log(record)  # logged on arrival, so a stalled or reset response is counted too
         route = self.zoo.routes.get(parts.path)
         if route is not None:
             status = self._serve_route(route, head)
@@ -216,7 +218,7 @@ class _Handler(BaseHTTPRequestHandler):
             status = self._serve_drive(parts.path, query, head)
         else:
             status = self._send_html(404, "Not Found", "<p>no such file</p>")
-        self.zoo._log(RequestRecord(self.command, parts.path, query, self.headers.get("Range"), status))
+        record.status = status
 
     def _serve_drive(self, path: str, query: dict[str, str], head: bool) -> int:
         drive = self.zoo.drive_files.get(query.get("id", ""))
