@@ -108,3 +108,23 @@ def write_malicious_checkpoint(path: str | Path, marker: str | Path,
     checkpoint = {"state_dict": with_module_prefix(state_dict or {}), "epoch": 1, "payload": MarkerWriter(marker)}
     torch.save(checkpoint, path, _use_new_zipfile_serialization=not legacy)
     return path
+
+
+def publish(server, path: str | Path, name: str, arch: str, *, arch_kwargs: dict | None = None,
+            num_classes: int = 10, task: str = "classification", labels: str | None = None,
+            preprocessing: dict | None = None, overwrite: bool = False):
+    """Serve the file at `path` from the loopback `server` and register it as weights `name` (md5 of its bytes)."""
+    import hashlib
+
+    from iabn_zoo.weights import Weights, register_weights
+
+    path = Path(path)
+    url = server.add(f"/files/{name}/{path.name}", path)
+    weights = Weights(
+        name=name, arch=arch, arch_kwargs=dict(arch_kwargs or {"bn_mode": "inplace"}), urls=(url,),
+        md5=hashlib.md5(path.read_bytes()).hexdigest(), file_name=f"{name}.pth.tar", num_classes=num_classes,
+        task=task, metrics={"top1": 50.0, "top5": 75.0}, license="test only",
+        preprocessing=dict(preprocessing or {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                                             "resize": 40, "crop": 32, "interpolation": "bilinear"}),
+        description=f"synthetic {arch} checkpoint for tests", labels=labels, file_size=path.stat().st_size)
+    return register_weights(weights, overwrite=overwrite)
