@@ -105,3 +105,12 @@ class ZooNet(nn.Module):
         if features_only and hasattr(self, "classifier"):
             del self.classifier
             self.num_classes = 0
+
+    def train(self, mode: bool = True) -> ZooNet:
+        """Set training mode; `eval()` switches to the fast inference path of `iabn_zoo.fastpath` (same function,
+        same parameters) and `train()` back to the memory-saving layers. `fastpath.disable_fast_eval(model)` opts out."""
+        super().train(mode)
+        from .fastpath import sync_fast_eval
+
+        sync_fast_eval(self)
+        return self

@@ -1,0 +1,68 @@
+"""Inference throughput: the eval fast path (iabn_zoo.fastpath) against the compiled InPlace-ABN layers in eval mode.
+
+Both sides are the same network with the same weights, batch 8 at 224 px, under `torch.no_grad()`, timed
+alternately; the note gives the largest relative difference of their outputs (target: within 1e-4).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from benchmarks.common import interleaved_medians, row
+
+ARCHS = ("resnext101", "wider_resnet38", "densenet264", "resnet50")
+TARGET_SPEEDUP = 2.0
+
+
+def randomize_norm_statistics(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give every norm-act layer non-trivial weights and running statistics, as a trained network has."""
+    from iabn_zoo.norm_act import ABN
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, ABN):
+                size = layer.num_features
+                layer.weight.copy_(torch.rand(size, generator=generator) * 1.5 + 0.25)
+                layer.bias.copy_(torch.randn(size, generator=generator) * 0.1)
+                layer.running_mean.copy_(torch.randn(size, generator=generator) * 0.1)
+                layer.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+
+
+def model_pair(arch: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(fast, baseline): one network in eval mode with the fast path and its copy on the compiled layers only."""
+    import iabn_zoo
+    from iabn_zoo.fastpath import disable_fast_eval
+
+    baseline = iabn_zoo.create_model(arch, bn_mode="inplace", backend="native")
+    randomize_norm_statistics(baseline)
+    fast = copy.deepcopy(baseline).eval()
+    disable_fast_eval(baseline)
+    return fast, baseline.eval()
+
+
+def relative_difference(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    """Largest absolute difference relative to the reference's largest magnitude."""
+    return float((ours - reference).abs().max() / reference.abs().max().clamp_min(1e-12))
+
+
+def measure(arch: str, batch: int, size: int, repeats: int) -> dict[str, Any]:
+    """One row: images per second of both sides and their output difference."""
+    fast, baseline = model_pair(arch)
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        difference = relative_difference(fast(images.clone()), baseline(images.clone()))
+        fast_s, base_s = interleaved_medians(lambda: fast(images.clone()), lambda: baseline(images.clone()),
+                                             repeats=repeats, warmup=0)
+    return row(f"inference {arch} b{batch} {size}px (fast eval vs compiled iABN eval)", batch / fast_s,
+               batch / base_s, target=TARGET_SPEEDUP, unit="img/s", higher_is_better=True,
+               note=f"max relative output difference {difference:.1e}; {torch.get_num_threads()} threads")
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """Rows for the four networks: batch 8 at 224 px (quick: batch 2 at 96 px, one repeat)."""
+    batch, size, repeats = (2, 96, 1) if quick else (8, 224, 3)
+    return [measure(arch, batch, size, repeats) for arch in ARCHS]
