@@ -109,7 +109,8 @@ class LoopbackServer:
         self.httpd.daemon_threads = True
         self.httpd.zoo_server = self  # type: ignore[attr-defined]
         self.httpd.handle_error = self._record_error  # type: ignore[method-assign]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="loopback-http", daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       name="loopback-http", daemon=True)
 
     @property
     def base_url(self) -> str:
