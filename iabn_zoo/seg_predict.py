@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import InvalidArgumentError
+from .transforms import resample_filter, to_tensor
 
 FUSION_MODES = ("mean", "voting", "max")
 DEFAULT_WEIGHTS = "wider_resnet38_deeplab3_vistas"
@@ -188,6 +189,7 @@ class SegmentationPredictor:
         scales: Sequence[float] = (1.0,),
         flip: bool = False,
         fusion: str = "mean",
+        interpolation: str = "bilinear",
     ):
         if long_side is not None and (not isinstance(long_side, int) or long_side <= 0):
             raise InvalidArgumentError(f"long_side must be a positive integer (or None: keep size), got {long_side!r}")
@@ -200,6 +202,7 @@ class SegmentationPredictor:
         self.scales = check_scales(scales)
         self.flip = bool(flip)
         self.fusion = check_fusion(fusion)
+        self.resample = resample_filter(interpolation)
 
     @classmethod
     def from_weights(cls, weights: str = DEFAULT_WEIGHTS, *, progress: bool = True, **options: Any):
@@ -214,7 +217,8 @@ class SegmentationPredictor:
                 f"{weights!r} is a {entry.task} model; `iabn-zoo list --json` shows the segmentation weights"
             )
         prep = entry.preprocessing
-        options = {"mean": prep["mean"], "std": prep["std"], "long_side": prep.get("long_side", 2048), **options}
+        options = {"mean": prep["mean"], "std": prep["std"], "long_side": prep.get("long_side", 2048),
+                   "interpolation": prep.get("interpolation", "bilinear"), **options}
         model = create_model(entry.name, pretrained=True, progress=progress)
         return cls(model, **options)
 
@@ -225,14 +229,12 @@ class SegmentationPredictor:
         return param.device if param is not None else torch.device("cpu")
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """(1, 3, h, w) normalised tensor: RGB, longest side resized to `long_side` (PIL bilinear), mean/std."""
+        """(1, 3, h, w) normalised tensor: RGB, longest side resized to `long_side` with Pillow, mean/std."""
         image = image.convert("RGB")
         if self.long_side is not None and max(image.size) != self.long_side:
             factor = self.long_side / max(image.size)
-            image = image.resize(tuple(max(1, int(side * factor)) for side in image.size), Image.BILINEAR)
-        width, height = image.size
-        pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(height, width, 3)
-        x = pixels.permute(2, 0, 1).float().div_(255)
+            image = image.resize(tuple(max(1, int(side * factor)) for side in image.size), self.resample)
+        x = to_tensor(image)
         x.sub_(torch.tensor(self.mean).view(3, 1, 1)).div_(torch.tensor(self.std).view(3, 1, 1))
         return x.unsqueeze(0)
 

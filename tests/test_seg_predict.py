@@ -1,0 +1,239 @@
+"""The segmentation predictor: multi-scale, flipped inference fused three ways, checked against a direct computation
+on a synthetic Vistas-format checkpoint loaded through the registry."""
+
+from __future__ import annotations
+
+import weakref
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+import iabn_zoo as zoo
+import iabn_zoo.seg_predict as seg_predict
+from iabn_zoo.errors import InvalidArgumentError
+from iabn_zoo.seg_predict import SegmentationPredictor, check_scales, parse_scales, resized_bands
+from segmentation_fixtures import TINY_LONG_SIDE, TINY_WEIGHTS, served_tiny_vistas
+
+SCALES = (0.7, 1.0, 1.2)
+# Pixels whose decision is a near tie (within float32 rounding of the two computations) may legitimately differ.
+TIE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """The synthetic Vistas-format checkpoint, downloaded from loopback, verified and loaded via create_model."""
+    folder = tmp_path_factory.mktemp("tiny_vistas")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IABN_ZOO_HOME", str(folder / "home"))
+        with served_tiny_vistas(folder) as weights:
+            model = zoo.create_model(weights.name, pretrained=True, progress=False)
+    return model.eval(), weights
+
+
+@pytest.fixture
+def batch():
+    """Two normalised images of 40 x 56 pixels with structure at several sizes."""
+    generator = torch.Generator().manual_seed(3)
+    coarse = F.interpolate(torch.randn(2, 3, 5, 7, generator=generator), size=(40, 56), mode="bilinear")
+    return coarse + 0.3 * torch.randn(2, 3, 40, 56, generator=generator)
+
+
+def pass_probabilities(model: nn.Module, x: torch.Tensor, scales, flip: bool) -> torch.Tensor:
+    """(passes, N, C, H, W) softmax of each pass, computed the plain way: resize, run, resize back, unflip."""
+    height, width = x.shape[-2:]
+    stack = []
+    with torch.no_grad():
+        for scale in scales:
+            for flipped in ((False, True) if flip else (False,)):
+                image = x.flip(-1) if flipped else x
+                if scale != 1:
+                    image = F.interpolate(image, size=[round(scale * height), round(scale * width)],
+                                          mode="bilinear", align_corners=False)
+                logits = F.interpolate(model(image), size=(height, width), mode="bilinear", align_corners=False)
+                stack.append((logits.flip(-1) if flipped else logits).softmax(dim=1))
+    return torch.stack(stack)
+
+
+def top2_gap(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """Difference between the largest and second largest value along `dim`."""
+    top = values.topk(2, dim=dim).values
+    return top.select(dim, 0) - top.select(dim, 1)
+
+
+def direct_fusion(probs: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(confidence, classes, near-tie mask) of the fused passes, from the whole stack at once."""
+    pass_best, pass_class = probs.max(dim=2)
+    ties = (top2_gap(probs, dim=2) < TIE).any(dim=0)
+    if mode == "mean":
+        confidence, classes = probs.mean(dim=0).max(dim=1)
+        return confidence, classes, ties | (top2_gap(probs.mean(dim=0), dim=1) < TIE)
+    if mode == "max":
+        winner = pass_best.argmax(dim=0, keepdim=True)
+        best_two = pass_best.topk(2, dim=0)
+        rival_classes = pass_class.gather(0, best_two.indices)
+        ties |= (best_two.values[0] - best_two.values[1] < TIE) & (rival_classes[0] != rival_classes[1])
+        return pass_best.gather(0, winner)[0], pass_class.gather(0, winner)[0], ties
+    votes = F.one_hot(pass_class, probs.shape[2]).sum(dim=0)  # (N, H, W, C)
+    classes = votes.argmax(dim=-1)
+    voters = pass_class == classes
+    return (pass_best * voters).sum(dim=0) / voters.sum(dim=0), classes, ties
+
+
+@pytest.mark.parametrize("mode", ["mean", "voting", "max"])
+def test_fused_output_equals_direct_computation(tiny_model, batch, mode):
+    model, _ = tiny_model
+    predictor = SegmentationPredictor(model, mean=(0, 0, 0), std=(1, 1, 1), scales=SCALES, flip=True, fusion=mode)
+    confidence, classes = predictor.fuse(batch)
+    expected_confidence, expected_classes, ties = direct_fusion(pass_probabilities(model, batch, SCALES, True), mode)
+    assert classes.shape == confidence.shape == (2, 40, 56)
+    assert ties.float().mean() < 0.01
+    decided = ~ties
+    assert torch.equal(classes[decided], expected_classes[decided])
+    torch.testing.assert_close(confidence[decided], expected_confidence[decided], atol=1e-5, rtol=1e-5)
+    assert expected_classes.unique().numel() >= 3  # the check is not a trivial one-class map
+
+
+def test_fusion_modes_disagree_somewhere(tiny_model, batch):
+    """The three modes are different rules: on the same passes at least two of them differ."""
+    model, _ = tiny_model
+    outputs = [SegmentationPredictor(model, mean=(0, 0, 0), std=(1, 1, 1), scales=SCALES, flip=True,
+                                     fusion=mode).fuse(batch) for mode in ("mean", "voting", "max")]
+    (mean_confidence, mean_classes), (_, voting_classes), (max_confidence, max_classes) = outputs
+    assert not torch.equal(mean_classes, max_classes) or not torch.equal(mean_classes, voting_classes)
+    assert (max_confidence >= mean_confidence - 1e-6).all()  # the best single pass is at least the mean
+    assert (max_confidence > mean_confidence + 1e-3).any()
+
+
+def test_single_pass_is_softmax_of_resized_logits(tiny_model, batch):
+    model, _ = tiny_model
+    confidence, classes = SegmentationPredictor(model, mean=(0, 0, 0), std=(1, 1, 1)).fuse(batch)
+    probs = pass_probabilities(model, batch, (1.0,), False)[0]
+    torch.testing.assert_close(confidence, probs.max(dim=1).values, atol=1e-5, rtol=1e-5)
+
+
+def test_predict_preprocesses_like_the_authors_and_answers_at_input_size(tiny_model):
+    model, weights = tiny_model
+    generator = torch.Generator().manual_seed(5)
+    pixels = (torch.rand(50, 90, 3, generator=generator) * 255).to(torch.uint8)
+    image = Image.frombytes("RGB", (90, 50), bytes(pixels.flatten().tolist()))
+    prep = weights.preprocessing
+    predictor = SegmentationPredictor(model, mean=prep["mean"], std=prep["std"], long_side=TINY_LONG_SIDE,
+                                      scales=(1.0, 1.2), fusion="max")
+    # longest side to 64 with Pillow's bilinear filter: int(90 * 64/90) x int(50 * 64/90) = 64 x 35
+    resized = image.resize((64, 35), Image.BILINEAR)
+    manual = torch.tensor(list(resized.tobytes()), dtype=torch.float32).view(35, 64, 3).permute(2, 0, 1) / 255
+    manual = (manual - torch.tensor(prep["mean"]).view(3, 1, 1)) / torch.tensor(prep["std"]).view(3, 1, 1)
+    x = predictor.preprocess(image)
+    torch.testing.assert_close(x, manual[None])
+    result = predictor.predict(image)
+    assert result.size == (90, 50) and result.classes.dtype == torch.int64
+    confidence, classes = predictor.fuse(x)
+    rows = ((torch.arange(50) + 0.5) * 35 / 50).long()
+    cols = ((torch.arange(90) + 0.5) * 64 / 90).long()
+    assert torch.equal(result.classes, classes[0][rows][:, cols])
+    assert torch.equal(result.confidence, confidence[0][rows][:, cols])
+
+
+def test_from_weights_takes_preprocessing_from_the_registry(tiny_model, tmp_path):
+    _, weights = tiny_model
+    with served_tiny_vistas(tmp_path) as served:
+        predictor = SegmentationPredictor.from_weights(served.name, progress=False, scales=(1,), flip=True)
+    assert predictor.long_side == TINY_LONG_SIDE
+    assert predictor.mean == tuple(weights.preprocessing["mean"])
+    assert predictor.flip and predictor.passes() == [(1.0, False), (1.0, True)]
+    assert not predictor.model.training
+
+
+def test_from_weights_refuses_classification_weights():
+    with pytest.raises(InvalidArgumentError, match="classification"):
+        SegmentationPredictor.from_weights("resnext101_ipabn_lr_512")
+
+
+class RecordingNet(nn.Module):
+    """Wraps a network and checks, at each call, that the logits it returned before have been freed."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.outputs: list[weakref.ref] = []
+        self.alive_at_call: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.alive_at_call.append(sum(ref() is not None for ref in self.outputs))
+        logits = self.model(x)
+        self.outputs.append(weakref.ref(logits))
+        return logits
+
+
+@pytest.mark.parametrize("mode", ["mean", "voting", "max"])
+def test_passes_are_fused_one_at_a_time(tiny_model, batch, mode):
+    model, _ = tiny_model
+    recording = RecordingNet(model)
+    SegmentationPredictor(recording, mean=(0, 0, 0), std=(1, 1, 1), scales=SCALES, flip=True, fusion=mode).fuse(batch)
+    assert recording.alive_at_call == [0] * 6
+
+
+def test_banded_resizing_equals_interpolate(monkeypatch):
+    monkeypatch.setattr(seg_predict, "BAND_ELEMENTS", 300)  # many bands of a few rows
+    generator = torch.Generator().manual_seed(0)
+    for low, high in [((5, 7), (40, 56)), ((9, 6), (61, 50)), ((6, 8), (4, 5)), ((1, 1), (3, 3))]:
+        logits = torch.randn(2, 5, *low, generator=generator)
+        bands = list(resized_bands(logits, high))
+        assert len(bands) > 1 or high[0] == 3
+        assert [rows.start for rows, _ in bands] == sorted({rows.start for rows, _ in bands})
+        expected = F.interpolate(logits, size=high, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(torch.cat([band for _, band in bands], dim=2), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scales", [(0,), (1, -0.5), (float("nan"),), (float("inf"),), ()])
+def test_bad_scales_are_refused(tiny_model, scales):
+    model, _ = tiny_model
+    with pytest.raises(InvalidArgumentError, match="scale"):
+        SegmentationPredictor(model, mean=(0, 0, 0), std=(1, 1, 1), scales=scales)
+
+
+def test_scales_parse_from_text():
+    assert parse_scales("0.7,1,1.2") == (0.7, 1.0, 1.2)
+    assert parse_scales("[0.7, 1, 1.2]") == (0.7, 1.0, 1.2)
+    assert check_scales([2]) == (2.0,)
+    for text in ("0.7,,x", "0,1", "-1", ""):
+        with pytest.raises(InvalidArgumentError):
+            parse_scales(text)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"fusion": "median"}, "fusion"),
+    ({"long_side": 0}, "long_side"),
+    ({"std": (1, 0, 1)}, "std"),
+    ({"interpolation": "lanczos9"}, "interpolation"),
+])
+def test_bad_options_are_refused(tiny_model, options, message):
+    model, _ = tiny_model
+    settings = {"mean": (0, 0, 0), "std": (1, 1, 1), **options}
+    with pytest.raises(InvalidArgumentError, match=message):
+        SegmentationPredictor(model, **settings)
+
+
+def test_bad_batch_shape_is_refused(tiny_model):
+    model, _ = tiny_model
+    predictor = SegmentationPredictor(model, mean=(0, 0, 0), std=(1, 1, 1))
+    with pytest.raises(InvalidArgumentError, match=r"\(N, 3, H, W\)"):
+        predictor.fuse(torch.zeros(3, 32, 32))
+
+
+def test_the_vistas_network_runs_through_the_predictor():
+    """The real architecture (random weights, no download) fits the predictor's call contract: one small pass."""
+    torch.manual_seed(0)
+    network = zoo.create_model("wider_resnet38_a2_deeplab3")
+    vistas = zoo.get_weights("wider_resnet38_deeplab3_vistas")
+    predictor = SegmentationPredictor(network, mean=vistas.preprocessing["mean"], std=vistas.preprocessing["std"],
+                                      long_side=48)
+    image = Image.new("RGB", (72, 54), (90, 120, 200))
+    result = predictor.predict(image)
+    assert result.size == (72, 54)
+    assert 0 <= int(result.classes.min()) and int(result.classes.max()) < 65
+    assert float(result.confidence.min()) > 1 / 65 - 1e-6
+
