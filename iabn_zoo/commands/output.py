@@ -22,8 +22,9 @@ def format_cell(value: Any) -> str:
     return str(value)
 
 
-def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], out: TextIO = sys.stdout) -> None:
-    """Print `rows` as a left-aligned table with the given columns."""
+def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], out: TextIO | None = None) -> None:
+    """Print `rows` as a left-aligned table with the given columns (to sys.stdout as it is at call time)."""
+    out = sys.stdout if out is None else out
     cells = [[format_cell(row.get(col)) for col in columns] for row in rows]
     widths = [max([len(col)] + [len(r[i]) for r in cells]) for i, col in enumerate(columns)]
     print("  ".join(col.ljust(w) for col, w in zip(columns, widths)).rstrip(), file=out)
@@ -31,8 +32,9 @@ def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], out: 
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
 
 
-def emit(data: Any, *, as_json: bool, columns: Sequence[str] | None = None, out: TextIO = sys.stdout) -> None:
+def emit(data: Any, *, as_json: bool, columns: Sequence[str] | None = None, out: TextIO | None = None) -> None:
     """Print `data` as JSON, or as a table of `columns` when it is a list of rows."""
+    out = sys.stdout if out is None else out
     if as_json:
         json.dump(data, out, indent=2, default=str)
         out.write("\n")
