@@ -35,10 +35,10 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture
 def batch():
-    """Two normalised images of 40 x 56 pixels with structure at several sizes."""
+    """Two normalised images of 45 x 58 pixels (0.7 * 45 and 1.2 * 58 round up) with structure at several sizes."""
     generator = torch.Generator().manual_seed(3)
-    coarse = F.interpolate(torch.randn(2, 3, 5, 7, generator=generator), size=(40, 56), mode="bilinear")
-    return coarse + 0.3 * torch.randn(2, 3, 40, 56, generator=generator)
+    coarse = F.interpolate(torch.randn(2, 3, 5, 7, generator=generator), size=(45, 58), mode="bilinear")
+    return coarse + 0.3 * torch.randn(2, 3, 45, 58, generator=generator)
 
 
 def pass_probabilities(model: nn.Module, x: torch.Tensor, scales, flip: bool) -> torch.Tensor:
@@ -88,7 +88,7 @@ def test_fused_output_equals_direct_computation(tiny_model, batch, mode):
     predictor = SegmentationPredictor(model, mean=(0, 0, 0), std=(1, 1, 1), scales=SCALES, flip=True, fusion=mode)
     confidence, classes = predictor.fuse(batch)
     expected_confidence, expected_classes, ties = direct_fusion(pass_probabilities(model, batch, SCALES, True), mode)
-    assert classes.shape == confidence.shape == (2, 40, 56)
+    assert classes.shape == confidence.shape == (2, 45, 58)
     assert ties.float().mean() < 0.01
     decided = ~ties
     assert torch.equal(classes[decided], expected_classes[decided])
