@@ -41,16 +41,13 @@ def activate_(x: torch.Tensor, activation: str, activation_param: float) -> torc
 def invert_activation(y: torch.Tensor, dy: torch.Tensor, activation: str,
                       activation_param: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The activation's input z and the gradient dL/dz, recovered from its output y and dL/dy."""
-    if activation == "identity":
-        return y, dy
-    negative = y < 0
-    if activation == "leaky_relu":
-        z = torch.where(negative, y / activation_param, y)
-        dz = torch.where(negative, dy * activation_param, dy)
-    else:  # elu: y = p * (exp(z) - 1) for z < 0
-        z = torch.where(negative, torch.log1p(y / activation_param), y)
-        dz = torch.where(negative, dy * (y + activation_param), dy)
-    return z, dz
+    if activation == "leaky_relu":  # z = y / p where y < 0, and dz = dy * p there
+        return (F.leaky_relu(y, 1.0 / activation_param),
+                torch.ops.aten.leaky_relu_backward(dy, y, activation_param, True))
+    if activation == "elu":  # y = p * (exp(z) - 1) where z < 0, so z = log1p(y / p) and dz = dy * (y + p) there
+        return (y.clamp(max=0).div_(activation_param).log1p_().add_(y.clamp(min=0)),
+                torch.ops.aten.elu_backward(dy, activation_param, 1, 1, True, y))
+    return y, dy
 
 
 def abs_scale(weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -59,13 +56,16 @@ def abs_scale(weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class TorchKernels:
-    """Pure-PyTorch kernels: run on any device and dtype."""
+    """Pure-PyTorch kernels: run on any device and dtype. Backward works on z = act^-1(y), not on xhat."""
 
     name = "torch"
+    overwrites_dz = False
 
     @staticmethod
     def statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        var, mean = torch.var_mean(x, dim=reduce_dims(x), correction=0)
+        dims = reduce_dims(x)
+        mean = x.mean(dim=dims)
+        var = (x - channel_view(mean, x)).pow_(2).mean(dim=dims)  # two passes: much faster than var_mean on CPU
         return mean, var, x.numel() // x.shape[1]
 
     @staticmethod
@@ -80,16 +80,21 @@ class TorchKernels:
     def backward_reduce(y: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                         activation: str, activation_param: float):
         z, dz = invert_activation(y, dy, activation, activation_param)
-        xhat = (z - channel_view(bias, z)).mul_(channel_view(1.0 / abs_scale(weight, eps), z))
-        dims = reduce_dims(z)
-        return xhat, dz, dz.sum(dim=dims), (xhat * dz).sum(dim=dims)
+        # BatchNorm's own backward reduction with mean = b and invstd = 1 / (|w| + eps) sees exactly xhat
+        _, sum_xhat_dy, sum_dy = torch.ops.aten.native_batch_norm_backward(
+            dz, z, None, None, None, bias, 1.0 / abs_scale(weight, eps), True, eps, [False, True, True])
+        return z, dz, sum_dy, sum_xhat_dy
 
     @staticmethod
-    def backward_train(xhat: torch.Tensor, dz: torch.Tensor, var: torch.Tensor, count: int, sum_dy: torch.Tensor,
-                       sum_xhat_dy: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        mult = abs_scale(weight, eps) * torch.rsqrt(var + eps)
-        dx = xhat.mul_(channel_view(-sum_xhat_dy / count, xhat)).add_(dz)  # reuses xhat's memory
-        return dx.sub_(channel_view(sum_dy / count, dx)).mul_(channel_view(mult, dx))
+    def backward_train(z: torch.Tensor, dz: torch.Tensor, var: torch.Tensor, count: int, sum_dy: torch.Tensor,
+                       sum_xhat_dy: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                       eps: float) -> torch.Tensor:
+        # dx = (dz - sum_dy / n - xhat * sum_xhat_dy / n) * mult with xhat = (z - b) / s, as dz * a + z * b' + c
+        scale = abs_scale(weight, eps)
+        mult = scale * torch.rsqrt(var + eps)
+        z_coef = -sum_xhat_dy / count * mult / scale
+        const = -sum_dy / count * mult - bias * z_coef
+        return (z * channel_view(z_coef, z)).add_(channel_view(const, z)).addcmul_(dz, channel_view(mult, z))
 
     @staticmethod
     def backward_eval(dz: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -100,6 +105,7 @@ class NativeKernels:
     """The compiled kernels of the `inplace_abn` package (float32/float64, contiguous tensors)."""
 
     name = "native"
+    overwrites_dz = True
 
     def __init__(self) -> None:
         from inplace_abn import _backend
@@ -125,7 +131,7 @@ class NativeKernels:
         return self._backend.backward_reduce(y, dy.contiguous(), weight, bias, eps, self._activations[activation],
                                              activation_param)
 
-    def backward_train(self, xhat, dz, var, count, sum_dy, sum_xhat_dy, weight, eps) -> torch.Tensor:
+    def backward_train(self, xhat, dz, var, count, sum_dy, sum_xhat_dy, weight, bias, eps) -> torch.Tensor:
         count_tensor = torch.full((1,), count, dtype=torch.long, device=xhat.device)
         self._backend.backward_train(xhat, dz, var, count_tensor, sum_dy, sum_xhat_dy, weight, eps)
         return dz  # overwritten with dx
@@ -181,22 +187,24 @@ class InPlaceABNFunction(torch.autograd.Function):
         config, kernels = ctx.config, ctx.config.kernels
         y, var, weight, bias, residual = ctx.saved_tensors
         if residual is None:
-            xhat, dz, sum_dy, sum_xhat_dy = kernels.backward_reduce(
+            state, dz, sum_dy, sum_xhat_dy = kernels.backward_reduce(
                 y, dy, weight, bias, config.eps, config.activation, config.activation_param)
         else:
             z, dz = invert_activation(y, dy, config.activation, config.activation_param)
-            xhat, dz, sum_dy, sum_xhat_dy = kernels.backward_reduce(
+            state, dz, sum_dy, sum_xhat_dy = kernels.backward_reduce(
                 z - residual, dz, weight, bias, config.eps, "identity", 0.0)
         need_x, need_w, need_b, need_r = ctx.needs_input_grad[:4]
-        d_residual = (dz.clone() if need_x else dz) if need_r else None
+        d_residual = None
+        if need_r:  # dL/dresidual = dz; copy it where it aliases dy or the kernels will overwrite it with dx
+            d_residual = dz.clone() if dz is dy or (need_x and kernels.overwrites_dz) else dz
         dx = None
         if config.training:
             global_sum_dy, global_sum_xhat_dy = sum_dy, sum_xhat_dy
             if config.group is not None:  # every rank takes part, whatever it needs
                 global_sum_dy, global_sum_xhat_dy = reduce_sums(sum_dy, sum_xhat_dy, config.group)
             if need_x:
-                dx = kernels.backward_train(xhat, dz, var, ctx.count, global_sum_dy, global_sum_xhat_dy, weight,
-                                            config.eps)
+                dx = kernels.backward_train(state, dz, var, ctx.count, global_sum_dy, global_sum_xhat_dy, weight,
+                                            bias, config.eps)
         elif need_x:
             dx = kernels.backward_eval(dz, var, weight, config.eps)
         d_weight = torch.where(weight < 0, -sum_xhat_dy, sum_xhat_dy) if need_w else None
