@@ -23,6 +23,7 @@ import torch.nn as nn
 from torch.nn.modules import module as torch_module
 
 from .blocks import apply_activation
+from .errors import InvalidArgumentError
 from .norm_act import ABN
 
 SUPPORTED_ACTIVATIONS = ("leaky_relu", "elu", "relu", "identity")
@@ -246,6 +247,8 @@ class FastEval:
 
 def fast_eval_state(module: nn.Module) -> FastEval | None:
     """The FastEval of `module`, if it has one."""
+    if not isinstance(module, nn.Module):
+        raise InvalidArgumentError(f"the fast eval path works on a torch nn.Module, got {type(module).__name__}")
     return module.__dict__.get(STATE_ATTR)
 
 

@@ -1,0 +1,281 @@
+"""The eval fast path computes what the InPlace-ABN layers compute, and train() gives the memory-saving layers back."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn as nn
+
+import iabn_zoo
+from iabn_zoo.errors import InvalidArgumentError
+from iabn_zoo.fastpath import (
+    FoldedPair,
+    disable_fast_eval,
+    enable_fast_eval,
+    eval_affine,
+    fast_eval_state,
+    is_fast_eval_enabled,
+)
+from iabn_zoo.norm_act import ABN, InPlaceABN, convert_norm, make_norm_act
+
+BACKENDS = ("native", "torch")
+TOLERANCE = 1e-4
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Trained-like norm-act layers: weights of both signs, non-zero biases, means and variances away from 0 and 1."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, ABN):
+                size = layer.num_features
+                layer.weight.copy_(torch.rand(size, generator=generator) * 3 - 1.5)
+                layer.bias.copy_(torch.randn(size, generator=generator) * 0.2)
+                layer.running_mean.copy_(torch.randn(size, generator=generator) * 0.2)
+                layer.running_var.copy_(torch.rand(size, generator=generator) * 1.5 + 0.5)
+    return model
+
+
+def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((ours - reference).abs().max() / reference.abs().max())
+
+
+def reference_copy(model: nn.Module) -> nn.Module:
+    """The same network with the fast path disabled: its norm-act layers run their own eval forward."""
+    reference = copy.deepcopy(model)
+    disable_fast_eval(reference)
+    return reference.eval()
+
+
+def fast_path_caches(model: nn.Module) -> list:
+    """The cached affines and folded weights the fast path built: proof that it ran, not the layers' own forward."""
+    owners = {id(fn.__self__): fn.__self__ for _, fn in fast_eval_state(model).overridden}
+    return [owner.cache for owner in owners.values() if owner.cache is not None]
+
+
+def stack(bn_mode: str, backend: str, activation: str = "leaky_relu", param: float = 0.01) -> nn.Sequential:
+    """A small network of our own: folded pairs (with and without conv bias, grouped), a lone norm layer."""
+    norm_act = make_norm_act(bn_mode, activation, param, backend=backend)
+    return randomize(nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(3, 8, 3, padding=1)),
+        ("bn1", norm_act(8)),
+        ("conv2", nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4, bias=False)),
+        ("bn2", norm_act(8, activation="identity")),
+        ("pool", nn.MaxPool2d(2)),
+        ("bn3", norm_act(8)),
+        ("conv3", nn.Conv2d(8, 4, 1, bias=False)),
+    ])))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bn_mode", ["inplace", "sync", "standard"])
+@pytest.mark.parametrize("activation,param", [("leaky_relu", 0.01), ("elu", 1.0), ("identity", 0.0)])
+def test_stack_matches_layers_in_eval(bn_mode, backend, activation, param):
+    model = stack(bn_mode, backend, activation, param).eval()
+    reference = reference_copy(model)
+    enable_fast_eval(model)
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        expected = reference(x.clone())
+        out = model(x.clone())
+    assert relative_error(out, expected) < TOLERANCE
+    assert out.is_contiguous()
+    pairs = [p for m, p in fast_eval_state(model).overridden if isinstance(getattr(p, "__self__", None), FoldedPair)]
+    assert {pair.__self__.conv_name for pair in pairs} == {"conv1", "conv2"}
+    assert all(pair.__self__.cache is not None for pair in pairs)  # the folded weights were used
+
+
+@pytest.mark.parametrize("bn_mode", ["inplace", "standard"])
+def test_eval_affine_follows_the_layer_formula(bn_mode):
+    layer = randomize(make_norm_act(bn_mode, "identity", backend="torch")(5)).eval()
+    scale, shift = eval_affine(layer)
+    weight = layer.weight.abs() + layer.eps if bn_mode == "inplace" else layer.weight
+    expected_scale = weight / torch.sqrt(layer.running_var + layer.eps)
+    torch.testing.assert_close(scale, expected_scale)
+    torch.testing.assert_close(shift, layer.bias - layer.running_mean * expected_scale)
+    x = torch.randn(3, 5, 2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x.clone()), x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1))
+
+
+FAMILIES = [
+    ("resnext50", {}, 64),
+    ("wider_resnet38", {}, 32),
+    ("resnet50", {}, 64),
+    ("resnet18", {"memory_efficient": False}, 64),  # unfused residual: identity BN, add, activation
+    ("densenet121", {"growth": 8}, 64),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("arch,options,size", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_every_family_matches_inplace_abn_in_eval(arch, options, size, backend):
+    model = randomize(iabn_zoo.create_model(arch, bn_mode="inplace", backend=backend, num_classes=10, **options))
+    reference = reference_copy(model)
+    model.eval()
+    assert is_fast_eval_enabled(model)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        expected = reference(x.clone())
+        out = model(x.clone())
+    assert relative_error(out, expected) < TOLERANCE
+    assert len(fast_path_caches(model)) > 0
+
+
+def test_families_fold_the_convolutions_before_their_norm_layers():
+    model = iabn_zoo.create_model("resnext50", num_classes=10).eval()
+    pairs = {id(getattr(fn, "__self__", None)) for _, fn in fast_eval_state(model).overridden
+             if isinstance(getattr(fn, "__self__", None), FoldedPair)}
+    # two per bottleneck block (conv1->bn2, conv2->bn3) and two in the 3x3 stem
+    assert len(pairs) == 2 * (3 + 4 + 6 + 3) + 2
+
+
+def test_segmentation_network_matches_in_eval():
+    model = randomize(iabn_zoo.create_model("wider_resnet38_a2_deeplab3", num_classes=5, pooling_size=4))
+    reference = reference_copy(model)
+    disable_fast_eval(reference.body)
+    model.eval()
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        expected = reference(x.clone())
+        out = model(x.clone())
+    assert out.shape == (1, 5, 6, 6)
+    assert relative_error(out, expected) < TOLERANCE
+
+
+def test_features_only_outputs_match_and_are_contiguous():
+    model = randomize(iabn_zoo.create_model("resnext50", features_only=True))
+    reference = reference_copy(model)
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected, outputs = reference(x.clone()), model(x.clone())
+    assert len(outputs) == len(expected) == 4
+    for out, ref in zip(outputs, expected):
+        assert out.is_contiguous()
+        assert relative_error(out, ref) < TOLERANCE
+
+
+def test_train_restores_memory_saving_layers_with_same_parameters():
+    torch.manual_seed(0)
+    model = randomize(iabn_zoo.create_model("resnet18", num_classes=4, backend="native"))
+    twin = copy.deepcopy(model)  # never sees eval()
+    norm_layers = {name: m for name, m in model.named_modules() if isinstance(m, ABN)}
+    parameters = [id(p) for p in model.parameters()]
+    buffers = [id(b) for b in model.buffers()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    twin_optimizer = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9)
+    x, target = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+
+    train_keys = list(model.state_dict())
+    model.eval()
+    with torch.no_grad():
+        model(x.clone())
+    eval_state = model.state_dict()
+    assert list(eval_state) == train_keys
+    model.train()
+
+    assert [id(p) for p in model.parameters()] == parameters and [id(b) for b in model.buffers()] == buffers
+    for name, layer in model.named_modules():
+        assert "forward" not in layer.__dict__, name
+        if name in norm_layers:
+            assert layer is norm_layers[name] and type(layer) is InPlaceABN
+    for net, opt in ((model, optimizer), (twin, twin_optimizer)):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x.clone()), target).backward()
+        opt.step()
+    for (name, ours), theirs in zip(model.state_dict().items(), twin.state_dict().values()):
+        torch.testing.assert_close(ours, theirs, msg=name)
+    assert model.mod2.block1.convs.bn1.num_batches_tracked.item() == 1
+
+
+def test_eval_sees_parameter_changes_made_after_a_forward():
+    model = randomize(iabn_zoo.create_model("resnext50", num_classes=10)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x.clone())
+    new_state = randomize(copy.deepcopy(model), seed=7).state_dict()
+    model.load_state_dict(new_state)  # in eval mode, in place: the folded copies must follow
+    reference = reference_copy(model)
+    with torch.no_grad():
+        expected, out = reference(x.clone()), model(x.clone())
+    assert relative_error(out, expected) < TOLERANCE
+    assert relative_error(out, before) > 1e-2
+
+
+def test_replaced_layers_in_eval_mode_are_not_folded_twice():
+    model = randomize(iabn_zoo.create_model("resnext50", num_classes=10)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model(x.clone())
+        convert_norm(model, "standard")  # new layers, without re-entering eval()
+        expected = reference_copy(model)(x.clone())
+        out = model(x.clone())
+    assert relative_error(out, expected) < TOLERANCE
+
+
+def test_gradients_in_eval_mode_come_from_the_layers():
+    model = randomize(stack("inplace", "native")).eval()
+    reference = reference_copy(model)
+    enable_fast_eval(model)
+    x = torch.randn(2, 3, 12, 12)
+    grads = []
+    for net in (model, reference):
+        inp = x.clone().requires_grad_()
+        net(inp).square().sum().backward()
+        grads.append((inp.grad, net.conv1.weight.grad, net.bn1.weight.grad))
+    for ours, theirs in zip(*grads):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_hooks_see_the_convolution_output_not_a_folded_one():
+    model = stack("inplace", "torch").eval()
+    reference = reference_copy(model)
+    enable_fast_eval(model)
+    seen = []
+    for net in (model, reference):
+        net.conv1.register_forward_hook(lambda module, args, out: seen.append(out.clone()))
+    x = torch.randn(1, 3, 12, 12)
+    with torch.no_grad():
+        out, expected = model(x.clone()), reference(x.clone())
+    torch.testing.assert_close(seen[0], seen[1])
+    assert relative_error(out, expected) < TOLERANCE
+
+
+def test_disable_lasts_over_train_and_eval():
+    model = iabn_zoo.create_model("resnet18", num_classes=3)
+    disable_fast_eval(model)
+    model.train().eval()
+    assert not is_fast_eval_enabled(model)
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    enable_fast_eval(model, channels_last=False)
+    model.train().eval()
+    assert is_fast_eval_enabled(model) and fast_eval_state(model).channels_last is False
+    assert "forward" in model.mod2.block1.convs.conv1.__dict__
+
+
+def test_copies_and_pickles_of_an_eval_model_compute_the_same():
+    model = randomize(iabn_zoo.create_model("resnet18", num_classes=3, backend="torch")).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x.clone())
+        for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+            assert relative_error(other(x.clone()), expected) < TOLERANCE
+            other.train()
+            assert not any("forward" in m.__dict__ for m in other.modules())
+
+
+def test_wrong_input_in_eval_raises_the_layers_typed_error():
+    layer = make_norm_act("inplace", backend="torch")(4)
+    enable_fast_eval(layer.eval())
+    with torch.no_grad(), pytest.raises(InvalidArgumentError, match="channels"):
+        layer(torch.randn(1, 3, 2, 2))
+
+
+def test_enable_rejects_what_is_not_a_module():
+    with pytest.raises(InvalidArgumentError, match="nn.Module"):
+        enable_fast_eval("resnet50")
