@@ -91,14 +91,14 @@ def write_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
 
 
 @contextmanager
-def served_tiny_vistas(folder: Path, *, seed: int = 0) -> Iterator[Weights]:
-    """Register `TINY_WEIGHTS` (the Vistas entry's preprocessing, long side 64) served from a loopback server."""
+def served_tiny_vistas(folder: Path, *, seed: int = 0, name: str = TINY_WEIGHTS) -> Iterator[Weights]:
+    """Register weights `name` (the Vistas entry's preprocessing, long side 64) served from a loopback server."""
     checkpoint = write_tiny_checkpoint(folder / "tiny_vistas.pth.tar", seed)
     vistas = get_weights("wider_resnet38_deeplab3_vistas")
     with LoopbackServer() as server:
         url = server.add("/tiny_vistas.pth.tar", checkpoint)
         weights = Weights(
-            name=TINY_WEIGHTS, arch="tiny_vistas_deeplab3",
+            name=name, arch="tiny_vistas_deeplab3",
             arch_kwargs={"bn_mode": "inplace", "activation": "leaky_relu", "activation_param": 0.01},
             urls=(url,), md5=hashlib.md5(checkpoint.read_bytes()).hexdigest(), file_name=checkpoint.name,
             num_classes=65, task="segmentation", metrics={}, license=vistas.license,
@@ -110,4 +110,4 @@ def served_tiny_vistas(folder: Path, *, seed: int = 0) -> Iterator[Weights]:
         try:
             yield weights
         finally:
-            unregister_weights(TINY_WEIGHTS)
+            unregister_weights(name)
