@@ -1,5 +1,9 @@
 """The norm-act factory, layer contract, backend choice, bad input and the exact conversions of convert_norm."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
@@ -264,3 +268,32 @@ def test_convert_sets_backend_and_rejects_bad_arguments():
     with pytest.raises(InvalidArgumentError, match="backend"):
         convert_norm(net, "sync", backend="cuda")
     assert all(type(m) is InPlaceABN for m in net.modules() if isinstance(m, ABN))
+
+
+def test_leaf_input_requiring_grad_is_not_overwritten():
+    layer = make_norm_act("inplace", backend="torch")(3)
+    x = torch.randn(4, 3, 2, 2, requires_grad=True)
+    before = x.detach().clone()
+    layer(x).sum().backward()
+    assert torch.equal(x.detach(), before) and x.grad is not None
+
+
+def test_without_compiled_package_default_is_torch_and_native_is_refused():
+    """A process where `inplace_abn` cannot be imported, as on a machine where the extension did not build."""
+    script = (
+        "import sys; sys.modules['inplace_abn'] = None\n"
+        "from iabn_zoo.errors import InvalidArgumentError\n"
+        "from iabn_zoo.norm_act import make_norm_act\n"
+        "import torch\n"
+        "layer = make_norm_act('inplace')(3)\n"
+        "assert layer.backend == 'torch', layer.backend\n"
+        "layer(torch.randn(2, 3, 4, 4))\n"
+        "try:\n"
+        "    make_norm_act('inplace', backend='native')\n"
+        "except InvalidArgumentError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "backend 'native' needs the compiled inplace-abn package" in result.stdout
