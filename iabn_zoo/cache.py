@@ -220,7 +220,7 @@ class CachedFile:
     path: Path
     kind: str  # checkpoint | converted | partial | orphan
     size: int
-    state: str  # verified | unverified | partial | orphan
+    state: str  # verified | unverified (checkpoints), partial, converted, orphan
 
 
 def cached_files(root: Path | None = None) -> list[CachedFile]:
@@ -231,8 +231,8 @@ def cached_files(root: Path | None = None) -> list[CachedFile]:
     found = [_describe_checkpoint_dir_entry(path, by_file) for path in _listing(root / "checkpoints")]
     for path in _listing(root / "safetensors"):
         name = by_converted.get(path.name)
-        found.append(CachedFile(name, path, "converted" if name else "orphan", path.stat().st_size,
-                                "unverified" if name else "orphan"))
+        kind = "converted" if name else "orphan"
+        found.append(CachedFile(name, path, kind, path.stat().st_size, kind))
     return sorted(found, key=lambda item: (item.name or "~", item.kind, item.path.name))
 
 

@@ -29,6 +29,7 @@ from .gdrive import classify_page, direct_url
 from .weights import Weights, get_weights
 
 HTML_PAGE_LIMIT = 2 << 20
+FLUSH_EVERY = 64 << 20
 HTML_PREFIXES = (b"<!doctype html", b"<html")
 TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
@@ -76,8 +77,8 @@ def download(name_or_weights: str | Weights, *, cache_dir: str | os.PathLike[str
                             f"downloading it: unset {OFFLINE_ENV}, or fetch it elsewhere and run "
                             f"`iabn-zoo import FILE --name {weights.name}`")
     with file_lock(target):
-        if not force and _cached_copy_is_valid(target, weights):
-            return target
+        if (not force or is_offline()) and _cached_copy_is_valid(target, weights):
+            return target  # offline, `force` cannot refetch: a valid cached copy is the answer
         if is_offline():
             raise DownloadError(f"the cached {target} does not match md5 {weights.md5} and was removed; "
                                 f"{OFFLINE_ENV}=1 forbids downloading it again: unset {OFFLINE_ENV}")
@@ -303,10 +304,12 @@ def _expected_size(response: requests.Response, offset: int, weights: Weights) -
 
 
 def _stream_into(partial: _PartialFile, first: bytes, chunks, bar: tqdm) -> None:
-    """Write chunks to the partial file on this thread while a worker thread hashes them, in order."""
+    """Write chunks to the partial file on this thread while a worker thread hashes them, in order, and another
+    flushes written data to disk now and then, so that the final fsync has little left to do."""
     pending: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
     worker = threading.Thread(target=_hash_worker, args=(partial.digest, pending), daemon=True)
     handle = _write_guard(partial.path, lambda: open(partial.path, "ab"))
+    flusher = _BackgroundFlush(handle)
     worker.start()
     try:
         chunk = first
@@ -316,13 +319,45 @@ def _stream_into(partial: _PartialFile, first: bytes, chunks, bar: tqdm) -> None
                 partial.size += len(chunk)
                 pending.put(chunk)
                 bar.update(len(chunk))
+                flusher.written(len(chunk))
             chunk = next(chunks, None)
             if chunk is None:
                 break
     finally:
         pending.put(None)
         worker.join()
+        flusher.join()
         handle.close()
+
+
+class _BackgroundFlush:
+    """Starts an fdatasync of the partial file on a helper thread every FLUSH_EVERY bytes (one at a time), so
+    disk writeback overlaps the transfer instead of adding to it."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.unflushed = 0
+        self.thread: threading.Thread | None = None
+
+    def written(self, count: int) -> None:
+        self.unflushed += count
+        if self.unflushed < FLUSH_EVERY or (self.thread is not None and self.thread.is_alive()):
+            return
+        self.handle.flush()
+        self.unflushed = 0
+        self.thread = threading.Thread(target=_quiet_fdatasync, args=(self.handle.fileno(),), daemon=True)
+        self.thread.start()
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+
+
+def _quiet_fdatasync(fd: int) -> None:
+    try:
+        os.fdatasync(fd)
+    except OSError:
+        pass  # a real disk error surfaces at the final fsync, which names the file
 
 
 def _hash_worker(digest, pending: queue.Queue) -> None:

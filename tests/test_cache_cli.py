@@ -135,7 +135,7 @@ def test_cache_list_shows_partial_unverified_orphan_and_converted(entries, capsy
     converted_path(beta).write_bytes(b"safetensors bytes")
     rows = {(row["name"], row["kind"], row["state"], row["size"]) for row in run_json(capsys, "cache", "list")}
     assert rows == {("alpha", "partial", "partial", 1000), ("beta", "checkpoint", "unverified", len(BETA)),
-                    (None, "orphan", "orphan", 5), ("beta", "converted", "unverified", 17)}
+                    (None, "orphan", "orphan", 5), ("beta", "converted", "converted", 17)}
     code, out, _ = run(capsys, "cache", "list")
     assert code == 0 and out.splitlines()[0].split() == ["name", "kind", "size", "state", "path"]
 

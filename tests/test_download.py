@@ -292,3 +292,40 @@ def test_eight_processes_share_one_transfer(loopback_server, tmp_path, zoo_home)
     assert paths == {str(zoo_home / "checkpoints" / "shared.pth")}
     assert Path(paths.pop()).read_bytes() == PAYLOAD
     assert loopback_server.hits("/w.pth") == 1
+
+
+def test_offline_force_returns_the_valid_cached_copy(loopback_server, monkeypatch):
+    weights = entry(loopback_server.add("/w.pth", PAYLOAD))
+    path = fetch(weights)
+    monkeypatch.setenv("IABN_ZOO_OFFLINE", "1")
+    assert fetch(weights, force=True) == path and loopback_server.hits("/w.pth") == 1
+    path.write_bytes(b"damaged")
+    with pytest.raises(DownloadError, match="was removed"):
+        fetch(weights)
+    assert not path.exists() and loopback_server.hits("/w.pth") == 1
+
+
+DISK_FULL_WORKER = """
+import resource, signal, sys
+from iabn_zoo.download import download
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+try:
+    download(sys.argv[1], progress=False)
+except Exception as error:
+    print(type(error).__name__, error)
+"""
+
+
+def test_a_full_disk_is_a_download_error_naming_the_file_and_leaves_nothing(loopback_server, tmp_path, zoo_home):
+    url = loopback_server.add("/w.pth", PAYLOAD)
+    registry = tmp_path / "extra.toml"
+    registry.write_text(f'[big_net]\narch = "resnet34"\narch_kwargs = {{}}\nurls = ["{url}"]\n'
+                        f'md5 = "{md5_of(PAYLOAD)}"\nfile_name = "big.pth"\ntask = "classification"\n'
+                        'num_classes = 10\nmetrics = {}\nlicense = "test"\npreprocessing = {}\ndescription = "x"\n')
+    env = {**os.environ, "IABN_ZOO_REGISTRY": str(registry), "IABN_ZOO_HOME": str(zoo_home)}
+    done = subprocess.run([sys.executable, "-c", DISK_FULL_WORKER, "big_net"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.startswith("CacheWriteError"), done.stdout + done.stderr
+    assert str(zoo_home / "checkpoints" / "big.pth.part") in done.stdout
+    assert cache_files(zoo_home) == [] and loopback_server.hits("/w.pth") == 1
