@@ -199,11 +199,13 @@ def load_registry_file(path: str | os.PathLike[str]) -> dict[str, Weights]:
 
 
 def builtin_registry_texts() -> list[tuple[str, str]]:
-    """(source, TOML text) of the shipped registry files: registry/ of a checkout, else package iabn_zoo.registry."""
-    checkout = Path(__file__).resolve().parents[1] / "registry"
-    if checkout.is_dir():
+    """(source, TOML text) of the shipped registry files: package iabn_zoo.registry when installed (wheel or
+    editable), else the top-level registry/ folder of a source checkout (what torch.hub runs from)."""
+    try:
+        package = importlib.resources.files("iabn_zoo.registry")
+    except ModuleNotFoundError:
+        checkout = Path(__file__).resolve().parents[1] / "registry"
         return [(str(path), path.read_text(encoding="utf-8")) for path in sorted(checkout.glob("*.toml"))]
-    package = importlib.resources.files("iabn_zoo.registry")
     return [(f"iabn_zoo.registry/{item.name}", item.read_text(encoding="utf-8"))
             for item in sorted(package.iterdir(), key=lambda item: item.name) if item.name.endswith(".toml")]
 
