@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from .datasets import ImageFolder, find_classes
-from .errors import DataError
+from .errors import DataError, InvalidArgumentError
 from .transforms import eval_transform
 
 TOPK = 5
@@ -140,6 +140,9 @@ def evaluate(model: str | os.PathLike[str], data_dir: str | os.PathLike[str], *,
     """Top-1/top-5 (percent) and image count of `model` (name or RUN directory) over the folder `data_dir`.
 
     `scale` (shorter side) and `crop` default to the network's preprocessing (ImageNet: 256 and 224)."""
+    if not isinstance(batch_size, int) or batch_size < 1 or not isinstance(num_workers, int) or num_workers < 0:
+        raise InvalidArgumentError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size!r} and "
+                                   f"{num_workers!r}")
     network = load_evaluable(model)
     root = evaluation_root(data_dir)
     folders = find_classes(root)

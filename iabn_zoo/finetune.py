@@ -478,10 +478,7 @@ def resolve_config(model: str, data_dir: str | os.PathLike[str], out_dir: str | 
     weights_entry(model)  # an unknown name fails here, before anything is read or written
     requested = FinetuneConfig(model=model, data_dir=str(data_dir), out_dir=str(run_dir), **options)
     if not runs.has_checkpoint(run_dir):
-        if (run_dir / runs.CONFIG_FILE).exists() and not resume:
-            raise InvalidArgumentError(f"{run_dir} already holds a run; pass --resume to continue it or choose "
-                                       "another --out")
-        return requested
+        return requested  # nothing finished yet: (re)start from the beginning
     if not resume:
         raise InvalidArgumentError(f"{run_dir} already holds a checkpointed run; pass --resume (resume=True) to "
                                    "continue it, or choose another --out")
