@@ -119,9 +119,9 @@ def _combined_error(weights: Weights, failures: list[tuple[str, DownloadError]])
     if len(failures) == 1:
         return failures[0][1]
     summary = "; ".join(f"[{url}] {error}" for url, error in failures)
-    last = failures[-1][1]
-    if all(isinstance(error, ChecksumError) for _, error in failures):
-        assert isinstance(last, ChecksumError)
+    checksum_errors = [error for _, error in failures if isinstance(error, ChecksumError)]
+    if len(checksum_errors) == len(failures):
+        last = checksum_errors[-1]
         return ChecksumError(f"every source of {weights.name} failed verification: {summary}",
                              expected=last.expected, actual=last.actual, source=last.source)
     return DownloadError(f"every source of {weights.name} failed: {summary}")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from loopback_server import Fault, LoopbackServer, loopback_server, md5_of, random_payload  # noqa: F401 (fixture)
+from loopback_server import Fault, loopback_server, md5_of, random_payload  # noqa: F401 (fixture)
 
 from iabn_zoo.cache import checkpoint_path, has_valid_stamp, part_path
 from iabn_zoo.download import DownloadPolicy, download
