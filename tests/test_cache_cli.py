@@ -121,6 +121,7 @@ def test_verify_finds_and_removes_a_damaged_file(entries, capsys):
     assert code == 6 and states == {"alpha": "mismatch", "beta": "verified"}
     assert "iabn-zoo download alpha" in err and not target.exists()
     assert run(capsys, "verify", "alpha")[0] == 5  # now missing
+    assert run(capsys, "verify", "alhpa")[0] == 3
     assert run(capsys, "download", "alpha", "--no-progress")[0] == 0 and target.read_bytes() == ALPHA
 
 
@@ -156,6 +157,8 @@ def test_cache_remove_takes_checkpoint_and_converted_copy(entries, capsys):
     assert not checkpoint_path(alpha).exists() and not converted_path(alpha).exists()
     assert checkpoint_path(get_weights("beta")).exists()
     assert run(capsys, "cache", "remove", "alhpa")[0] == 3
+    code, out, err = run(capsys, "cache", "remove", "alpha", "--json")
+    assert code == 0 and json.loads(out) == [] and "nothing cached for alpha" in err
 
 
 def test_cache_prune_keeps_verified_files_and_busy_partials(entries, capsys):

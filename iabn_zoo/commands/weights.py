@@ -125,7 +125,12 @@ def run_cache_remove(args: argparse.Namespace) -> int:
     from ..weights import get_weights
 
     entries = [get_weights(name) for name in args.names]
-    rows = [{"name": weights.name, "removed": str(path)} for weights in entries for path in remove_cached(weights)]
+    rows = []
+    for weights in entries:
+        removed = remove_cached(weights)
+        if not removed:
+            print(f"iabn-zoo: nothing cached for {weights.name}", file=sys.stderr)
+        rows += [{"name": weights.name, "removed": str(path)} for path in removed]
     emit(rows, as_json=args.json, columns=("name", "removed"))
     return 0
 
