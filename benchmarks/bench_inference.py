@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import interleaved_medians, row
+from benchmarks.common import bench_device, interleaved_medians, row, synchronized
 
 ARCHS = ("resnext101", "wider_resnet38", "densenet264", "resnet50")
 TARGET_SPEEDUP = 2.0
@@ -32,13 +32,14 @@ def randomize_norm_statistics(model: torch.nn.Module, seed: int = 0) -> None:
                 layer.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
 
 
-def model_pair(arch: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+def model_pair(arch: str, device: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(fast, baseline): one network in eval mode with the fast path and its copy on the compiled layers only."""
     import iabn_zoo
     from iabn_zoo.fastpath import disable_fast_eval
 
     baseline = iabn_zoo.create_model(arch, bn_mode="inplace", backend="native")
     randomize_norm_statistics(baseline)
+    baseline.to(device)
     fast = copy.deepcopy(baseline).eval()
     disable_fast_eval(baseline)
     return fast, baseline.eval()
@@ -49,20 +50,23 @@ def relative_difference(ours: torch.Tensor, reference: torch.Tensor) -> float:
     return float((ours - reference).abs().max() / reference.abs().max().clamp_min(1e-12))
 
 
-def measure(arch: str, batch: int, size: int, repeats: int) -> dict[str, Any]:
-    """One row: images per second of both sides and their output difference."""
-    fast, baseline = model_pair(arch)
-    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+def measure(arch: str, batch: int, size: int, repeats: int, device: str) -> dict[str, Any]:
+    """One row: images per second of both sides and their output difference (the first call of each side, which
+    also serves as warm-up)."""
+    fast, baseline = model_pair(arch, device)
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
     with torch.no_grad():
         difference = relative_difference(fast(images.clone()), baseline(images.clone()))
-        fast_s, base_s = interleaved_medians(lambda: fast(images.clone()), lambda: baseline(images.clone()),
+        fast_s, base_s = interleaved_medians(synchronized(lambda: fast(images.clone()), device),
+                                             synchronized(lambda: baseline(images.clone()), device),
                                              repeats=repeats, warmup=0)
-    return row(f"inference {arch} b{batch} {size}px (fast eval vs compiled iABN eval)", batch / fast_s,
+    threads = f"{torch.get_num_threads()} threads" if device == "cpu" else device
+    return row(f"inference {arch} b{batch} {size}px {device} (fast eval vs compiled iABN eval)", batch / fast_s,
                batch / base_s, target=TARGET_SPEEDUP, unit="img/s", higher_is_better=True,
-               note=f"max relative output difference {difference:.1e}; {torch.get_num_threads()} threads")
+               note=f"max relative output difference {difference:.1e}; {threads}")
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
     """Rows for the four networks: batch 8 at 224 px (quick: batch 2 at 96 px, one repeat)."""
     batch, size, repeats = (2, 96, 1) if quick else (8, 224, 3)
-    return [measure(arch, batch, size, repeats) for arch in ARCHS]
+    return [measure(arch, batch, size, repeats, bench_device()) for arch in ARCHS]

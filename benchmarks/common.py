@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -36,3 +37,23 @@ def interleaved_medians(ours: Callable[[], Any], baseline: Callable[[], Any], re
             fn()
             times.append(time.perf_counter() - start)
     return statistics.median(ours_times), statistics.median(base_times)
+
+
+def bench_device() -> str:
+    """The device the model benchmarks run on: `IABN_BENCH_DEVICE` (set to `cuda` by benchmarks/gpu.sh), else cpu."""
+    return os.environ.get("IABN_BENCH_DEVICE", "cpu")
+
+
+def synchronized(fn: Callable[[], Any], device: str) -> Callable[[], Any]:
+    """`fn` followed by a wait for the device's queued work, so that wall-clock timing covers the work itself."""
+    if not device.startswith("cuda"):
+        return fn
+
+    def run() -> Any:
+        import torch
+
+        result = fn()
+        torch.cuda.synchronize()
+        return result
+
+    return run

@@ -1,0 +1,81 @@
+"""Training step time of whole networks: InPlace-ABN (default backend) against standard BN, same architecture.
+
+A step is forward, cross-entropy, backward and an SGD update. Each side is the network as `create_model` builds it
+for its bn_mode (the in-place modes also turn on the family's memory-lean parts, e.g. the stem pooling), so the
+ratio is what a user pays for switching. DenseNet-264 recomputes its bottlenecks on purpose (memory-efficient), so
+its row reports the cost without a target. On CUDA (benchmarks/gpu.sh) each network also gets a row of its peak
+training memory (torch.cuda.max_memory_allocated), InPlace-ABN against standard BN.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from benchmarks.common import bench_device, interleaved_medians, row, synchronized
+
+TARGET_STEP_RATIO = 1.15
+ARCHS = {"resnext101": TARGET_STEP_RATIO, "wider_resnet38": TARGET_STEP_RATIO, "densenet264": None}
+NUM_CLASSES = 1000
+
+
+def step_function(model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
+    """A callable running one SGD training step of `model` on the batch."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(images.clone()), labels).backward()
+        optimizer.step()
+
+    return step
+
+
+def peak_step_bytes(step, device: str) -> int:
+    """Peak bytes CUDA's allocator held during one step (model and optimizer state included)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated()
+
+
+def measure(arch: str, target: float | None, batch: int, size: int, repeats: int, device: str) -> list[dict]:
+    """Step-time row (and on CUDA a peak-memory row) for one architecture."""
+    import iabn_zoo
+    from iabn_zoo.norm_act import resolve_backend
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, size, size, generator=generator).to(device)
+    labels = torch.randint(0, NUM_CLASSES, (batch,), generator=generator).to(device)
+    inplace = iabn_zoo.create_model(arch, bn_mode="inplace").to(device).train()
+    standard = iabn_zoo.create_model(arch, bn_mode="standard").to(device).train()
+    steps = {name: synchronized(step_function(model, images, labels), device)
+             for name, model in (("inplace", inplace), ("standard", standard))}
+    ours, base = interleaved_medians(steps["inplace"], steps["standard"], repeats=repeats, warmup=1)
+    backend = resolve_backend()
+    note = "recomputes its bottlenecks on purpose (memory-efficient): cost reported" if target is None else ""
+    rows = [row(f"train step {arch} b{batch} {size}px {device} (InPlace-ABN {backend} vs standard BN)", ours, base,
+                target=target, unit="s", note=note)]
+    if device.startswith("cuda"):
+        rows.append(row(f"train peak memory {arch} b{batch} {size}px (InPlace-ABN {backend} vs standard BN)",
+                        peak_step_bytes(steps["inplace"], device) / 2 ** 20,
+                        peak_step_bytes(steps["standard"], device) / 2 ** 20, target=None, unit="MiB",
+                        note="torch.cuda.max_memory_allocated over one step"))
+    return rows
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """Rows for ResNeXt101, WideResNet38 and DenseNet264: batch 4 at 160 px on CPU (16 at 224 on CUDA), three
+    repeats; quick: batch 2 at 64 px, one repeat."""
+    device = bench_device()
+    if quick:
+        batch, size, repeats = 2, 64, 1
+    else:
+        batch, size, repeats = (16, 224, 5) if device.startswith("cuda") else (4, 160, 3)
+    rows: list[dict[str, Any]] = []
+    for arch, target in ARCHS.items():
+        rows.extend(measure(arch, target, batch, size, repeats, device))
+    return rows
