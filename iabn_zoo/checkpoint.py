@@ -14,6 +14,7 @@ import pickle
 import re
 import sys
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 DATA_PARALLEL_PREFIX = "module."
 WRAPPED_NORM_SEGMENT = "bn"
 CONVERTED_FORMAT = "iabn-zoo-state-dict/1"
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin", ".safetensors")
 
 
 def load_state_dict(name_or_path: Any) -> dict[str, torch.Tensor]:
@@ -39,7 +41,14 @@ def load_state_dict(name_or_path: Any) -> dict[str, torch.Tensor]:
         return read_checkpoint(name_or_path)
     if isinstance(name_or_path, str) and is_weights(name_or_path):
         return load_weights_state_dict(get_weights(name_or_path))
+    if isinstance(name_or_path, os.PathLike) or _looks_like_path(str(name_or_path)):
+        raise CheckpointError(f"{name_or_path} is not a file; check the path, or pass a weights name "
+                              "(`iabn-zoo list --pretrained` shows them).")
     raise UnknownNameError("weights name (nor an existing checkpoint file)", str(name_or_path), list_weights())
+
+
+def _looks_like_path(text: str) -> bool:
+    return os.sep in text or Path(text).suffix in CHECKPOINT_SUFFIXES
 
 
 def load_weights_state_dict(weights: Any, *, progress: bool = True) -> dict[str, torch.Tensor]:
@@ -225,7 +234,9 @@ def write_converted(tensors: Mapping[str, torch.Tensor], path: Path, *, source: 
         finally:
             if os.path.exists(temporary):
                 os.unlink(temporary)
-    except OSError:
+    except OSError as error:
+        warnings.warn(f"could not keep a safetensors copy in {path.parent} ({error}); every load will read the "
+                      "original checkpoint until the cache is writable", stacklevel=3)
         return False
     return True
 

@@ -8,7 +8,6 @@ The EXIF orientation is applied, so the network sees the picture as a viewer sho
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -23,14 +22,12 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
     """Read the image at `path` as an RGB image; unreadable files and decompression bombs raise DataError."""
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-                return to_rgb(ImageOps.exif_transpose(image))
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(ImageOps.exif_transpose(image))
     except DataError as error:
         raise DataError(f"{path}: {error}") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except Image.DecompressionBombError as error:
         raise DataError(f"{path}: refused as a possible decompression bomb ({error}); "
                         "downscale the image before using it.") from None
     except FileNotFoundError:

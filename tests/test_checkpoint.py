@@ -147,6 +147,13 @@ def test_unknown_name_suggests_close_weights_names():
     assert "resnext101_ipabn_lr_512" in str(error.value)
 
 
+def test_missing_file_is_a_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError, match="is not a file"):
+        zoo.load_state_dict(tmp_path / "nowhere.pth.tar")
+    with pytest.raises(CheckpointError, match="is not a file"):
+        zoo.load_state_dict("downloads/model.pth")
+
+
 def test_safetensors_copy_roundtrip_and_validation(tmp_path, resnet_state):
     target = tmp_path / "cache" / "model.safetensors"
     assert write_converted(resnet_state, target, source="model.pth.tar", md5="a" * 32)
