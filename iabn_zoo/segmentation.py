@@ -1,4 +1,5 @@
-"""The Vistas segmentation network: dilated WideResNet38-A2 `body`, DeepLabV3 `head`, 1x1 `cls` (the checkpoint's parts).
+"""The Vistas segmentation network: dilated WideResNet38-A2 `body`, DeepLabV3 `head` and 1x1 `cls`, as in the
+checkpoint.
 
 `forward` returns class logits at the body's output resolution, 1/8 of the input (ceil(H / 8) x ceil(W / 8));
 resizing them to the image, test-time scales and flips belong to the predictor (`iabn_zoo.seg_predict`).
@@ -13,7 +14,8 @@ import torch.nn as nn
 
 from .arch_registry import register_arch
 from .backbone import FeatureInfo, ZooNet, check_num_classes
-from .deeplab import DeepLabV3Head
+from .deeplab import DeepLabV3Head, pooling_window
+from .errors import InvalidArgumentError
 from .norm_act import make_norm_act
 
 OUTPUT_STRIDE = 8
@@ -76,6 +78,10 @@ def wider_resnet38_a2_deeplab3(bn_mode: str = "inplace", activation: str = "leak
     `pooling_size` in feature-map pixels, None = whole map) and a 1x1 classifier; logits at 1/8 of the input."""
     from .wider_resnet import wider_resnet38_a2
 
+    check_num_classes(num_classes)  # cheap checks first: the body alone holds over 100M parameters
+    pooling_window(pooling_size)
+    if not isinstance(head_channels, int) or isinstance(head_channels, bool) or head_channels < 1:
+        raise InvalidArgumentError(f"head_channels must be a positive integer, got {head_channels!r}")
     body = wider_resnet38_a2(bn_mode=bn_mode, activation=activation, activation_param=activation_param,
                              num_classes=0, backend=backend, dilation=True)
     norm_act = make_norm_act(bn_mode, activation, activation_param, backend=backend)
