@@ -78,23 +78,25 @@ class TorchKernels:
 
     @staticmethod
     def backward_reduce(y: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                        activation: str, activation_param: float):
+                        activation: str, activation_param: float, y_is_scratch: bool = False):
         z, dz = invert_activation(y, dy, activation, activation_param)
         # BatchNorm's own backward reduction with mean = b and invstd = 1 / (|w| + eps) sees exactly xhat
         _, sum_xhat_dy, sum_dy = torch.ops.aten.native_batch_norm_backward(
             dz, z, None, None, None, bias, 1.0 / abs_scale(weight, eps), True, eps, [False, True, True])
-        return z, dz, sum_dy, sum_xhat_dy
+        return (z, y_is_scratch or z is not y), dz, sum_dy, sum_xhat_dy
 
     @staticmethod
-    def backward_train(z: torch.Tensor, dz: torch.Tensor, var: torch.Tensor, count: int, sum_dy: torch.Tensor,
-                       sum_xhat_dy: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+    def backward_train(state: tuple[torch.Tensor, bool], dz: torch.Tensor, var: torch.Tensor, count: int,
+                       sum_dy: torch.Tensor, sum_xhat_dy: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                        eps: float) -> torch.Tensor:
         # dx = (dz - sum_dy / n - xhat * sum_xhat_dy / n) * mult with xhat = (z - b) / s, as dz * a + z * b' + c
+        z, z_is_scratch = state
         scale = abs_scale(weight, eps)
         mult = scale * torch.rsqrt(var + eps)
-        z_coef = -sum_xhat_dy / count * mult / scale
-        const = -sum_dy / count * mult - bias * z_coef
-        return (z * channel_view(z_coef, z)).add_(channel_view(const, z)).addcmul_(dz, channel_view(mult, z))
+        z_coef = channel_view(-sum_xhat_dy / count * mult / scale, z)
+        dx = z.mul_(z_coef) if z_is_scratch else z * z_coef  # z is the saved output unless it was recomputed
+        return dx.add_(channel_view(-sum_dy / count * mult, z) - channel_view(bias, z) * z_coef).addcmul_(
+            dz, channel_view(mult, z))
 
     @staticmethod
     def backward_eval(dz: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -127,7 +129,7 @@ class NativeKernels:
     def forward_(self, x, mean, var, weight, bias, eps, activation, activation_param) -> None:
         self._backend.forward(x, mean, var, weight, bias, eps, self._activations[activation], activation_param)
 
-    def backward_reduce(self, y, dy, weight, bias, eps, activation, activation_param):
+    def backward_reduce(self, y, dy, weight, bias, eps, activation, activation_param, y_is_scratch=False):
         return self._backend.backward_reduce(y, dy.contiguous(), weight, bias, eps, self._activations[activation],
                                              activation_param)
 
@@ -191,8 +193,9 @@ class InPlaceABNFunction(torch.autograd.Function):
                 y, dy, weight, bias, config.eps, config.activation, config.activation_param)
         else:
             z, dz = invert_activation(y, dy, config.activation, config.activation_param)
+            bn_out = z - residual if z is y else z.sub_(residual)  # bn(x) = z - residual, in scratch memory
             state, dz, sum_dy, sum_xhat_dy = kernels.backward_reduce(
-                z - residual, dz, weight, bias, config.eps, "identity", 0.0)
+                bn_out, dz, weight, bias, config.eps, "identity", 0.0, y_is_scratch=True)
         need_x, need_w, need_b, need_r = ctx.needs_input_grad[:4]
         d_residual = None
         if need_r:  # dL/dresidual = dz; copy it where it aliases dy or the kernels will overwrite it with dx

@@ -204,3 +204,19 @@ def test_fused_residual_keeps_output_and_callers_residual_only(backend):
     big_storages = {ptr for ptr, nbytes in storages.items() if nbytes >= big}
     assert big_storages == {outputs[0].untyped_storage().data_ptr(), residual.untyped_storage().data_ptr()}
     assert total <= 2 * big + 4 * 8 * 8
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("activation,use_residual", [("identity", False), ("leaky_relu", True), ("elu", False)])
+def test_backward_twice_with_retained_graph_gives_same_gradients(backend, activation, use_residual):
+    """Backward must not spoil what it saved: the output it recomputes from stays intact."""
+    layer = random_layer(backend, 3, activation, 0.1, generator=torch.Generator().manual_seed(5))
+    x = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    residual = torch.randn(4, 3, 3, 3, dtype=torch.float64) if use_residual else None
+    y = layer(x * 1.0, residual)
+    kept = y.detach().clone()
+    first = torch.autograd.grad(y, [x, layer.weight], torch.ones_like(y), retain_graph=True)
+    second = torch.autograd.grad(y, [x, layer.weight], torch.ones_like(y) * 1.0)
+    assert torch.equal(y.detach(), kept)
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
