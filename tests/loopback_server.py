@@ -77,7 +77,8 @@ class Route:
 
 @dataclass
 class RequestRecord:
-    """One request the server received: method, path, query, Range header and the status sent (0 until the response completes)."""
+    """One request the server received: method, path, query, Range header and the status sent (0 until the
+    response completes)."""
 
     method: str
     path: str

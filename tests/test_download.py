@@ -329,3 +329,26 @@ def test_a_full_disk_is_a_download_error_naming_the_file_and_leaves_nothing(loop
     assert done.stdout.startswith("CacheWriteError"), done.stdout + done.stderr
     assert str(zoo_home / "checkpoints" / "big.pth.part") in done.stdout
     assert cache_files(zoo_home) == [] and loopback_server.hits("/w.pth") == 1
+
+
+def test_drive_form_page_leads_to_its_action_with_the_hidden_fields():
+    from iabn_zoo.gdrive import classify_page
+
+    page = ('<html><head><title>Google Drive - Virus scan warning</title></head><body>'
+            '<form id="download-form" action="https://drive.usercontent.google.com/download" method="get">'
+            '<input type="submit" value="Download anyway"><input type="hidden" name="id" value="1AbC">'
+            '<input type="hidden" name="export" value="download"><input type="hidden" name="confirm" value="t">'
+            '<input type="hidden" name="uuid" value="u-1"></form></body></html>')
+    result = classify_page(page, "https://drive.google.com/uc?export=download&id=1AbC")
+    assert result.kind == "form" and result.title == "Google Drive - Virus scan warning"
+    assert result.next_url == ("https://drive.usercontent.google.com/download"
+                               "?id=1AbC&export=download&confirm=t&uuid=u-1")
+    token_page = '<a id="uc-download-link" href="/uc?export=download&amp;confirm=Xy_9&amp;id=1AbC">Download</a>'
+    token = classify_page(token_page, "https://drive.google.com/uc?export=download&id=1AbC")
+    assert token.kind == "token"
+    assert token.next_url == "https://drive.google.com/uc?export=download&confirm=Xy_9&id=1AbC"
+    by_cookie = classify_page("<p>virus scan</p>", "https://drive.google.com/uc?export=download&id=1AbC",
+                              {"download_warning_123_1AbC": "Zz"})
+    assert by_cookie.next_url == "https://drive.google.com/uc?export=download&id=1AbC&confirm=Zz"
+    assert classify_page("<title>Quota exceeded</title>", "https://x/uc").kind == "quota"
+    assert classify_page("<p>hello</p>", "https://x/uc").kind == "unknown"

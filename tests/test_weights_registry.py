@@ -138,11 +138,13 @@ def test_weights_are_frozen_and_hashable():
 def test_extra_registry_files_from_the_environment(tmp_path, monkeypatch):
     first, second = tmp_path / "one.toml", tmp_path / "two.toml"
     first.write_text(GOOD_ENTRY)
-    second.write_text(GOOD_ENTRY.replace("[my_net]", "[other_net]").replace("0123456789abcdef0123", "ffff456789abcdef0123"))
+    other_md5 = "ffff456789abcdef0123456789abcdef"
+    second.write_text(GOOD_ENTRY.replace("[my_net]", "[other_net]").replace("0123456789abcdef0123456789abcdef",
+                                                                            other_md5))
     monkeypatch.setenv("IABN_ZOO_REGISTRY", os.pathsep.join([str(first), str(second)]))
     assert {"my_net", "other_net"} <= set(zoo.list_weights())
     assert zoo.get_weights("my_net").metrics == {"top1": 91.5}
-    assert [w.name for w in find_weights_by_md5("FFFF456789ABCDEF0123456789ABCDEF")] == ["other_net"]
+    assert [w.name for w in find_weights_by_md5(other_md5.upper())] == ["other_net"]
     assert zoo.list_weights("my_*") == ["my_net"]
     monkeypatch.delenv("IABN_ZOO_REGISTRY")
     assert not is_weights("my_net")
