@@ -1,0 +1,87 @@
+"""Two processes under torchrun (gloo, CPU): training runs, synchronised statistics agree, only rank 0 writes."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from iabn_zoo.runs import load_tensors, read_metrics
+from tests.image_folders import write_colour_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Each rank fine-tunes into its own would-be run folder (rank 0: run, rank 1: run_rank1) and reports its final
+# state outside them, so the test can see what every rank holds and that only rank 0 wrote a run.
+WORKER = textwrap.dedent("""
+    import json, os, sys
+    import torch
+    from iabn_zoo.finetune import finetune
+
+    torch.set_num_threads(1)
+    data, base, sync_bn = sys.argv[1], sys.argv[2], sys.argv[3] == "sync"
+    rank = int(os.environ["RANK"])
+    out = os.path.join(base, "run" if rank == 0 else f"run_rank{rank}")
+    result = finetune("resnet18", data, out, epochs=2, batch_size=4, image_size=16, augment="light", lr=0.02,
+                      num_workers=0, progress=False, sync_bn=sync_bn)
+    torch.save(result.model.state_dict(), os.path.join(base, f"state_rank{rank}.pt"))
+    with open(os.path.join(base, f"metrics_rank{rank}.json"), "w") as handle:
+        json.dump(result.metrics, handle)
+    print("layers", sorted({type(m).__name__ for m in result.model.modules() if hasattr(m, "running_mean")}))
+""")
+
+
+def run_two_ranks(base: Path, data: Path, mode: str) -> subprocess.CompletedProcess:
+    script = base / "worker.py"
+    script.write_text(WORKER)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(script), str(data), str(base), mode]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def running_stats(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    # 21 training images: the sampler pads to 22, so each rank trains on 11 different ones.
+    return write_colour_dataset(tmp_path_factory.mktemp("ddp") / "data", train=7, val=3, size=16)
+
+
+def test_two_ranks_train_with_synchronised_statistics_and_rank0_alone_writes(tmp_path, data):
+    done = run_two_ranks(tmp_path, data, "sync")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "InPlaceABNSync" in done.stdout
+
+    assert (tmp_path / "run" / "model.safetensors").exists()
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [1, 2]
+    assert not (tmp_path / "run_rank1").exists()
+
+    rank0 = torch.load(tmp_path / "state_rank0.pt")
+    rank1 = torch.load(tmp_path / "state_rank1.pt")
+    stats0, stats1 = running_stats(rank0), running_stats(rank1)
+    assert stats0 and all(torch.allclose(stats0[k], stats1[k], rtol=1e-5, atol=1e-7) for k in stats0)
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in stats0.items() if k.endswith("running_mean"))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0 if k not in stats0)  # DDP keeps weights equal
+    saved = load_tensors(tmp_path / "run" / "model.safetensors")
+    assert all(torch.equal(saved[k], rank0[k]) for k in saved)
+
+    metrics0 = json.loads((tmp_path / "metrics_rank0.json").read_text())
+    metrics1 = json.loads((tmp_path / "metrics_rank1.json").read_text())
+    assert [m["val_top1"] for m in metrics0] == [m["val_top1"] for m in metrics1]
+    assert metrics0[-1]["val_images"] == 9
+
+
+def test_without_sync_each_rank_keeps_its_own_statistics(tmp_path, data):
+    done = run_two_ranks(tmp_path, data, "local")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "InPlaceABNSync" not in done.stdout
+    stats0 = running_stats(torch.load(tmp_path / "state_rank0.pt"))
+    stats1 = running_stats(torch.load(tmp_path / "state_rank1.pt"))
+    assert any(not torch.allclose(stats0[k], stats1[k], rtol=1e-5, atol=1e-7) for k in stats0)
