@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# benchmarks/gpu.sh: the memory and speed rows on a CUDA machine, in one command of under 8 minutes.
+#
+#   bash benchmarks/gpu.sh            # from anywhere; writes benchmarks/results/gpu/{latest.json,latest.md,memory_*.json}
+#
+# It builds .venv-gpu (reusing a CUDA torch already installed system-wide, else `pip install torch`, whose Linux
+# wheel is the CUDA build), compiles inplace-abn 1.1.0 for this GPU's architecture only (TORCH_CUDA_ARCH_LIST from
+# nvidia-smi; without nvcc it falls back to the pure-PyTorch backend and says so), installs iabn-zoo, then runs
+#   - `iabn-zoo memory ARCH --device cuda --json` per architecture: peak (torch.cuda.max_memory_allocated), bytes
+#     kept for backward and step time, standard vs InPlace-ABN;
+#   - every benchmarks/bench_*.py module that honours IABN_BENCH_DEVICE (inference fast path, training step time
+#     and peak memory, ...), through the usual runner.
+# Environment: PYTHON (interpreter for the venv, default python3), TORCH_SPEC (default "torch"),
+# TORCH_CUDA_ARCH_LIST (default: the GPU's compute capability), GPU_BENCH_BUDGET_S (default 480).
+set -euo pipefail
+
+START=$SECONDS
+BUDGET=${GPU_BENCH_BUDGET_S:-480}
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+OUT=benchmarks/results/gpu
+VENV=.venv-gpu
+ARCHS=(resnext101 wider_resnet38 densenet264 resnet50)
+
+say() { printf '[gpu.sh %3ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
+left() { echo $((BUDGET - (SECONDS - START))); }
+
+command -v nvidia-smi >/dev/null || { say "no nvidia-smi: this script needs a CUDA machine"; exit 2; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >&2
+
+if [ ! -x "$VENV/bin/python" ]; then
+    "${PYTHON:-python3}" -m venv --system-site-packages "$VENV"
+fi
+PY="$ROOT/$VENV/bin/python"
+PIP=("$PY" -m pip install --quiet --disable-pip-version-check)
+
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    say "installing ${TORCH_SPEC:-torch} (CUDA build)"
+    "${PIP[@]}" "${TORCH_SPEC:-torch}"
+fi
+"$PY" -c "import torch; assert torch.cuda.is_available(), 'torch sees no GPU'; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" >&2
+"${PIP[@]}" "setuptools>=68" wheel setuptools_scm ninja requests tqdm safetensors pillow filelock
+
+if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+    TORCH_CUDA_ARCH_LIST="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n1 | tr -d ' ')"
+fi
+export TORCH_CUDA_ARCH_LIST
+NVCC="$(command -v nvcc || true)"
+[ -z "$NVCC" ] && [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ] && NVCC="${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"
+has_cuda_kernels() {
+    "$PY" -c "from iabn_zoo.norm_act import native_kernels; k = native_kernels(); raise SystemExit(0 if k is not None and k.has_cuda else 1)" 2>/dev/null
+}
+"${PIP[@]}" --no-deps -e .
+if has_cuda_kernels; then
+    say "inplace-abn with CUDA kernels already installed"
+elif [ -n "$NVCC" ]; then
+    say "building inplace-abn 1.1.0 for sm_${TORCH_CUDA_ARCH_LIST} with $NVCC"
+    export CUDA_HOME="${CUDA_HOME:-$(dirname "$(dirname "$NVCC")")}"
+    IABN_FORCE_CUDA=1 SETUPTOOLS_SCM_PRETEND_VERSION=1.1.0 MAX_JOBS="$(nproc)" \
+        "${PIP[@]}" --no-cache-dir --no-build-isolation --force-reinstall --no-deps inplace-abn==1.1.0
+fi
+if has_cuda_kernels; then
+    export IABN_ZOO_BACKEND=native
+else
+    say "WARNING: no CUDA build of inplace-abn (nvcc missing or build failed): InPlace-ABN rows use backend 'torch'"
+    export IABN_ZOO_BACKEND=torch
+fi
+
+mkdir -p "$OUT"
+for arch in "${ARCHS[@]}"; do
+    say "memory $arch"
+    timeout "$(( $(left) > 30 ? 60 : 1 ))" "$PY" -m iabn_zoo memory "$arch" --device cuda --batch 16 --size 224 \
+        --json > "$OUT/memory_$arch.json" || say "memory $arch failed or ran out of time"
+done
+
+MODULES="$(grep -l 'bench_device' benchmarks/bench_*.py | xargs -n1 basename | sed 's/^bench_//; s/\.py$//' | paste -sd, -)"
+REMAINING="$(left)"
+say "runner on cuda: $MODULES ($REMAINING s left)"
+IABN_BENCH_DEVICE=cuda "$PY" -m benchmarks --only "$MODULES" --results-dir "$OUT" \
+    --timeout "$(( REMAINING > 60 ? REMAINING / 2 : 30 ))" || say "some modules failed: see the table"
+
+"$PY" - "$OUT" "${ARCHS[@]}" <<'EOF' | tee "$OUT/memory.md"
+import json, sys
+from pathlib import Path
+out, archs = Path(sys.argv[1]), sys.argv[2:]
+print("| arch | bn_mode | peak MiB | peak ratio | saved MiB | saved ratio | step s |\n|---|---|---|---|---|---|---|")
+for arch in archs:
+    path = out / f"memory_{arch}.json"
+    try:
+        modes = json.loads(path.read_text())["modes"]
+    except (OSError, ValueError, KeyError):
+        print(f"| {arch} | (no result) | | | | | |")
+        continue
+    for m in modes:
+        print(f"| {arch} | {m.get('bn_mode')} | {m.get('peak_mib')} | {m.get('peak_ratio')} | {m.get('saved_mib')} "
+              f"| {m.get('saved_ratio')} | {m.get('step_seconds')} |")
+EOF
+say "done in $((SECONDS - START)) s: $OUT/latest.md and $OUT/memory.md"
