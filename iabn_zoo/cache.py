@@ -260,10 +260,8 @@ def remove_cached(weights: Weights, root: Path | None = None) -> list[Path]:
     candidates = [target, part_path(target), stamp_path(target), converted_path(weights, root)]
     if not target.parent.is_dir():
         return [path for path in candidates[3:] if remove_quietly(path)]
-    with file_lock(target):
-        removed = [path for path in candidates if remove_quietly(path)]
-    remove_quietly(lock_path(target))
-    return removed
+    with file_lock(target):  # the lock file itself stays: unlinking it could let two downloads run at once
+        return [path for path in candidates if remove_quietly(path)]
 
 
 def prune(root: Path | None = None) -> list[CachedFile]:
