@@ -240,12 +240,16 @@ def test_list_and_info_commands(published_colour_model, capsys):
     zoo.create_model(NAME, pretrained=True, progress=False)
     assert main(["list", "test_colour*"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["name", "arch", "params", "top1", "top5", "size", "cached"]
+    assert table[0].split() == ["name", "arch", "params", "top1", "top5", "miou", "size", "cached"]
     assert table[1].split()[0] == NAME and table[1].split()[-1] == "yes"
 
     assert main(["list", "resnext*", "--pretrained", "--json"]) == 0
     names = [r["name"] for r in json.loads(capsys.readouterr().out)]
     assert "resnext101_ipabn_lr_512" in names and "resnext50" not in names
+
+    assert main(["list", "wider_resnet38_deeplab3_vistas", "--json"]) == 0
+    (vistas,) = json.loads(capsys.readouterr().out)
+    assert vistas["miou"] == 53.42 and vistas["top1"] is None
 
     assert main(["info", "resnext101_ipabn_lr_512", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -7,7 +7,7 @@ from typing import Any
 
 from .output import add_json_flag, emit
 
-LIST_COLUMNS = ("name", "arch", "params", "top1", "top5", "size", "cached")
+LIST_COLUMNS = ("name", "arch", "params", "top1", "top5", "miou", "size", "cached")
 
 
 def register(subparsers) -> None:
@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    """Print one row per matching name: architecture, parameters, top-1/top-5, file size, cached or not."""
+    """Print one row per matching name: architecture, parameters, top-1/top-5 (mIoU), file size, cached or not."""
     from ..factory import list_models
 
     rows = [model_row(name) for name in list_models(args.pattern, pretrained=args.pretrained)]
@@ -52,10 +52,10 @@ def model_row(name: str) -> dict[str, Any]:
     weights = resolve_weights(name)
     if weights is None:
         return {"name": name, "arch": name, "params": count_parameters(name), "top1": None, "top5": None,
-                "size": None, "cached": None}
-    return {"name": name, "arch": weights.arch, "params": count_parameters(name),
-            "top1": weights.metrics.get("top1", weights.metrics.get("miou")), "top5": weights.metrics.get("top5"),
-            "size": file_size(weights), "cached": is_cached(weights)}
+                "miou": None, "size": None, "cached": None}
+    return {"name": name, "arch": weights.arch, "params": count_parameters(name), "top1": weights.metrics.get("top1"),
+            "top5": weights.metrics.get("top5"), "miou": weights.metrics.get("miou"), "size": file_size(weights),
+            "cached": is_cached(weights)}
 
 
 def weights_info(weights) -> dict[str, Any]:
