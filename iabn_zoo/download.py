@@ -244,8 +244,12 @@ def _declares_html(response: requests.Response) -> bool:
 
 def _next_page(session: requests.Session, response: requests.Response, weights: Weights, url: str) -> str:
     """The URL a Drive confirmation page leads to; quota, permission and unknown pages raise a DownloadError."""
-    with response:
-        body = response.raw.read(HTML_PAGE_LIMIT, decode_content=True) or b""
+    body = b""
+    with response:  # iter_content turns a broken page transfer into requests' (retried) exceptions
+        for chunk in response.iter_content(64 * 1024):
+            body += chunk
+            if len(body) >= HTML_PAGE_LIMIT:
+                break
     page = classify_page(body.decode("utf-8", "replace"), response.url, session.cookies.get_dict())
     if page.next_url is not None:
         return page.next_url
