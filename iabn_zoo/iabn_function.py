@@ -63,6 +63,7 @@ class TorchKernels:
 
     @staticmethod
     def statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Per-channel mean, biased variance and sample count."""
         dims = reduce_dims(x)
         mean = x.mean(dim=dims)
         var = (x - channel_view(mean, x)).pow_(2).mean(dim=dims)  # two passes: much faster than var_mean on CPU
@@ -71,6 +72,7 @@ class TorchKernels:
     @staticmethod
     def forward_(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                  eps: float, activation: str, activation_param: float) -> None:
+        """x <- act(xhat * (|w| + eps) + b), in place."""
         scale = abs_scale(weight, eps) * torch.rsqrt(var + eps)
         shift = bias - mean * scale
         x.mul_(channel_view(scale, x)).add_(channel_view(shift, x))
@@ -79,6 +81,7 @@ class TorchKernels:
     @staticmethod
     def backward_reduce(y: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                         activation: str, activation_param: float, y_is_scratch: bool = False):
+        """((z, whether z may be overwritten), dz, sum_dy, sum_xhat_dy) from the output y and its gradient."""
         z, dz = invert_activation(y, dy, activation, activation_param)
         # BatchNorm's own backward reduction with mean = b and invstd = 1 / (|w| + eps) sees exactly xhat
         _, sum_xhat_dy, sum_dy = torch.ops.aten.native_batch_norm_backward(
@@ -89,6 +92,7 @@ class TorchKernels:
     def backward_train(state: tuple[torch.Tensor, bool], dz: torch.Tensor, var: torch.Tensor, count: int,
                        sum_dy: torch.Tensor, sum_xhat_dy: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                        eps: float) -> torch.Tensor:
+        """dx of training mode from the (possibly group-wide) sums."""
         # dx = (dz - sum_dy / n - xhat * sum_xhat_dy / n) * mult with xhat = (z - b) / s, as dz * a + z * b' + c
         z, z_is_scratch = state
         scale = abs_scale(weight, eps)
@@ -100,6 +104,7 @@ class TorchKernels:
 
     @staticmethod
     def backward_eval(dz: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """dx of eval mode: dz * (|w| + eps) / sqrt(running_var + eps)."""
         return dz * channel_view(abs_scale(weight, eps) * torch.rsqrt(var + eps), dz)
 
 
@@ -123,22 +128,31 @@ class NativeKernels:
                 and (x.device.type == "cpu" or (x.is_cuda and self.has_cuda)))
 
     def statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Per-channel mean, biased variance and sample count."""
         mean, var, _ = self._backend.statistics(x)
         return mean, var, x.numel() // x.shape[1]
 
-    def forward_(self, x, mean, var, weight, bias, eps, activation, activation_param) -> None:
+    def forward_(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor, eps: float, activation: str, activation_param: float) -> None:
+        """x <- act(xhat * (|w| + eps) + b), in place."""
         self._backend.forward(x, mean, var, weight, bias, eps, self._activations[activation], activation_param)
 
-    def backward_reduce(self, y, dy, weight, bias, eps, activation, activation_param, y_is_scratch=False):
+    def backward_reduce(self, y: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                        eps: float, activation: str, activation_param: float, y_is_scratch: bool = False):
+        """(xhat, dz, sum_dy, sum_xhat_dy) in new tensors (y_is_scratch does not matter here)."""
         return self._backend.backward_reduce(y, dy.contiguous(), weight, bias, eps, self._activations[activation],
                                              activation_param)
 
-    def backward_train(self, xhat, dz, var, count, sum_dy, sum_xhat_dy, weight, bias, eps) -> torch.Tensor:
+    def backward_train(self, xhat: torch.Tensor, dz: torch.Tensor, var: torch.Tensor, count: int,
+                       sum_dy: torch.Tensor, sum_xhat_dy: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                       eps: float) -> torch.Tensor:
+        """dx of training mode from the (possibly group-wide) sums, written over dz."""
         count_tensor = torch.full((1,), count, dtype=torch.long, device=xhat.device)
         self._backend.backward_train(xhat, dz, var, count_tensor, sum_dy, sum_xhat_dy, weight, eps)
         return dz  # overwritten with dx
 
-    def backward_eval(self, dz, var, weight, eps) -> torch.Tensor:
+    def backward_eval(self, dz: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """dx of eval mode: dz * (|w| + eps) / sqrt(running_var + eps)."""
         return self._backend.backward_test(dz, var, weight, eps)
 
 
