@@ -38,6 +38,7 @@ class ImagePrediction:
 
     @property
     def ok(self) -> bool:
+        """Whether the image was read and classified."""
         return self.error is None
 
 
