@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -37,6 +38,11 @@ def running_stats_kept(module: nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for buffer, value in zip(buffers, saved):
                 buffer.copy_(value)
+
+
+def recompute_contexts(block: nn.Module) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+    """`torch.utils.checkpoint` contexts: the forward runs as is, the recomputation keeps `block`'s statistics."""
+    return contextlib.nullcontext(), running_stats_kept(block)
 
 
 def concat_then(block: nn.Module, *features: torch.Tensor) -> torch.Tensor:
@@ -83,13 +89,12 @@ class DenseModule(nn.Module):
         return torch.cat(features, dim=1)
 
     def bottleneck(self, block: nn.Module, features: list[torch.Tensor]) -> torch.Tensor:
-        """Concatenation + norm-act + 1x1 conv; recomputed in backward when memory-efficient and training."""
+        """Concatenation + norm-act + 1x1 conv; when memory-efficient (and autograd is on) recomputed in backward."""
         if not (self.memory_efficient and torch.is_grad_enabled()):
             return concat_then(block, *features)
-        def contexts() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
-            return contextlib.nullcontext(), running_stats_kept(block)
-
-        return checkpoint.checkpoint(concat_then, block, *features, use_reentrant=False, context_fn=contexts)
+        # The segment has no randomness, so there is no RNG state to stash and replay.
+        return checkpoint.checkpoint(concat_then, block, *features, use_reentrant=False,
+                                     context_fn=partial(recompute_contexts, block), preserve_rng_state=False)
 
 
 class Transition(nn.Sequential):
