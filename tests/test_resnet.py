@@ -17,10 +17,11 @@ TORCHVISION_PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50"
 
 
 def train_step(model: nn.Module, x: torch.Tensor):
-    """Output, input gradient and parameter gradients of one forward/backward."""
+    """Output, input gradient and parameter gradients of one forward/backward with a fixed random output gradient
+    (a constant one would give batch-normalised layers a zero gradient, all rounding noise)."""
     x = x.detach().clone().requires_grad_()
     out = model(x)
-    out.backward(torch.ones_like(out))
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype))
     return out.detach(), x.grad, {name: p.grad for name, p in model.named_parameters()}
 
 
@@ -66,16 +67,18 @@ def test_small_training_step_and_eval(backend):
 
 @pytest.mark.parametrize("training", [True, False])
 def test_backends_compute_the_same_function(training):
+    """In float64 (the compiled kernels round some steps to float32, hence 1e-5): in float32, the training-mode
+    gradients of a deep net on a tiny batch are mostly rounding noise."""
     torch.manual_seed(0)
-    native = create_model("resnet18", num_classes=5, backend="native").train(training)
-    torch_backend = create_model("resnet18", num_classes=5, backend="torch").train(training)
+    native = create_model("resnet18", num_classes=5, backend="native").double().train(training)
+    torch_backend = create_model("resnet18", num_classes=5, backend="torch").double().train(training)
     torch_backend.load_state_dict(native.state_dict())
-    x = torch.randn(2, 3, 64, 64)  # at 32 px mod5 is 1x1: statistics of 2 values amplify rounding
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     (out_a, dx_a, grads_a), (out_b, dx_b, grads_b) = train_step(native, x), train_step(torch_backend, x)
-    assert_close_scaled(out_a, out_b)
-    assert_close_scaled(dx_a, dx_b)
+    assert_close_scaled(out_a, out_b, tol=1e-5)
+    assert_close_scaled(dx_a, dx_b, tol=1e-5)
     for name in grads_a:
-        assert_close_scaled(grads_a[name], grads_b[name], name=name)
+        assert_close_scaled(grads_a[name], grads_b[name], tol=1e-5, name=name)
 
 
 @pytest.mark.parametrize("training", [True, False])
