@@ -25,8 +25,8 @@ from .transforms import resample_filter, to_tensor
 
 FUSION_MODES = ("mean", "voting", "max")
 DEFAULT_WEIGHTS = "wider_resnet38_deeplab3_vistas"
-# Elements of one band of resized logits: bounds the temporary memory of a pass (4M floats = 16 MiB).
-BAND_ELEMENTS = 1 << 22
+# Elements of one band of resized logits: bounds the temporary memory of a pass (1M floats = 4 MiB).
+BAND_ELEMENTS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -73,30 +73,31 @@ def check_fusion(mode: str) -> str:
 # --- resizing logits in bands -------------------------------------------------------------------------------
 
 
-def bilinear_matrix(in_size: int, out_size: int, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(out_size, in_size) matrix of 1-D bilinear weights, the ones `F.interpolate(align_corners=False)` uses."""
-    src = (torch.arange(out_size, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5
-    src = src.clamp(min=0)
-    low = src.floor().long().clamp(max=in_size - 1)
+def bilinear_taps(in_size: int, out_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each output index: the two input indices and the weight of the second, as in
+    `F.interpolate(mode="bilinear", align_corners=False)` (source = (i + 0.5) * in / out - 0.5, clamped)."""
+    source = ((torch.arange(out_size, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
+    low = source.floor().long().clamp(max=in_size - 1)
     high = (low + 1).clamp(max=in_size - 1)
-    frac = src - low
-    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
-    rows = torch.arange(out_size)
-    matrix.index_put_((rows, low), 1 - frac, accumulate=True)
-    matrix.index_put_((rows, high), frac, accumulate=True)
-    return matrix.to(dtype=dtype, device=device)
+    return low.to(device), high.to(device), (source - low).float().to(device)
 
 
 def resized_bands(logits: torch.Tensor, size: tuple[int, int]) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Bilinear resizing of (N, C, h, w) logits to `size`, yielded band of rows by band: (row slice, band)."""
+    """Bilinear resizing of (N, C, h, w) logits to `size`, yielded band of rows by band: (row slice, band).
+
+    Each band blends the two source rows of each of its rows (the weights `F.interpolate` uses), then resizes the
+    columns with `F.interpolate` itself (its rows map one to one), so the full-resolution logits never exist.
+    """
     height, width = size
-    rows_matrix = bilinear_matrix(logits.shape[2], height, dtype=logits.dtype, device=logits.device)
-    cols_matrix = bilinear_matrix(logits.shape[3], width, dtype=logits.dtype, device=logits.device).t()
-    per_row = logits.shape[0] * logits.shape[1] * max(width, logits.shape[3])
-    band = max(1, BAND_ELEMENTS // per_row)
+    row_low, row_high, row_weight = bilinear_taps(logits.shape[2], height, logits.device)
+    row_weight = row_weight.to(logits.dtype)
+    band = max(1, BAND_ELEMENTS // (logits.shape[0] * logits.shape[1] * width))
     for start in range(0, height, band):
         rows = slice(start, min(start + band, height))
-        yield rows, torch.matmul(torch.matmul(rows_matrix[rows], logits), cols_matrix)
+        blended_rows = torch.lerp(logits.index_select(2, row_low[rows]), logits.index_select(2, row_high[rows]),
+                                  row_weight[rows].view(1, 1, -1, 1))
+        yield rows, F.interpolate(blended_rows, size=(blended_rows.shape[2], width), mode="bilinear",
+                                  align_corners=False)
 
 
 # --- fusion -------------------------------------------------------------------------------------------------
