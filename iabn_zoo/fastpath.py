@@ -44,9 +44,12 @@ def tensors_key(*tensors: torch.Tensor | None) -> tuple:
 
 
 def has_hooks(module: nn.Module) -> bool:
-    """Whether forward or backward hooks would observe this module's own input or output."""
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks or torch_module._global_forward_hooks
+    """Whether forward or backward hooks (other than the fast path's own) would observe this module's input or
+    output."""
+    own = (module._forward_hooks, module._forward_pre_hooks)
+    return bool(any(not isinstance(getattr(hook, "__self__", None), FastEval) for hooks in own
+                    for hook in hooks.values())
+                or module._backward_hooks or module._backward_pre_hooks or torch_module._global_forward_hooks
                 or torch_module._global_forward_pre_hooks or torch_module._global_backward_hooks)
 
 
@@ -60,6 +63,11 @@ def needs_autograd(x: torch.Tensor, *modules: nn.Module) -> bool:
 def can_run_fast(layer: ABN) -> bool:
     """Whether a norm-act layer's eval function is a fixed affine + activation this module knows."""
     return not layer.training and layer.activation in SUPPORTED_ACTIVATIONS
+
+
+def dense(x: torch.Tensor) -> bool:
+    """Whether every element of `x` has its own memory (contiguous in some layout), so it can be written over."""
+    return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
 
 
 def spatial_format(x: torch.Tensor) -> torch.memory_format:
@@ -82,6 +90,7 @@ class FastNorm:
         """The layer's eval output; the layer's own forward whenever the fast path does not apply."""
         layer = self.layer
         if self.pair is not None and self.pair.folding(x):
+            layer.check_input(x, residual)
             out = x if residual is None else x.add_(residual)
             return apply_activation(out, layer.activation, layer.activation_param)
         if not can_run_fast(layer) or has_hooks(layer) or needs_autograd(x, layer):
@@ -89,7 +98,8 @@ class FastNorm:
         layer.check_input(x, residual)
         scale, shift = self.affine()
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        out = x if layer.bn_mode != "standard" else torch.empty_like(x)  # in-place modes write over x, as they do
+        # The in-place modes write over x, as their own forward does; standard BN and odd strides get a new tensor.
+        out = x if layer.bn_mode != "standard" and dense(x) else torch.empty_like(x)
         torch.addcmul(shift.view(shape), x, scale.view(shape), out=out)
         if residual is not None:
             out.add_(residual)

@@ -279,3 +279,41 @@ def test_wrong_input_in_eval_raises_the_layers_typed_error():
 def test_enable_rejects_what_is_not_a_module():
     with pytest.raises(InvalidArgumentError, match="nn.Module"):
         enable_fast_eval("resnet50")
+
+
+class FusedResidualBlock(nn.Module):
+    """conv -> norm-act that adds the shortcut, called by hand as the ResNet blocks do."""
+
+    def __init__(self, norm_act):
+        super().__init__()
+        self.convs = nn.Sequential(OrderedDict([("conv", nn.Conv2d(4, 4, 3, padding=1, bias=False)),
+                                                ("bn", norm_act(4))]))
+
+    def forward(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        conv, bn = self.convs
+        return bn(conv(x), shortcut)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_folded_norm_with_residual_matches_and_checks_the_residual(backend):
+    block = randomize(FusedResidualBlock(make_norm_act("inplace", backend=backend))).eval()
+    reference = reference_copy(block)
+    enable_fast_eval(block)
+    x, shortcut = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        expected = reference(x.clone(), shortcut.clone())
+        out = block(x.clone(), shortcut)
+        assert relative_error(out, expected) < TOLERANCE
+        with pytest.raises(InvalidArgumentError, match="residual"):
+            block(x.clone(), torch.randn(2, 4, 3, 3))
+
+
+def test_strided_input_to_a_lone_inplace_layer():
+    layer = randomize(make_norm_act("inplace", backend="torch")(4)).eval()
+    reference = reference_copy(layer)
+    enable_fast_eval(layer)
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        assert relative_error(layer(x.clone()[:, :, ::2]), reference(x.clone()[:, :, ::2])) < TOLERANCE
+        expanded = torch.randn(1, 4, 1, 1).expand(2, 4, 3, 3)  # elements share memory: must not be written over
+        assert relative_error(layer(expanded), reference(expanded.contiguous())) < TOLERANCE
