@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as functional
 
+from .blocks import init_conv_weights
 from .errors import InvalidArgumentError
 
 NormAct = Callable[..., nn.Module]
@@ -45,15 +46,6 @@ def sliding_average(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
     return functional.pad(pooled, (left, width - 1 - left, top, height - 1 - top), mode="replicate")
 
 
-def conv_gain(activation: str, activation_param: float) -> float:
-    """Xavier gain for convolutions feeding an activation (1 where torch has no gain for it)."""
-    if activation == "leaky_relu":
-        return nn.init.calculate_gain("leaky_relu", activation_param)
-    if activation == "relu":
-        return nn.init.calculate_gain("relu")
-    return 1.0
-
-
 class DeepLabV3Head(nn.Module):
     """ASPP head: `map_convs` + `map_bn` + `red_conv`, plus the pooling branch `global_pooling_conv` +
     `global_pooling_bn` + `pool_red_conv`, summed and normalised by `red_bn` into `out_channels`."""
@@ -80,10 +72,7 @@ class DeepLabV3Head(nn.Module):
         self.red_conv = nn.Conv2d(hidden_channels * 4, out_channels, 1, bias=False)
         self.pool_red_conv = nn.Conv2d(hidden_channels, out_channels, 1, bias=False)
         self.red_bn = norm_act(out_channels)
-        gain = conv_gain(self.map_bn.activation, self.map_bn.activation_param)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.xavier_normal_(module.weight, gain)
+        init_conv_weights(self, self.map_bn.activation, self.map_bn.activation_param)  # as the authors' head
 
     def set_pooling_size(self, pooling_size: int | Sequence[int] | None) -> None:
         """Change the inference pooling window (feature-map pixels); None pools the whole map."""
