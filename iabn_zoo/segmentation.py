@@ -18,9 +18,6 @@ from .deeplab import DeepLabV3Head, pooling_window
 from .errors import InvalidArgumentError
 from .norm_act import make_norm_act
 
-OUTPUT_STRIDE = 8
-
-
 class SegmentationNet(nn.Module):
     """`body` (a ZooNet backbone) -> `head` -> `cls` (1x1 conv with bias); num_classes=0 leaves out `cls`.
 
@@ -32,7 +29,8 @@ class SegmentationNet(nn.Module):
         self.body = body
         self.head = head
         self.features_only = features_only
-        self.feature_info = list(body.feature_info) + [FeatureInfo("head", head.out_channels, OUTPUT_STRIDE)]
+        head_stride = body.feature_info[-1].stride  # the head keeps the resolution of the body's output
+        self.feature_info = list(body.feature_info) + [FeatureInfo("head", head.out_channels, head_stride)]
         self.make_classifier(num_classes)
 
     def make_classifier(self, num_classes: int) -> None:
@@ -56,7 +54,7 @@ class SegmentationNet(nn.Module):
         return self.cls if hasattr(self, "cls") else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The head's output (N, head_channels, H/8, W/8): what `cls` classifies."""
+        """The head's output at the body's output stride (H/8 x W/8 for the Vistas model): what `cls` classifies."""
         self.body.check_input(x)
         return self.head(self.body.forward_features(x))
 
