@@ -65,11 +65,19 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_step(model: nn.Module, inputs: torch.Tensor, bn_mode: str = "") -> StepMemory:
-    """Run one training step (forward, backward with a random output gradient) and measure it.
+def training_step(model: nn.Module, inputs: torch.Tensor) -> None:
+    """One forward and backward pass, with a random gradient at the output(s) in place of a loss.
 
-    A random gradient at the output, rather than a loss, keeps the count to what the network itself saves.
+    A random output gradient rather than a loss keeps the measurement to what the network itself saves.
     """
+    output = model(inputs)
+    if isinstance(output, (list, tuple)):
+        output = torch.cat([o.flatten() for o in output])
+    output.backward(torch.randn_like(output))
+
+
+def measure_step(model: nn.Module, inputs: torch.Tensor, bn_mode: str = "") -> StepMemory:
+    """Run and measure one training step of `model` (put in training mode) on `inputs`."""
     model.train()
     device = inputs.device
     ledger = SavedTensorLedger(list(model.parameters()))
@@ -79,10 +87,7 @@ def measure_step(model: nn.Module, inputs: torch.Tensor, bn_mode: str = "") -> S
     _synchronize(device)
     start = time.perf_counter()
     with ledger.recording():
-        output = model(inputs)
-    if isinstance(output, (list, tuple)):
-        output = torch.cat([o.flatten() for o in output])
-    output.backward(torch.randn_like(output))
+        training_step(model, inputs)
     _synchronize(device)
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) - start_bytes if device.type == "cuda" else None
@@ -98,23 +103,36 @@ def check_step_size(batch: int, size: int) -> None:
         raise InvalidArgumentError(f"size must be an integer >= 32 pixels, got {size!r}")
 
 
-def compare_modes(name: str, *, batch: int = 4, size: int = 224, device: str = "cpu",
-                  modes: tuple[str, ...] = MEASURED_MODES, seed: int = 0) -> list[StepMemory]:
-    """Measure one training step of model `name` in each bn_mode (same weights seed and input for all)."""
-    from .factory import create_model
-
-    check_step_size(batch, size)
+def resolve_device(device: str) -> torch.device:
+    """A torch device from its name, with a clear error for unknown or unavailable ones."""
     try:
         target = torch.device(device)
     except RuntimeError:
         raise InvalidArgumentError(f"unknown device {device!r}; use cpu or cuda") from None
     if target.type == "cuda" and not torch.cuda.is_available():
         raise InvalidArgumentError("device cuda asked for, but no CUDA device is available; use --device cpu")
+    return target
+
+
+def model_and_inputs(name: str, bn_mode: str, *, batch: int, size: int, device: torch.device,
+                     seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    """Model `name` built in `bn_mode` (its default form for that mode) and a random batch, both seeded."""
+    from .factory import create_model
+
+    torch.manual_seed(seed)
+    model = create_model(name, bn_mode=bn_mode).to(device).train()
+    inputs = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
+    return model, inputs
+
+
+def compare_modes(name: str, *, batch: int = 4, size: int = 224, device: str = "cpu",
+                  modes: tuple[str, ...] = MEASURED_MODES, seed: int = 0) -> list[StepMemory]:
+    """Measure one training step of model `name` in each bn_mode (same seed and input for all)."""
+    check_step_size(batch, size)
+    target = resolve_device(device)
     results = []
     for bn_mode in modes:
-        torch.manual_seed(seed)
-        model = create_model(name, bn_mode=bn_mode).to(target)
-        inputs = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(target)
+        model, inputs = model_and_inputs(name, bn_mode, batch=batch, size=size, device=target, seed=seed)
         results.append(measure_step(model, inputs, bn_mode))
         del model
     return results
