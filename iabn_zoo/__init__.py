@@ -30,6 +30,7 @@ _EXPORTS = {
     "load_state_dict": "checkpoint",
     "make_norm_act": "norm_act",
     "convert_norm": "norm_act",
+    "SegmentationPredictor": "seg_predict",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
