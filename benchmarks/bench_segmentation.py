@@ -14,6 +14,7 @@ issue warns against. Ours adds each pass's probabilities into one running buffer
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -97,7 +98,7 @@ def peak_growth_mib(method: str, fusion: str, long_side: int) -> float:
     code = ("import json, sys; from benchmarks.bench_segmentation import measure_child; "
             f"print(json.dumps(measure_child({method!r}, {fusion!r}, {long_side})))")
     completed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
-                               env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     return json.loads(completed.stdout.strip().splitlines()[-1])["peak_growth"] / 2**20
 
 

@@ -126,7 +126,11 @@ class MeanFusion:
 
 class VotingFusion:
     """Each pass votes for its argmax class; the most voted class wins (lowest index on ties), and its
-    confidence is the mean probability of the passes that voted for it."""
+    confidence is the mean probability of the passes that voted for it.
+
+    The authors' script means the same but returns the winning vote count in place of the class (the two outputs
+    of `votes.max` are swapped there); we return the class.
+    """
 
     def __init__(self, batch: int, classes: int, size: tuple[int, int], device: torch.device):
         self.votes = torch.zeros(batch, classes, *size, dtype=torch.int16, device=device)

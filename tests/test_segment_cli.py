@@ -121,6 +121,7 @@ def test_long_side_option_sets_the_working_resolution(served, photos, tmp_path):
     (["--scales", "1,-2"], 2, "scale"),
     (["--scales", "one"], 2, "scales"),
     (["--long-side", "0"], 2, "long-side"),
+    (["--device", "abacus"], 2, "device"),
 ])
 def test_bad_options_give_clear_errors(served, photos, tmp_path, capsys, argv, code, message):
     out = tmp_path / "out"
@@ -135,6 +136,14 @@ def test_missing_folder_is_a_data_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no_such_folder" in err and "does not exist" in err
     assert not out.exists()
+
+
+def test_output_folder_blocked_by_a_file_is_a_data_error(photos, tmp_path, capsys):
+    blocker = tmp_path / "out"
+    blocker.write_text("a file, not a folder")
+    assert main(["segment", str(photos / "street.jpg"), "--out", str(blocker)]) == 8
+    assert "cannot create the output folder" in capsys.readouterr().err
+    assert blocker.read_text() == "a file, not a folder"
 
 
 def test_folder_without_images_is_a_data_error(tmp_path, capsys):

@@ -90,40 +90,54 @@ def save_atomically(image, target: Path) -> None:
         raise
 
 
-def check_options(args: argparse.Namespace) -> tuple[float, ...]:
-    """Validate the options before anything is loaded; returns the parsed scales."""
+def check_options(args: argparse.Namespace) -> tuple[tuple[float, ...], str]:
+    """Validate the options before anything is loaded; returns the parsed scales and the device."""
+    import torch
+
     from ..seg_predict import parse_scales
 
     if args.long_side is not None and args.long_side <= 0:
         raise InvalidArgumentError(f"--long-side must be a positive number of pixels, got {args.long_side}")
-    return parse_scales(args.scales)
+    scales = parse_scales(args.scales)
+    if args.device is None:
+        return scales, "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise InvalidArgumentError(f"--device {args.device!r} is not a torch device; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError("--device cuda: no CUDA device is available here; use --device cpu")
+    return scales, args.device
 
 
-def build_predictor(args: argparse.Namespace, scales: tuple[float, ...]):
-    """The predictor for --weights with the command's options, on --device."""
-    import torch
-
+def build_predictor(args: argparse.Namespace, scales: tuple[float, ...], device: str):
+    """The predictor for --weights with the command's options, on `device`."""
     from ..seg_predict import SegmentationPredictor
 
     options = {"scales": scales, "flip": args.flip, "fusion": args.fusion}
     if args.long_side is not None:
         options["long_side"] = args.long_side
     predictor = SegmentationPredictor.from_weights(args.weights, progress=not args.no_progress, **options)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        predictor.model.to(device)
-    except (RuntimeError, AssertionError) as error:
-        raise InvalidArgumentError(f"cannot use device {device!r} ({error}); try --device cpu") from None
+    predictor.model.to(device)
     return predictor
 
 
-def class_table(weights_name: str) -> tuple[list[tuple[int, int, int]], list[str]]:
-    """Colours and names of the classes of the weights' label set."""
+def class_table(weights_name: str, output: str) -> tuple[list[tuple[int, int, int]], list[str]]:
+    """Colours and names of the weights' classes, read only for the outputs that show them."""
     from ..labels import class_colors, class_names
     from ..weights import get_weights
 
     labels = get_weights(weights_name).labels or "vistas"
-    return class_colors(labels), class_names(labels)
+    colors = class_colors(labels) if output in ("palette", "overlay") else []
+    return colors, class_names(labels) if output == "overlay" else []
+
+
+def make_output_folder(folder: Path) -> None:
+    """Create --out (and its parents) if needed; a file in the way or no permission is a DataError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"cannot create the output folder {folder} ({error.strerror}); choose another --out") from None
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -133,17 +147,17 @@ def run_segment(args: argparse.Namespace) -> int:
     from ..images import open_image
     from ..seg_render import render
 
-    scales = check_options(args)
+    scales, device = check_options(args)
     images = collect_images(args.inputs)
     targets = output_paths(images, args.out)
-    args.out.mkdir(parents=True, exist_ok=True)
+    make_output_folder(args.out)
     rows = [{"input": str(image), "output": str(target), "status": "kept (exists; --overwrite replaces it)"}
             for image, target in zip(images, targets)]
     todo = [i for i, target in enumerate(targets) if args.overwrite or not target.exists()]
     failed = 0
     if todo:
-        predictor = build_predictor(args, scales)
-        colors, names = class_table(args.weights)
+        predictor = build_predictor(args, scales, device)
+        colors, names = class_table(args.weights, args.output)
         for i in tqdm(todo, desc="segment", unit="image", disable=args.no_progress, file=sys.stderr):
             try:
                 photo = open_image(images[i])
