@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -83,20 +84,20 @@ def file_md5(path: Path) -> str:
 
 def write_stamp(target: Path, md5: str) -> None:
     """Record that `target` has been verified against `md5` (with its size and mtime, to notice later changes)."""
-    stat = target.stat()
+    info = target.stat()
     stamp = stamp_path(target)
     stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"md5": md5, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
+    stamp.write_text(json.dumps({"md5": md5, "size": info.st_size, "mtime_ns": info.st_mtime_ns}))
 
 
 def has_valid_stamp(target: Path, md5: str) -> bool:
     """Whether `target` exists and was verified against `md5` and has not changed since."""
     try:
-        stat = target.stat()
+        info = target.stat()
         stamp = json.loads(stamp_path(target).read_text())
     except (OSError, ValueError):
         return False
-    return stamp == {"md5": md5, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return stamp == {"md5": md5, "size": info.st_size, "mtime_ns": info.st_mtime_ns}
 
 
 def remove_quietly(path: Path) -> bool:
@@ -121,14 +122,39 @@ def ensure_directory(directory: Path) -> None:
 
 @contextmanager
 def file_lock(target: Path, timeout: float = -1) -> Iterator[None]:
-    """Hold the cross-process lock of `target` (blocking by default)."""
+    """Hold the cross-process lock of `target` (blocking by default); errors of the guarded code pass unchanged."""
     ensure_directory(target.parent)
+    lock = FileLock(str(lock_path(target)), timeout=timeout)
     try:
-        with FileLock(str(lock_path(target)), timeout=timeout):
-            yield
+        lock.acquire()
+    except Timeout:
+        raise
     except OSError as error:
         raise DownloadError(f"cannot create lock file {lock_path(target)} ({error.strerror}); "
                             f"fix the permissions of {target.parent}") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def writer_lock(target: Path) -> Iterator[None]:
+    """Serialise the processes that write the derived file `target` (a safetensors copy); where its folder cannot
+    be written (a read-only shared cache) nobody can write it either, so the guarded code runs unlocked."""
+    lock = FileLock(str(lock_path(target)))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except Timeout:
+        raise
+    except OSError:
+        lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def install_verified(part: Path, target: Path, md5: str) -> Path:
@@ -228,22 +254,35 @@ def cached_files(root: Path | None = None) -> list[CachedFile]:
     root = root or cache_root()
     by_file = {get_weights(name).file_name: get_weights(name) for name in list_weights()}
     by_converted = {converted_path(get_weights(name), root).name: name for name in list_weights()}
-    found = [_describe_checkpoint_dir_entry(path, by_file) for path in _listing(root / "checkpoints")]
-    for path in _listing(root / "safetensors"):
+    found = [_describe_checkpoint_dir_entry(path, size, by_file) for path, size in _listing(root / "checkpoints")]
+    for path, size in _listing(root / "safetensors"):
         name = by_converted.get(path.name)
         kind = "converted" if name else "orphan"
-        found.append(CachedFile(name, path, kind, path.stat().st_size, kind))
+        found.append(CachedFile(name, path, kind, size, kind))
     return sorted(found, key=lambda item: (item.name or "~", item.kind, item.path.name))
 
 
-def _listing(directory: Path) -> list[Path]:
-    if not directory.is_dir():
+def _listing(directory: Path) -> list[tuple[Path, int]]:
+    """(path, size) of the regular files in `directory`, lock files left out; files that vanish while listing
+    (a download renaming its partial file, another process removing one) are skipped, not an error."""
+    try:
+        entries = list(directory.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    return [path for path in directory.iterdir() if path.is_file() and not path.name.endswith(LOCK_SUFFIX)]
+    found = []
+    for path in entries:
+        if path.name.endswith(LOCK_SUFFIX):
+            continue
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(info.st_mode):
+            found.append((path, info.st_size))
+    return found
 
 
-def _describe_checkpoint_dir_entry(path: Path, by_file: dict[str, Weights]) -> CachedFile:
-    size = path.stat().st_size
+def _describe_checkpoint_dir_entry(path: Path, size: int, by_file: dict[str, Weights]) -> CachedFile:
     if path.name.endswith(PART_SUFFIX):
         weights = by_file.get(path.name[: -len(PART_SUFFIX)])
         return CachedFile(weights.name if weights else None, path, "partial", size, "partial")

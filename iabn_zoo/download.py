@@ -186,6 +186,10 @@ def _fetch(session: requests.Session, url: str, part: Path, weights: Weights, pr
                                     "the next `iabn-zoo download` resumes from there") from None
             policy.pause(max(failed_attempts, 1))
             continue
+        except requests.RequestException as error:  # not transient: a redirect to file://, a loop, a bad URL
+            raise DownloadError(f"{url} cannot be fetched ({type(error).__name__}: {error}); check the source in the "
+                                f"registry, or download {weights.file_name} in a browser and run "
+                                "`iabn-zoo import FILE`") from None
         actual = partial.digest.hexdigest()
         if actual == weights.md5:
             return

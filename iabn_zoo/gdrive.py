@@ -96,15 +96,31 @@ def classify_page(page: str, url: str, cookies: dict[str, str] | None = None) ->
     title = scan.title.strip()
     if any(marker in text for marker in QUOTA_MARKERS):
         return DrivePage("quota", title=title)
-    if scan.form_action is not None:
-        target = urljoin(url, scan.form_action)
+    target = _followable(url, scan.form_action)
+    if target is not None:
         return DrivePage("form", f"{target}{'&' if '?' in target else '?'}{urlencode(scan.form_fields)}", title)
     token = _confirm_token(scan.links, cookies or {})
     if token is not None:
-        return DrivePage("token", _with_confirm(url, scan.links, token), title)
+        next_url = _followable(url, _with_confirm(url, scan.links, token))
+        if next_url is not None:
+            return DrivePage("token", next_url, title)
     if any(marker in text for marker in PERMISSION_MARKERS):
         return DrivePage("permission", title=title)
     return DrivePage("unknown", title=title)
+
+
+def _followable(base: str, link: str | None) -> str | None:
+    """`link` resolved against `base` when it is a well-formed http(s) URL, else None: a page must never lead the
+    downloader to file://, javascript: or a malformed address."""
+    if link is None:
+        return None
+    try:
+        target = urljoin(base, link)
+        parts = urlsplit(target)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # malformed address or port
+        return None
+    return target if valid else None
 
 
 def _confirm_token(links: list[str], cookies: dict[str, str]) -> str | None:
@@ -121,7 +137,7 @@ def _confirm_token(links: list[str], cookies: dict[str, str]) -> str | None:
 def _with_confirm(url: str, links: list[str], token: str) -> str:
     for href in links:
         if CONFIRM_IN_HREF.search(href):
-            return urljoin(url, href)
+            return href
     parts = urlsplit(url)
     query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
     query["confirm"] = token

@@ -23,6 +23,8 @@ BN_MODES = ("standard", "inplace", "sync")
 REGISTRY_ENV = "IABN_ZOO_REGISTRY"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 MD5_PATTERN = re.compile(r"[0-9a-fA-F]{32}")
+RESERVED_SUFFIXES = (".part", ".lock")  # the cache's partial downloads and lock files
+MAX_METRIC = 1 << 53  # larger integers cannot become floats exactly (and beyond ~1e308 not at all)
 
 
 @dataclass(frozen=True)
@@ -103,9 +105,13 @@ def _urls(value: Any) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
         raise _FieldError("must be a non-empty list of http(s) URLs")
     for url in value:
-        parts = urlsplit(_text(url))
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise _FieldError(f"has {url!r}: every source must be an http:// or https:// URL")
+        try:
+            parts = urlsplit(_text(url))
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+        except ValueError:  # malformed host or port ("http://[::1", "http://h:x/")
+            valid = False
+        if not valid:
+            raise _FieldError(f"has {url!r}: every source must be a well-formed http:// or https:// URL")
     return tuple(value)
 
 
@@ -119,6 +125,8 @@ def _file_name(value: Any) -> str:
     name = _nonempty_text(value)
     if "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
         raise _FieldError(f"must be a bare file name without path separators, got {name!r}")
+    if name.endswith(RESERVED_SUFFIXES):
+        raise _FieldError(f"must not end with {' or '.join(RESERVED_SUFFIXES)} (the cache's own files), got {name!r}")
     return name
 
 
@@ -139,6 +147,8 @@ def _metrics(value: Any) -> dict[str, float]:
     for key, number in table.items():
         if isinstance(number, bool) or not isinstance(number, (int, float)):
             raise _FieldError(f"has {key} = {number!r}; metrics must be numbers")
+        if isinstance(number, int) and abs(number) > MAX_METRIC:
+            raise _FieldError(f"has {key} = {number}; metrics are scores, not numbers this large")
     return {key: float(number) for key, number in table.items()}
 
 
@@ -169,6 +179,9 @@ def parse_registry(text: str, source: str) -> dict[str, Weights]:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise RegistryError(f"registry file {source}: not valid TOML ({error}); fix the syntax") from None
+    except RecursionError:
+        raise RegistryError(f"registry file {source}: values are nested too deeply to read; a registry entry "
+                            "needs only flat tables and lists") from None
     entries = {}
     for name, table in document.items():
         if not isinstance(table, dict):
@@ -195,6 +208,9 @@ def load_registry_file(path: str | os.PathLike[str]) -> dict[str, Weights]:
     except OSError as error:
         raise RegistryError(f"registry file {path} cannot be read ({error.strerror}); "
                             f"check the path (set through {REGISTRY_ENV})") from None
+    except UnicodeDecodeError as error:
+        raise RegistryError(f"registry file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
+                            "save it as UTF-8") from None
     return parse_registry(text, str(path))
 
 
