@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 
 from benchmarks.common import bench_device, interleaved_medians, row, synchronized
 from iabn_zoo.arch_registry import is_arch
