@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from benchmarks.common import bench_device, interleaved_medians, row, synchronized
 from iabn_zoo.arch_registry import is_arch
 from iabn_zoo.memory import MIB, measure_step, model_and_inputs, resolve_device, training_step
