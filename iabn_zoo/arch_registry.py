@@ -30,6 +30,13 @@ def register_arch(fn: ArchFn) -> ArchFn:
     return fn
 
 
+def unregister_arch(name: str) -> None:
+    """Remove an architecture registered with `register_arch` (e.g. a test's miniature network)."""
+    if name not in _ARCHS:
+        raise UnknownNameError("architecture", name, _ARCHS)
+    del _ARCHS[name]
+
+
 def _load_families() -> None:
     global _loaded
     if not _loaded:

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from authors_checkpoints import write_vistas_checkpoint
-from iabn_zoo.arch_registry import register_arch
+from iabn_zoo.arch_registry import is_arch, register_arch, unregister_arch
 from iabn_zoo.backbone import FeatureInfo, ZooNet
 from iabn_zoo.blocks import IdentityResidualBlock
 from iabn_zoo.deeplab import DeepLabV3Head
@@ -54,11 +54,11 @@ class TinyBody(ZooNet):
         return [x]
 
 
-@register_arch
 def tiny_vistas_deeplab3(bn_mode: str = "inplace", activation: str = "leaky_relu", activation_param: float = 0.01,
                          num_classes: int = 65, backend: str | None = None, features_only: bool = False,
                          pooling_size: int = 3, head_channels: int = 16) -> SegmentationNet:
-    """A miniature of the Vistas network (same parts and key layout), for fast tests."""
+    """A miniature of the Vistas network (same parts and key layout), for fast tests; registered as an
+    architecture only while `served_tiny_vistas` is open, so other tests never see it."""
     norm_act = make_norm_act(bn_mode, activation, activation_param, backend=backend)
     body = TinyBody(norm_act)
     head = DeepLabV3Head(body.num_features, head_channels, head_channels, (1, 2, 3), norm_act=norm_act,
@@ -91,11 +91,25 @@ def write_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
 
 
 @contextmanager
+def tiny_arch_registered() -> Iterator[None]:
+    """`tiny_vistas_deeplab3` in the architecture registry for the duration of the block (nesting allowed)."""
+    if is_arch(tiny_vistas_deeplab3.__name__):
+        yield
+        return
+    register_arch(tiny_vistas_deeplab3)
+    try:
+        yield
+    finally:
+        unregister_arch(tiny_vistas_deeplab3.__name__)
+
+
+@contextmanager
 def served_tiny_vistas(folder: Path, *, seed: int = 0, name: str = TINY_WEIGHTS) -> Iterator[Weights]:
-    """Register weights `name` (the Vistas entry's preprocessing, long side 64) served from a loopback server."""
+    """Register weights `name` (the Vistas entry's preprocessing, long side 64) served from a loopback server,
+    and the tiny architecture with them."""
     checkpoint = write_tiny_checkpoint(folder / "tiny_vistas.pth.tar", seed)
     vistas = get_weights("wider_resnet38_deeplab3_vistas")
-    with LoopbackServer() as server:
+    with tiny_arch_registered(), LoopbackServer() as server:
         url = server.add("/tiny_vistas.pth.tar", checkpoint)
         weights = Weights(
             name=name, arch="tiny_vistas_deeplab3",

@@ -237,3 +237,10 @@ def test_the_vistas_network_runs_through_the_predictor():
     assert 0 <= int(result.classes.min()) and int(result.classes.max()) < 65
     assert float(result.confidence.min()) > 1 / 65 - 1e-6
 
+
+
+def test_tiny_network_is_registered_only_while_served(tiny_model):
+    """Other test modules never see the miniature network or its weights."""
+    from iabn_zoo.arch_registry import is_arch
+
+    assert not is_arch("tiny_vistas_deeplab3") and not zoo.list_weights(TINY_WEIGHTS)

@@ -190,8 +190,8 @@ def test_command_runs_as_a_process_with_a_progress_bar(tmp_path):
 
 # The child process must know the test-only architecture: it imports the fixtures module, then runs the CLI.
 PLUGIN_RUNNER = (
-    f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import segmentation_fixtures; "
-    "from iabn_zoo.cli import main; sys.exit(main(sys.argv[1:]))"
+    f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import segmentation_fixtures as fixtures; "
+    "from iabn_zoo.cli import main\nwith fixtures.tiny_arch_registered(): sys.exit(main(sys.argv[1:]))"
 )
 
 
