@@ -200,7 +200,6 @@ class SegmentationPredictor:
             raise InvalidArgumentError(f"long_side must be a positive integer (or None: keep size), got {long_side!r}")
         if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
             raise InvalidArgumentError(f"mean and std need 3 values each, std > 0; got mean={mean}, std={std}")
-        self.model = model.eval()
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.long_side = long_side
@@ -208,6 +207,7 @@ class SegmentationPredictor:
         self.flip = bool(flip)
         self.fusion = check_fusion(fusion)
         self.resample = resample_filter(interpolation)
+        self.model = model.eval()  # the head's evaluation-time pooling, frozen norm statistics
 
     @classmethod
     def from_weights(cls, weights: str = DEFAULT_WEIGHTS, *, progress: bool = True, **options: Any):
