@@ -224,6 +224,7 @@ def read_converted(path: Path, *, md5: str) -> dict[str, torch.Tensor] | None:
 
 def write_converted(tensors: Mapping[str, torch.Tensor], path: Path, *, source: str, md5: str) -> bool:
     """Write the safetensors copy atomically (temporary file, then rename); False when the cache is not writable."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     metadata = {"format": CONVERTED_FORMAT, "source": source, "md5": md5}
@@ -237,7 +238,7 @@ def write_converted(tensors: Mapping[str, torch.Tensor], path: Path, *, source: 
         finally:
             if os.path.exists(temporary):
                 os.unlink(temporary)
-    except OSError as error:
+    except (OSError, SafetensorError) as error:  # safetensors reports a full disk as its own error
         warnings.warn(f"could not keep a safetensors copy in {path.parent} ({error}); every load will read the "
                       "original checkpoint until the cache is writable", stacklevel=3)
         return False
