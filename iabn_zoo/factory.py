@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from typing import Any
 
 import torch.nn as nn
@@ -75,7 +76,21 @@ def _build(arch: str, arch_kwargs: dict[str, Any], *, bn_mode: str | None, num_c
         options["bn_mode"] = bn_mode
     if num_classes is not None:
         options["num_classes"] = num_classes
-    return get_arch(arch)(**options)
+    constructor = get_arch(arch)
+    _check_options(arch, constructor, options)
+    return constructor(**options)
+
+
+def _check_options(arch: str, constructor: Any, options: dict[str, Any]) -> None:
+    """Reject keyword arguments the architecture does not take, naming them and the ones it does."""
+    parameters = inspect.signature(constructor).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(set(options) - set(parameters))
+    if unknown:
+        raise InvalidArgumentError(
+            f"{arch} takes no argument {', '.join(map(repr, unknown))}; it takes {', '.join(parameters)}"
+        )
 
 
 def _build_pretrained(weights: Weights, *, bn_mode: str | None, num_classes: int | None, progress: bool, **kwargs):
