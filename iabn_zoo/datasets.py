@@ -159,7 +159,7 @@ class ImageFolder(torch.utils.data.Dataset):
         if self.seed is None:
             return self.transform(image), target
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed_for(self.seed, self.epoch, index))
+            torch.default_generator.manual_seed(seed_for(self.seed, self.epoch, index))
             return self.transform(image), target
 
 

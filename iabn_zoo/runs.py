@@ -241,3 +241,19 @@ def load_run(run_dir: str | os.PathLike[str], *, bn_mode: str | None = None) -> 
         model = convert_norm(model, bn_mode)
     model.classes = list(info.classes)
     return model.eval()
+
+
+def create_from_run(run_dir: str | os.PathLike[str], *, pretrained: bool = True, num_classes: int | None = None,
+                    bn_mode: str | None = None) -> nn.Module:
+    """`create_model(RUN_DIR, ...)`: the run's network with its trained weights (or fresh ones with
+    pretrained=False), a new classifier when `num_classes` differs, norm layers converted to `bn_mode`."""
+    if pretrained:
+        model = load_run(run_dir, bn_mode=bn_mode).train()
+    else:
+        from .norm_act import convert_norm
+
+        model = build_run_model(read_run(run_dir))
+        model = convert_norm(model, bn_mode) if bn_mode is not None else model
+    if num_classes is not None and num_classes != len(read_run(run_dir).classes):
+        model.reset_classifier(num_classes)
+    return model

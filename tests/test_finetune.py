@@ -68,6 +68,18 @@ def test_load_run_gives_the_trained_network(trained):
         assert torch.equal(model(x), result.model.eval()(x))
 
 
+def test_create_model_loads_a_run_directory(trained):
+    _, result = trained
+    model = create_model(str(result.run_dir), pretrained=True).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), result.model.eval()(x))
+    assert create_model(result.run_dir, pretrained=True, num_classes=5).get_classifier().out_features == 5
+    standard = create_model(result.run_dir, pretrained=True, bn_mode="standard").eval()
+    with torch.no_grad():
+        assert torch.allclose(standard(x), model(x), atol=1e-4)
+
+
 def test_evaluate_command_on_the_run_matches_the_last_validation(trained, capsys):
     data, result = trained
     assert cli.main(["evaluate", str(result.run_dir), str(data), "--json", "--num-workers", "0"]) == 0
