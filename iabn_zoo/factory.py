@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from .arch_registry import get_arch, is_arch, list_archs
 from .errors import InvalidArgumentError, UnknownNameError
+from .runs import create_from_run, is_run_dir
 from .weights import Weights, get_weights, is_weights, list_weights
 
 BN_MODES = ("standard", "inplace", "sync")
@@ -60,6 +61,8 @@ def create_model(
         raise InvalidArgumentError(f"num_classes must be an integer >= 0, got {num_classes!r}")
     if bn_mode is not None and bn_mode not in BN_MODES:
         raise InvalidArgumentError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
+    if not is_arch(name) and not is_weights(name) and is_run_dir(name):  # a fine-tuning RUN directory
+        return create_from_run(name, pretrained=pretrained, num_classes=num_classes, bn_mode=bn_mode)
     weights = resolve_weights(name)
     if weights is None and pretrained:
         weights = default_weights_for(name)
