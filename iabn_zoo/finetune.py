@@ -508,6 +508,7 @@ def finetune(model: str, data_dir: str | os.PathLike[str], out_dir: str | os.Pat
         if procs.is_writer:
             Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
             runs.write_json(Path(cfg.out_dir) / runs.CONFIG_FILE, description)
+            runs.write_classes_csv(Path(cfg.out_dir), loaders.classes)
         trainer = Trainer(cfg, procs, description, loaders)
         metrics = trainer.run(on_epoch_end)
         if procs.distributed:

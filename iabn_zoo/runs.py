@@ -5,13 +5,17 @@ A RUN directory holds
   model.safetensors         the latest weights (what `load_run` and `iabn-zoo evaluate RUN` use);
   checkpoint.json           the resume point: epoch, step, optimizer/scheduler/scaler state (tensors excepted);
   state-epochNNNN.safetensors  the tensors of that resume point: model, optimizer buffers, RNG states;
-  metrics.jsonl             one JSON object per finished epoch.
+  metrics.jsonl             one JSON object per finished epoch;
+  classes.csv               index,name of every output (the `labels` of a registered entry, see `run_weights`).
 Every file is written to a temporary name, fsynced and renamed over the old one; `checkpoint.json` is renamed
 last and names its tensor file, so a write killed at any moment leaves the previous checkpoint loadable.
 """
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -29,6 +33,7 @@ CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.json"
 METRICS_FILE = "metrics.jsonl"
+CLASSES_FILE = "classes.csv"
 FORMAT_VERSION = 1
 
 
@@ -257,3 +262,38 @@ def create_from_run(run_dir: str | os.PathLike[str], *, pretrained: bool = True,
     if num_classes is not None and num_classes != len(read_run(run_dir).classes):
         model.reset_classifier(num_classes)
     return model
+
+
+def file_md5(path: Path) -> str:
+    """The md5 of a file, read in chunks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_classes_csv(run_dir: Path, classes: list[str]) -> None:
+    """RUN/classes.csv (index,name), the label file a registered entry of the run points to."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["index", "name"])
+    writer.writerows(enumerate(classes))
+    write_atomic(run_dir / CLASSES_FILE, text.getvalue().encode())
+
+
+def run_weights(run_dir: str | os.PathLike[str], *, name: str, url: str, description: str = "") -> Any:
+    """A `Weights` entry for the run's model.safetensors published at `url` (http/https), to pass to
+    `register_weights` or write into a registry file; `create_model(name, pretrained=True)` then loads it."""
+    from .weights import Weights
+
+    info = read_run(run_dir)
+    weights_file = info.run_dir / MODEL_FILE
+    metrics = read_metrics(info.run_dir)
+    scores = {key: float(metrics[-1][f"val_{key}"]) for key in ("top1", "top5")} if metrics else {}
+    return Weights(
+        name=name, arch=info.arch, arch_kwargs={**info.arch_kwargs, "bn_mode": info.bn_mode}, urls=(url,),
+        md5=file_md5(weights_file), file_name=f"{name}.safetensors", num_classes=info.num_classes,
+        task="classification", metrics=scores, license="", preprocessing=dict(info.preprocessing),
+        description=description or f"{info.config.get('model')} fine-tuned on {info.config.get('data_dir')}",
+        labels=str((info.run_dir / CLASSES_FILE).resolve()), file_size=weights_file.stat().st_size)

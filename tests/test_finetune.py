@@ -17,8 +17,11 @@ from iabn_zoo import cli
 from iabn_zoo.errors import DataError, InvalidArgumentError, UnknownNameError
 from iabn_zoo.factory import create_model
 from iabn_zoo.finetune import FinetuneConfig, finetune, lr_factor, parameter_groups
-from iabn_zoo.runs import load_checkpoint, load_run, load_tensors, read_metrics, read_run
+from iabn_zoo.labels import class_names
+from iabn_zoo.runs import load_checkpoint, load_run, load_tensors, read_metrics, read_run, run_weights
+from iabn_zoo.weights import register_weights, unregister_weights
 from tests.image_folders import write_colour_dataset
+from tests.loopback_server import LoopbackServer
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(batch_size=6, image_size=16, augment="light", num_workers=0, progress=False)
@@ -78,6 +81,23 @@ def test_create_model_loads_a_run_directory(trained):
     standard = create_model(result.run_dir, pretrained=True, bn_mode="standard").eval()
     with torch.no_grad():
         assert torch.allclose(standard(x), model(x), atol=1e-4)
+
+
+def test_a_published_run_registers_and_loads_through_the_download_manager(trained):
+    _, result = trained
+    with LoopbackServer() as server:
+        server.add("/models/colours.safetensors", result.run_dir / "model.safetensors")
+        weights = run_weights(result.run_dir, name="colours_resnet18", url=server.url("/models/colours.safetensors"))
+        register_weights(weights)
+        try:
+            model = create_model("colours_resnet18", pretrained=True, progress=False).eval()
+        finally:
+            unregister_weights("colours_resnet18")
+    assert class_names(weights.labels, weights.num_classes) == ["blue", "green", "red"]
+    assert weights.metrics["top1"] == pytest.approx(result.final["val_top1"])
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), result.model.eval()(x))
 
 
 def test_evaluate_command_on_the_run_matches_the_last_validation(trained, capsys):
