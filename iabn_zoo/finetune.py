@@ -216,10 +216,8 @@ def build_model(cfg: FinetuneConfig, description: dict[str, Any], *, from_checkp
     weights = weights_entry(cfg.model)
     pretrained = (weights is not None) if cfg.pretrained is None else cfg.pretrained
     if from_checkpoint or not pretrained:
-        info = runs.RunInfo(run_dir=Path(cfg.out_dir), arch=description["arch"],
-                            arch_kwargs=description["arch_kwargs"], bn_mode=description["bn_mode"],
-                            classes=tuple(description["classes"]), preprocessing={}, config={})
-        return runs.build_run_model(info)
+        return runs.build_network(description["arch"], description["arch_kwargs"], description["bn_mode"],
+                                  len(description["classes"]))
     return create_model(cfg.model, pretrained=True, num_classes=len(description["classes"]),
                         bn_mode=description["bn_mode"])
 

@@ -221,12 +221,17 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunInfo:
             from None
 
 
-def build_run_model(info: RunInfo) -> nn.Module:
-    """The run's network with freshly initialised weights, in the norm mode it was trained with."""
+def build_network(arch: str, arch_kwargs: dict[str, Any], bn_mode: str, num_classes: int) -> nn.Module:
+    """A freshly initialised network of `arch` with the family options of `arch_kwargs`."""
     from .factory import create_model
 
-    options = {k: v for k, v in info.arch_kwargs.items() if k not in ("bn_mode", "num_classes")}
-    return create_model(info.arch, num_classes=info.num_classes, bn_mode=info.bn_mode, **options)
+    options = {k: v for k, v in arch_kwargs.items() if k not in ("bn_mode", "num_classes")}
+    return create_model(arch, num_classes=num_classes, bn_mode=bn_mode, **options)
+
+
+def build_run_model(info: RunInfo) -> nn.Module:
+    """The run's network with freshly initialised weights, in the norm mode it was trained with."""
+    return build_network(info.arch, info.arch_kwargs, info.bn_mode, info.num_classes)
 
 
 def load_run(run_dir: str | os.PathLike[str], *, bn_mode: str | None = None) -> nn.Module:
