@@ -29,8 +29,8 @@ def interpreter_run(code: str):
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
-    """One row per case, against a fresh `import torch`; 5 alternating repeats (quick: 2)."""
-    repeats = 2 if quick else 5
+    """One row per case, against a fresh `import torch`; 3 alternating repeats after a warm-up (quick: 1)."""
+    repeats = 1 if quick else 3
     rows = []
     for label, code, target in CASES:
         ours, base = interleaved_medians(interpreter_run(code), interpreter_run(BASELINE), repeats=repeats)
