@@ -116,7 +116,7 @@ def _foreign_global(error: BaseException) -> str | None:
     A truncated or random file also trips the weights-only unpickler, with names that resolve to nothing
     ("torch.Floa"); only modules already in `sys.modules` are consulted, so nothing is imported to decide.
     """
-    match = re.search(r"GLOBAL (\S+) was not an allowed global", str(error))
+    match = re.search(r"GLOBAL (\S+) (?:was not an allowed global|whose module \S+ is blocked)", str(error))
     if match is None:
         return None
     module_name, _, attribute = match.group(1).rpartition(".")
