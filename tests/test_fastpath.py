@@ -145,6 +145,14 @@ def test_segmentation_network_matches_in_eval():
         out = model(x.clone())
     assert out.shape == (1, 5, 6, 6)
     assert relative_error(out, expected) < TOLERANCE
+    enable_fast_eval(model)  # what SegmentationNet.train may call: the head joins, the body stays its backbone's
+    assert "forward" in model.head.red_bn.__dict__
+    assert all(m is not model.body.bn_out for m, _ in fast_eval_state(model).overridden)
+    with torch.no_grad():
+        assert relative_error(model(x.clone()), expected) < TOLERANCE
+        model.train()
+        model.eval()
+        assert relative_error(model(x.clone()), expected) < TOLERANCE
 
 
 def test_features_only_outputs_match_and_are_contiguous():
