@@ -195,6 +195,10 @@ class FastEval:
         self.handles: list[Any] = []
         self.converted: weakref.ref | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable state: the reference to a call's converted input is transient (and weak)."""
+        return {**self.__dict__, "converted": None}
+
     def install(self) -> None:
         """(Re)install on the root's current modules: overrides for pairs and lone norm layers, hooks on the root."""
         self.uninstall()

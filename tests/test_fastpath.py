@@ -271,6 +271,8 @@ def test_copies_and_pickles_of_an_eval_model_compute_the_same():
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         expected = model(x.clone())
+        with pytest.raises(InvalidArgumentError):
+            model(torch.randn(1, 3, 32, 32)[:, :2])  # fails between the input and output hooks
         for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
             assert relative_error(other(x.clone()), expected) < TOLERANCE
             other.train()
