@@ -96,6 +96,8 @@ def check_config(cfg: FinetuneConfig) -> None:
     _check(_is_int(cfg.image_size) and cfg.image_size >= MIN_IMAGE_SIZE,
            f"image_size must be an integer >= {MIN_IMAGE_SIZE}, got {cfg.image_size!r}")
     _check(cfg.augment in AUGMENT_PRESETS, f"augment must be one of {', '.join(AUGMENT_PRESETS)}, got {cfg.augment!r}")
+    _check(cfg.bn_mode in (None, "standard", "inplace", "sync"),
+           f"bn_mode must be standard, inplace or sync, got {cfg.bn_mode!r}")
     _check(cfg.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
     _check(cfg.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
     _check(cfg.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
@@ -223,7 +225,8 @@ def build_model(cfg: FinetuneConfig, description: dict[str, Any], *, from_checkp
 
 
 def stage_modules(model: nn.Module, count: int) -> list[nn.Module]:
-    """The first `count` stages of a zoo network (from its feature_info)."""
+    """The modules that compute the first `count` stages of a zoo network (from its feature_info): the stages
+    and everything before them, such as the stem."""
     info = getattr(model, "feature_info", None)
     if count == 0:
         return []
@@ -232,7 +235,9 @@ def stage_modules(model: nn.Module, count: int) -> list[nn.Module]:
     if count > len(info):
         raise InvalidArgumentError(f"freeze_stages must be at most {len(info)} for this network "
                                    f"(stages: {', '.join(i.module for i in info)}), got {count}")
-    return [model.get_submodule(i.module) for i in info[:count]]
+    children = [name for name, _ in model.named_children()]
+    last = children.index(info[count - 1].module.split(".")[0])
+    return [model.get_submodule(name) for name in children[:last + 1]]
 
 
 def freeze(modules: list[nn.Module]) -> None:

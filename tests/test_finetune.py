@@ -100,6 +100,25 @@ def test_a_published_run_registers_and_loads_through_the_download_manager(traine
         assert torch.equal(model(x), result.model.eval()(x))
 
 
+def test_fine_tuning_from_a_weights_name_keeps_the_backbone_and_sizes_the_classifier(trained, tmp_path):
+    _, source = trained
+    two_colours = {"cyan": (20, 200, 200), "yellow": (220, 220, 20)}
+    data = write_colour_dataset(tmp_path / "data", train=3, val=1, size=16, colours=two_colours)
+    with LoopbackServer() as server:
+        server.add("/colours.safetensors", source.run_dir / "model.safetensors")
+        register_weights(run_weights(source.run_dir, name="colours_src", url=server.url("/colours.safetensors")))
+        try:
+            stages = len(source.model.feature_info)
+            result = finetune("colours_src", data, tmp_path / "run", epochs=1, freeze_stages=stages, **FAST)
+        finally:
+            unregister_weights("colours_src")
+    assert result.model.get_classifier().out_features == 2
+    assert read_run(result.run_dir).arch == "resnet18"
+    before, after = source.model.state_dict(), result.model.state_dict()
+    backbone = [k for k in after if not k.startswith("classifier.")]
+    assert backbone and all(torch.equal(after[k], before[k]) for k in backbone)
+
+
 def test_evaluate_command_on_the_run_matches_the_last_validation(trained, capsys):
     data, result = trained
     assert cli.main(["evaluate", str(result.run_dir), str(data), "--json", "--num-workers", "0"]) == 0
@@ -171,9 +190,11 @@ def test_frozen_stages_keep_their_weights_and_statistics(tmp_path):
     torch.manual_seed(0)
     initial = create_model("resnet18", num_classes=3, bn_mode="inplace").state_dict()
     trained = result.model.state_dict()
-    frozen = [i.module for i in result.model.feature_info[:2]]
+    children = [name for name, _ in result.model.named_children()]
+    frozen = children[:children.index(result.model.feature_info[1].module) + 1]  # the stem and two stages
+    assert len(frozen) >= 2
     for key, value in trained.items():
-        if any(key.startswith(stage + ".") for stage in frozen):
+        if key.split(".")[0] in frozen:
             assert torch.equal(value, initial[key]), key
     later = result.model.feature_info[2].module
     assert any(not torch.equal(v, initial[k]) for k, v in trained.items() if k.startswith(later + "."))
@@ -207,7 +228,8 @@ def test_schedules_start_at_the_base_rate_and_decay_as_documented():
 @pytest.mark.parametrize("option, value", [
     ("epochs", 0), ("lr", -0.1), ("lr", float("nan")), ("image_size", 4), ("batch_size", 1),
     ("augment", "heavy"), ("optimizer", "adam"), ("schedule", "cyclic"), ("precision", "fp8"),
-    ("freeze_stages", -1), ("clip_grad_norm", -1.0), ("on_error", "ignore"), ("colour", "red"),
+    ("freeze_stages", -1), ("clip_grad_norm", -1.0), ("on_error", "ignore"), ("bn_mode", "group"),
+    ("colour", "red"),
 ])
 def test_out_of_range_options_are_refused_before_anything_is_written(tmp_path, option, value):
     with pytest.raises(InvalidArgumentError, match=option):

@@ -51,7 +51,7 @@ def add_finetune(subparsers: Any) -> None:
     parser.add_argument("--schedule", choices=("cosine", "linear", "step"), help="per-iteration (default cosine)")
     parser.add_argument("--step-epochs", type=int, help="step schedule: decay every N epochs (default epochs/3)")
     parser.add_argument("--gamma", type=float, help="step schedule decay factor (default 0.1)")
-    parser.add_argument("--freeze-stages", type=int, help="do not train the first N stages (default 0)")
+    parser.add_argument("--freeze-stages", type=int, help="do not train the stem and the first N stages (default 0)")
     parser.add_argument("--clip-grad-norm", type=float, help="clip the gradient norm to this (default 0: off)")
     parser.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"),
                         help="auto (default): mixed precision on CUDA, fp32 on CPU")
