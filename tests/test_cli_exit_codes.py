@@ -80,7 +80,8 @@ def test_offline_download_failure(capsys, monkeypatch, zoo_home):
 def test_import_of_a_wrong_file_is_a_checksum_error(capsys, tmp_path, zoo_home):
     wrong = tmp_path / "wrong.pth.tar"
     wrong.write_bytes(b"not the published file")
-    expect(capsys, ["import", str(wrong), "--name", "resnet34_ipabn_sync_lr_512"], 6, "61515c1484911c3cc753d405131e1dda")
+    expect(capsys, ["import", str(wrong), "--name", "resnet34_ipabn_sync_lr_512"], 6,
+           "61515c1484911c3cc753d405131e1dda")
     assert not (zoo_home / "checkpoints" / "resnet34_ipabn_sync_lr_512.pth.tar").exists()
 
 

@@ -76,7 +76,8 @@ def test_a_global_from_an_unknown_module_is_never_imported(tmp_path, monkeypatch
     marker = tmp_path / "imported"
     (tmp_path / "zoo_gadget_module.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\nrun = print\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    body = b"\x80\x02}q\x00X\x0a\x00\x00\x00state_dictq\x01czoo_gadget_module\nrun\nq\x02X\x02\x00\x00\x00hiq\x03\x85q\x04Rq\x05s."
+    body = (b"\x80\x02}q\x00X\x0a\x00\x00\x00state_dictq\x01"  # {"state_dict": zoo_gadget_module.run("hi")}
+            b"czoo_gadget_module\nrun\nq\x02X\x02\x00\x00\x00hiq\x03\x85q\x04Rq\x05s.")
     for legacy in (True, False):
         path = tmp_path / f"import_{legacy}.pth"
         if legacy:
