@@ -197,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     modules = discover(args.bench_dir, args.only)
     if not modules:
         known = ", ".join(p.stem for p in sorted(args.bench_dir.glob("bench_*.py"))) or "none"
-        print(f"no benchmark module matches {args.only!r} in {args.bench_dir}; modules: {known}", file=sys.stderr)
+        wanted = f"matches {args.only!r}" if args.only else "(bench_*.py)"
+        print(f"no benchmark module {wanted} in {args.bench_dir}; modules: {known}", file=sys.stderr)
         return 2
     timeout_s = args.timeout if args.timeout is not None else DEFAULT_TIMEOUT_S[args.quick]
     start = time.perf_counter()
