@@ -151,7 +151,8 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_weights(tmp_path):
     resumed = finetune("resnet18", data, parts, resume=True, **options)
 
     assert [r["epoch"] for r in resumed.metrics] == [1, 2, 3]
-    final_whole, final_parts = load_tensors(whole.run_dir / "model.safetensors"), load_tensors(parts / "model.safetensors")
+    final_whole = load_tensors(whole.run_dir / "model.safetensors")
+    final_parts = load_tensors(parts / "model.safetensors")
     assert final_whole.keys() == final_parts.keys()
     assert all(torch.equal(final_whole[k], final_parts[k]) for k in final_whole)
     assert [r["val_top1"] for r in resumed.metrics] == [r["val_top1"] for r in whole.metrics]
