@@ -33,7 +33,7 @@ def step_function(model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
     return step
 
 
-def peak_step_bytes(step, device: str) -> int:
+def peak_step_bytes(step) -> int:
     """Peak bytes CUDA's allocator held during one step (model and optimizer state included)."""
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -61,8 +61,8 @@ def measure(arch: str, target: float | None, batch: int, size: int, repeats: int
                 target=target, unit="s", note=note)]
     if device.startswith("cuda"):
         rows.append(row(f"train peak memory {arch} b{batch} {size}px (InPlace-ABN {backend} vs standard BN)",
-                        peak_step_bytes(steps["inplace"], device) / 2 ** 20,
-                        peak_step_bytes(steps["standard"], device) / 2 ** 20, target=None, unit="MiB",
+                        peak_step_bytes(steps["inplace"]) / 2 ** 20,
+                        peak_step_bytes(steps["standard"]) / 2 ** 20, target=None, unit="MiB",
                         note="torch.cuda.max_memory_allocated over one step"))
     return rows
 

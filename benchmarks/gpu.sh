@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # benchmarks/gpu.sh: the memory and speed rows on a CUDA machine, in one command of under 8 minutes.
 #
-#   bash benchmarks/gpu.sh            # from anywhere; writes benchmarks/results/gpu/{latest.json,latest.md,memory_*.json}
+#   bash benchmarks/gpu.sh    # from anywhere; writes benchmarks/results/gpu/{latest.json,latest.md,memory*}
 #
 # It builds .venv-gpu (reusing a CUDA torch already installed system-wide, else `pip install torch`, whose Linux
 # wheel is the CUDA build), compiles inplace-abn 1.1.0 for this GPU's architecture only (TORCH_CUDA_ARCH_LIST from
@@ -38,7 +38,8 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
     say "installing ${TORCH_SPEC:-torch} (CUDA build)"
     "${PIP[@]}" "${TORCH_SPEC:-torch}"
 fi
-"$PY" -c "import torch; assert torch.cuda.is_available(), 'torch sees no GPU'; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" >&2
+"$PY" -c "import torch; assert torch.cuda.is_available(), 'torch sees no GPU'
+print('torch', torch.__version__, 'CUDA', torch.version.cuda)" >&2
 "${PIP[@]}" "setuptools>=68" wheel setuptools_scm ninja requests tqdm safetensors pillow filelock
 
 if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
@@ -48,7 +49,8 @@ export TORCH_CUDA_ARCH_LIST
 NVCC="$(command -v nvcc || true)"
 [ -z "$NVCC" ] && [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ] && NVCC="${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"
 has_cuda_kernels() {
-    "$PY" -c "from iabn_zoo.norm_act import native_kernels; k = native_kernels(); raise SystemExit(0 if k is not None and k.has_cuda else 1)" 2>/dev/null
+    "$PY" -c "from iabn_zoo.norm_act import native_kernels as n
+raise SystemExit(0 if n() is not None and n().has_cuda else 1)" 2>/dev/null
 }
 "${PIP[@]}" --no-deps -e .
 if has_cuda_kernels; then
@@ -73,7 +75,8 @@ for arch in "${ARCHS[@]}"; do
         --json > "$OUT/memory_$arch.json" || say "memory $arch failed or ran out of time"
 done
 
-MODULES="$(grep -l 'bench_device' benchmarks/bench_*.py | xargs -n1 basename | sed 's/^bench_//; s/\.py$//' | paste -sd, -)"
+MODULES="$(grep -l 'bench_device' benchmarks/bench_*.py | xargs -n1 basename | sed 's/^bench_//; s/\.py$//' \
+    | paste -sd, -)"
 REMAINING="$(left)"
 say "runner on cuda: $MODULES ($REMAINING s left)"
 IABN_BENCH_DEVICE=cuda "$PY" -m benchmarks --only "$MODULES" --results-dir "$OUT" \

@@ -108,7 +108,7 @@ class ZooNet(nn.Module):
 
     def train(self, mode: bool = True) -> ZooNet:
         """Set training mode; `eval()` switches to the fast inference path of `iabn_zoo.fastpath` (same function,
-        same parameters) and `train()` back to the memory-saving layers. `fastpath.disable_fast_eval(model)` opts out."""
+        same parameters), `train()` back to the memory-saving layers; `fastpath.disable_fast_eval(model)` opts out."""
         super().train(mode)
         from .fastpath import sync_fast_eval
 
