@@ -3,8 +3,7 @@
 A step is forward, cross-entropy, backward and an SGD update. Each side is the network as `create_model` builds it
 for its bn_mode (the in-place modes also turn on the family's memory-lean parts, e.g. the stem pooling), so the
 ratio is what a user pays for switching. DenseNet-264 recomputes its bottlenecks on purpose (memory-efficient), so
-its row reports the cost without a target. On CUDA (benchmarks/gpu.sh) each network also gets a row of its peak
-training memory (torch.cuda.max_memory_allocated), InPlace-ABN against standard BN.
+its row reports the cost without a target. Memory (bytes kept, CUDA peak) is bench_memory's.
 """
 
 from __future__ import annotations
@@ -33,17 +32,8 @@ def step_function(model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
     return step
 
 
-def peak_step_bytes(step) -> int:
-    """Peak bytes CUDA's allocator held during one step (model and optimizer state included)."""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    step()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated()
-
-
-def measure(arch: str, target: float | None, batch: int, size: int, repeats: int, device: str) -> list[dict]:
-    """Step-time row (and on CUDA a peak-memory row) for one architecture."""
+def measure(arch: str, target: float | None, batch: int, size: int, repeats: int, device: str) -> dict[str, Any]:
+    """The step-time row of one architecture."""
     import iabn_zoo
     from iabn_zoo.norm_act import resolve_backend
 
@@ -57,14 +47,8 @@ def measure(arch: str, target: float | None, batch: int, size: int, repeats: int
     ours, base = interleaved_medians(steps["inplace"], steps["standard"], repeats=repeats, warmup=1)
     backend = resolve_backend()
     note = "recomputes its bottlenecks on purpose (memory-efficient): cost reported" if target is None else ""
-    rows = [row(f"train step {arch} b{batch} {size}px {device} (InPlace-ABN {backend} vs standard BN)", ours, base,
-                target=target, unit="s", note=note)]
-    if device.startswith("cuda"):
-        rows.append(row(f"train peak memory {arch} b{batch} {size}px (InPlace-ABN {backend} vs standard BN)",
-                        peak_step_bytes(steps["inplace"]) / 2 ** 20,
-                        peak_step_bytes(steps["standard"]) / 2 ** 20, target=None, unit="MiB",
-                        note="torch.cuda.max_memory_allocated over one step"))
-    return rows
+    return row(f"train step {arch} b{batch} {size}px {device} (InPlace-ABN {backend} vs standard BN)", ours, base,
+               target=target, unit="s", note=note)
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
@@ -75,7 +59,4 @@ def run(quick: bool) -> list[dict[str, Any]]:
         batch, size, repeats = 2, 64, 1
     else:
         batch, size, repeats = (16, 224, 5) if device.startswith("cuda") else (4, 160, 3)
-    rows: list[dict[str, Any]] = []
-    for arch, target in ARCHS.items():
-        rows.extend(measure(arch, target, batch, size, repeats, device))
-    return rows
+    return [measure(arch, target, batch, size, repeats, device) for arch, target in ARCHS.items()]

@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
 # benchmarks/gpu.sh: the memory and speed rows on a CUDA machine, in one command of under 8 minutes.
 #
-#   bash benchmarks/gpu.sh    # from anywhere; writes benchmarks/results/gpu/{latest.json,latest.md,memory*}
+#   bash benchmarks/gpu.sh    # from anywhere; writes benchmarks/results/gpu/latest.json and latest.md
 #
 # It builds .venv-gpu (reusing a CUDA torch already installed system-wide, else `pip install torch`, whose Linux
 # wheel is the CUDA build), compiles inplace-abn 1.1.0 for this GPU's architecture only (TORCH_CUDA_ARCH_LIST from
 # nvidia-smi; without nvcc it falls back to the pure-PyTorch backend and says so), installs iabn-zoo, then runs
-#   - `iabn-zoo memory ARCH --device cuda --json` per architecture: peak (torch.cuda.max_memory_allocated), bytes
-#     kept for backward and step time, standard vs InPlace-ABN;
-#   - every benchmarks/bench_*.py module that honours IABN_BENCH_DEVICE (inference fast path, training step time
-#     and peak memory, ...), through the usual runner.
+# every benchmarks/bench_*.py module that honours IABN_BENCH_DEVICE through the usual runner, with
+# IABN_BENCH_DEVICE=cuda: training memory (bytes kept, peak from torch.cuda.max_memory_allocated), training step
+# time, inference fast path.
 # Environment: PYTHON (interpreter for the venv, default python3), TORCH_SPEC (default "torch"),
 # TORCH_CUDA_ARCH_LIST (default: the GPU's compute capability), GPU_BENCH_BUDGET_S (default 480).
 set -euo pipefail
@@ -20,7 +19,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 OUT=benchmarks/results/gpu
 VENV=.venv-gpu
-ARCHS=(resnext101 wider_resnet38 densenet264 resnet50)
 
 say() { printf '[gpu.sh %3ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
 left() { echo $((BUDGET - (SECONDS - START))); }
@@ -69,12 +67,6 @@ else
 fi
 
 mkdir -p "$OUT"
-for arch in "${ARCHS[@]}"; do
-    say "memory $arch"
-    timeout "$(( $(left) > 30 ? 60 : 1 ))" "$PY" -m iabn_zoo memory "$arch" --device cuda --batch 16 --size 224 \
-        --json > "$OUT/memory_$arch.json" || say "memory $arch failed or ran out of time"
-done
-
 MODULES="$(grep -l 'bench_device' benchmarks/bench_*.py | xargs -n1 basename | sed 's/^bench_//; s/\.py$//' \
     | paste -sd, -)"
 REMAINING="$(left)"
@@ -82,20 +74,4 @@ say "runner on cuda: $MODULES ($REMAINING s left)"
 IABN_BENCH_DEVICE=cuda "$PY" -m benchmarks --only "$MODULES" --results-dir "$OUT" \
     --timeout "$(( REMAINING > 60 ? REMAINING / 2 : 30 ))" || say "some modules failed: see the table"
 
-"$PY" - "$OUT" "${ARCHS[@]}" <<'EOF' | tee "$OUT/memory.md"
-import json, sys
-from pathlib import Path
-out, archs = Path(sys.argv[1]), sys.argv[2:]
-print("| arch | bn_mode | peak MiB | peak ratio | saved MiB | saved ratio | step s |\n|---|---|---|---|---|---|---|")
-for arch in archs:
-    path = out / f"memory_{arch}.json"
-    try:
-        modes = json.loads(path.read_text())["modes"]
-    except (OSError, ValueError, KeyError):
-        print(f"| {arch} | (no result) | | | | | |")
-        continue
-    for m in modes:
-        print(f"| {arch} | {m.get('bn_mode')} | {m.get('peak_mib')} | {m.get('peak_ratio')} | {m.get('saved_mib')} "
-              f"| {m.get('saved_ratio')} | {m.get('step_seconds')} |")
-EOF
-say "done in $((SECONDS - START)) s: $OUT/latest.md and $OUT/memory.md"
+say "done in $((SECONDS - START)) s: $OUT/latest.md"
