@@ -8,6 +8,7 @@ The EXIF orientation is applied, so the network sees the picture as a viewer sho
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,12 +23,14 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
     """Read the image at `path` as an RGB image; unreadable files and decompression bombs raise DataError."""
     path = Path(path)
     try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb(ImageOps.exif_transpose(image))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse at Pillow's limit, not 2x
+            with Image.open(path) as image:
+                image.load()
+                return to_rgb(ImageOps.exif_transpose(image))
     except DataError as error:
         raise DataError(f"{path}: {error}") from None
-    except Image.DecompressionBombError as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise DataError(f"{path}: refused as a possible decompression bomb ({error}); "
                         "downscale the image before using it.") from None
     except FileNotFoundError:
@@ -40,9 +43,6 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
     except (OSError, ValueError, SyntaxError) as error:
         raise DataError(f"{path}: the image cannot be decoded ({error}); the file is probably truncated or damaged."
                         ) from None
-
-
-open_image = open_rgb  # both names are in use (datasets, segment)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -31,10 +31,22 @@ def run_probe(pythonpath: Path, cwd: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
+def source_tree(tmp_path_factory) -> Path:
+    """A copy of what git tracks, so that builds neither see nor leave build/ folders in the checkout."""
+    tree = tmp_path_factory.mktemp("source")
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        if (REPO / name).is_file():
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, tree / name)
+    return tree
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory, source_tree) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "-w", str(out), str(REPO)], check=True, capture_output=True, timeout=300)
+                    "-w", str(out), str(source_tree)], check=True, capture_output=True, timeout=300)
     return next(out.glob("iabn_zoo-*.whl"))
 
 
@@ -69,8 +81,8 @@ def test_bare_checkout_reads_top_level_registry(tmp_path):
     assert len(report["weights"]) == 10
 
 
-def test_sdist_contains_registry_and_labels(tmp_path):
-    subprocess.run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "-o", str(tmp_path), str(REPO)],
+def test_sdist_contains_registry_and_labels(tmp_path, source_tree):
+    subprocess.run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "-o", str(tmp_path), str(source_tree)],
                    check=True, capture_output=True, timeout=300)
     sdist = next(tmp_path.glob("iabn_zoo-*.tar.gz"))
     names = {name.split("/", 1)[1] for name in tarfile.open(sdist).getnames() if "/" in name}

@@ -144,7 +144,7 @@ def run_segment(args: argparse.Namespace) -> int:
     """Segment every input image and write its PNG; returns 8 if some images were unreadable, else 0."""
     from tqdm import tqdm
 
-    from ..images import open_image
+    from ..images import open_rgb
     from ..seg_render import render
 
     scales, device = check_options(args)
@@ -160,7 +160,7 @@ def run_segment(args: argparse.Namespace) -> int:
         colors, names = class_table(args.weights, args.output)
         for i in tqdm(todo, desc="segment", unit="image", disable=args.no_progress, file=sys.stderr):
             try:
-                photo = open_image(images[i])
+                photo = open_rgb(images[i])
             except DataError as error:
                 failed += 1
                 rows[i]["status"] = f"skipped: {error}"
