@@ -9,6 +9,7 @@ is no allocator statistic to read, so it is None. The baseline is the network bu
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,23 +77,36 @@ def training_step(model: nn.Module, inputs: torch.Tensor) -> None:
     output.backward(torch.randn_like(output))
 
 
-def measure_step(model: nn.Module, inputs: torch.Tensor, bn_mode: str = "") -> StepMemory:
-    """Run and measure one training step of `model` (put in training mode) on `inputs`."""
+def measure_step(model: nn.Module, inputs: torch.Tensor, bn_mode: str = "", repeats: int = 1) -> StepMemory:
+    """Measure training steps of `model` (put in training mode) on `inputs`: bytes and peak of the first, median time.
+
+    An unmeasured warm-up step runs first, so that one-off costs (allocator growth, lazy initialisation, thread
+    pools) are not counted as the step's.
+    """
     model.train()
     device = inputs.device
+    training_step(model, inputs)
+    model.zero_grad(set_to_none=True)
     ledger = SavedTensorLedger(list(model.parameters()))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         start_bytes = torch.cuda.memory_allocated(device)
-    _synchronize(device)
-    start = time.perf_counter()
     with ledger.recording():
-        training_step(model, inputs)
-    _synchronize(device)
-    seconds = time.perf_counter() - start
+        seconds = [_timed_step(model, inputs)]
     peak = torch.cuda.max_memory_allocated(device) - start_bytes if device.type == "cuda" else None
+    seconds += [_timed_step(model, inputs) for _ in range(repeats - 1)]
+    return StepMemory(bn_mode, ledger.saved_bytes, peak, statistics.median(seconds))
+
+
+def _timed_step(model: nn.Module, inputs: torch.Tensor) -> float:
+    """Seconds of one training step, the device synchronised on both ends; gradients cleared afterwards."""
+    _synchronize(inputs.device)
+    start = time.perf_counter()
+    training_step(model, inputs)
+    _synchronize(inputs.device)
+    seconds = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
-    return StepMemory(bn_mode, ledger.saved_bytes, peak, seconds)
+    return seconds
 
 
 def check_step_size(batch: int, size: int) -> None:
@@ -126,14 +140,16 @@ def model_and_inputs(name: str, bn_mode: str, *, batch: int, size: int, device: 
 
 
 def compare_modes(name: str, *, batch: int = 4, size: int = 224, device: str = "cpu",
-                  modes: tuple[str, ...] = MEASURED_MODES, seed: int = 0) -> list[StepMemory]:
-    """Measure one training step of model `name` in each bn_mode (same seed and input for all)."""
+                  modes: tuple[str, ...] = MEASURED_MODES, seed: int = 0, repeats: int = 1) -> list[StepMemory]:
+    """Measure training steps of model `name` in each bn_mode (same seed and input for all; median of `repeats`)."""
     check_step_size(batch, size)
+    if not isinstance(repeats, int) or repeats < 1:
+        raise InvalidArgumentError(f"repeats must be an integer >= 1, got {repeats!r}")
     target = resolve_device(device)
     results = []
     for bn_mode in modes:
         model, inputs = model_and_inputs(name, bn_mode, batch=batch, size=size, device=target, seed=seed)
-        results.append(measure_step(model, inputs, bn_mode))
+        results.append(measure_step(model, inputs, bn_mode, repeats))
         del model
     return results
 
