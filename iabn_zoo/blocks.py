@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as functional
 
 from .errors import InvalidArgumentError
+from .pooling import max_pool
 
 NormAct = Callable[..., nn.Module]
 DropoutFactory = Callable[[], nn.Module]
@@ -184,3 +185,20 @@ def run_stages(stages: Sequence[Callable[[torch.Tensor], torch.Tensor]], x: torc
         x = stage(x)
         outputs.append(x.clone() if copy_between and index < len(stages) - 1 else x)
     return outputs
+
+
+def input_stem(norm_act: NormAct, width: int, *, input_3x3: bool, memory_efficient: bool) -> nn.Sequential:
+    """`mod1` of ResNeXt and DenseNet: conv1 7x7/2, or conv1 3x3/2 + bn1 + conv2 + bn2 + conv3 with `input_3x3`;
+    then the 3x3/2 max pooling `pool`."""
+    if input_3x3:
+        layers = [
+            ("conv1", nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False)),
+            ("bn1", norm_act(width)),
+            ("conv2", nn.Conv2d(width, width, 3, padding=1, bias=False)),
+            ("bn2", norm_act(width)),
+            ("conv3", nn.Conv2d(width, width, 3, padding=1, bias=False)),
+        ]
+    else:
+        layers = [("conv1", nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False))]
+    layers.append(("pool", max_pool(memory_efficient)))
+    return nn.Sequential(OrderedDict(layers))

@@ -18,10 +18,9 @@ import torch.utils.checkpoint as checkpoint
 
 from .arch_registry import register_arch
 from .backbone import FeatureInfo, ZooNet
-from .blocks import init_conv_weights
+from .blocks import init_conv_weights, input_stem
 from .errors import InvalidArgumentError
 from .norm_act import make_norm_act
-from .resnext import max_pool
 
 NormAct = Callable[..., nn.Module]
 BOTTLENECK_FACTOR = 4
@@ -114,23 +113,6 @@ class Transition(nn.Sequential):
         return normalized
 
 
-def stem(growth: int, norm_act: NormAct, *, input_3x3: bool, memory_efficient: bool) -> nn.Sequential:
-    """`mod1`: three 3x3 convs (stride 2 first) or one 7x7 stride-2 conv, then 3x3 stride-2 max pooling."""
-    width = growth * 2
-    if input_3x3:
-        layers = [
-            ("conv1", nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False)),
-            ("bn1", norm_act(width)),
-            ("conv2", nn.Conv2d(width, width, 3, padding=1, bias=False)),
-            ("bn2", norm_act(width)),
-            ("conv3", nn.Conv2d(width, width, 3, padding=1, bias=False)),
-        ]
-    else:
-        layers = [("conv1", nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False))]
-    layers.append(("pool", max_pool(memory_efficient)))
-    return nn.Sequential(OrderedDict(layers))
-
-
 def module_dilations(dilation: int | Sequence[int]) -> tuple[int, ...]:
     """Per dense block dilation from one int or four ints, validated (>= 1)."""
     values = (dilation,) * 4 if isinstance(dilation, int) else tuple(dilation)
@@ -156,7 +138,7 @@ class DenseNet(ZooNet):
         if not isinstance(theta, (int, float)) or not 0 < theta <= 1:
             raise InvalidArgumentError(f"theta (transition compression) must be in (0, 1], got {theta!r}")
         dilations = module_dilations(dilation)
-        self.mod1 = stem(growth, norm_act, input_3x3=input_3x3, memory_efficient=memory_efficient)
+        self.mod1 = input_stem(norm_act, 2 * growth, input_3x3=input_3x3, memory_efficient=memory_efficient)
         channels, stride = growth * 2, 4
         self.feature_info = []
         for index, (layers, module_dilation) in enumerate(zip(structure, dilations)):

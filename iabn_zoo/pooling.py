@@ -87,3 +87,8 @@ class LeanMaxPool2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+def max_pool(memory_efficient: bool) -> nn.Module:
+    """The networks' 3x3/2 max pooling: lean in backward memory, or the usual `nn.MaxPool2d` (same function)."""
+    return LeanMaxPool2d(3, stride=2, padding=1) if memory_efficient else nn.MaxPool2d(3, stride=2, padding=1)

@@ -19,7 +19,7 @@ from .backbone import FeatureInfo, ZooNet
 from .blocks import NormAct, ResidualBlock, init_conv_weights, run_stages
 from .errors import InvalidArgumentError
 from .norm_act import make_norm_act
-from .resnext import max_pool
+from .pooling import max_pool
 
 BASIC_CHANNELS = (64, 64)
 BOTTLENECK_CHANNELS = (64, 64, 256)

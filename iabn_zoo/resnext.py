@@ -7,7 +7,6 @@ modes) the stem pooling keeps one byte per output for backward instead of its in
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -15,35 +14,13 @@ import torch.nn as nn
 
 from .arch_registry import register_arch
 from .backbone import FeatureInfo, ZooNet
-from .blocks import IdentityResidualBlock, NormAct, init_conv_weights, run_stages
+from .blocks import IdentityResidualBlock, NormAct, init_conv_weights, input_stem, run_stages
 from .errors import InvalidArgumentError
 from .norm_act import make_norm_act
-from .pooling import LeanMaxPool2d
 
 Dilation = int | Sequence[int | Sequence[int]]
 BASE_CHANNELS = (128, 128, 256)  # inner channels of mod2's blocks, doubled by every following module
 STEM_CHANNELS = 64
-
-
-def max_pool(memory_efficient: bool) -> nn.Module:
-    """The 3x3/2 stem pooling: lean in backward memory or the usual `nn.MaxPool2d` (same function)."""
-    return LeanMaxPool2d(3, stride=2, padding=1) if memory_efficient else nn.MaxPool2d(3, stride=2, padding=1)
-
-
-def stem(norm_act: NormAct, *, input_3x3: bool, memory_efficient: bool) -> nn.Sequential:
-    """`mod1`: conv1 7x7/2, or conv1 3x3/2 + bn1 + conv2 + bn2 + conv3 with `input_3x3`; then `pool`."""
-    if input_3x3:
-        layers = [
-            ("conv1", nn.Conv2d(3, STEM_CHANNELS, 3, stride=2, padding=1, bias=False)),
-            ("bn1", norm_act(STEM_CHANNELS)),
-            ("conv2", nn.Conv2d(STEM_CHANNELS, STEM_CHANNELS, 3, padding=1, bias=False)),
-            ("bn2", norm_act(STEM_CHANNELS)),
-            ("conv3", nn.Conv2d(STEM_CHANNELS, STEM_CHANNELS, 3, padding=1, bias=False)),
-        ]
-    else:
-        layers = [("conv1", nn.Conv2d(3, STEM_CHANNELS, 7, stride=2, padding=3, bias=False))]
-    layers.append(("pool", max_pool(memory_efficient)))
-    return nn.Sequential(OrderedDict(layers))
 
 
 def block_dilations(dilation: Dilation, structure: Sequence[int]) -> list[list[int] | None]:
@@ -75,7 +52,7 @@ class ResNeXt(ZooNet):
         super().__init__()
         if not isinstance(groups, int) or groups < 1 or BASE_CHANNELS[1] % groups:
             raise InvalidArgumentError(f"groups must be a positive divisor of {BASE_CHANNELS[1]}, got {groups!r}")
-        self.mod1 = stem(norm_act, input_3x3=input_3x3, memory_efficient=memory_efficient)
+        self.mod1 = input_stem(norm_act, STEM_CHANNELS, input_3x3=input_3x3, memory_efficient=memory_efficient)
         in_channels, stride, self.feature_info = STEM_CHANNELS, 4, []
         for index, (blocks, dilations) in enumerate(zip(structure, block_dilations(dilation, structure))):
             channels = [c * 2 ** index for c in BASE_CHANNELS]

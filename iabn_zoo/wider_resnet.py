@@ -20,7 +20,7 @@ from .backbone import FeatureInfo, ZooNet
 from .blocks import IdentityResidualBlock, NormAct, init_conv_weights, run_stages
 from .errors import InvalidArgumentError
 from .norm_act import make_norm_act
-from .resnext import max_pool
+from .pooling import max_pool
 
 # Inner channels of the blocks of mod2..mod7 (two values: basic blocks, three: bottleneck blocks).
 MODULE_CHANNELS = ((128, 128), (256, 256), (512, 512), (512, 1024), (512, 1024, 2048), (1024, 2048, 4096))
