@@ -38,7 +38,19 @@ def check_num_classes(num_classes: int) -> int:
     return num_classes
 
 
-class ZooNet(nn.Module):
+class FastEvalModule(nn.Module):
+    """A network whose `eval()` switches to the fast inference path of `iabn_zoo.fastpath` (same function, same
+    parameters) and whose `train()` switches back to the memory-saving layers; `disable_fast_eval(model)` opts out."""
+
+    def train(self, mode: bool = True) -> FastEvalModule:
+        super().train(mode)
+        from .fastpath import sync_fast_eval
+
+        sync_fast_eval(self)
+        return self
+
+
+class ZooNet(FastEvalModule):
     """Base of the classification backbones: `classifier` = global average pool + `fc`, as in the authors' code."""
 
     feature_info: list[FeatureInfo]
@@ -98,19 +110,3 @@ class ZooNet(nn.Module):
         self.make_classifier(num_classes)
         if hasattr(self, "classifier"):
             self.classifier.to(device)
-
-    def set_features_only(self, features_only: bool) -> None:
-        """In features_only mode `forward` returns every stage's output and the classifier is dropped."""
-        self.features_only = features_only
-        if features_only and hasattr(self, "classifier"):
-            del self.classifier
-            self.num_classes = 0
-
-    def train(self, mode: bool = True) -> ZooNet:
-        """Set training mode; `eval()` switches to the fast inference path of `iabn_zoo.fastpath` (same function,
-        same parameters), `train()` back to the memory-saving layers; `fastpath.disable_fast_eval(model)` opts out."""
-        super().train(mode)
-        from .fastpath import sync_fast_eval
-
-        sync_fast_eval(self)
-        return self

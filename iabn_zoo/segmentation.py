@@ -13,12 +13,12 @@ import torch
 import torch.nn as nn
 
 from .arch_registry import register_arch
-from .backbone import FeatureInfo, ZooNet, check_num_classes
+from .backbone import FastEvalModule, FeatureInfo, ZooNet, check_num_classes
 from .deeplab import DeepLabV3Head, pooling_window
 from .errors import InvalidArgumentError
 from .norm_act import make_norm_act
 
-class SegmentationNet(nn.Module):
+class SegmentationNet(FastEvalModule):
     """`body` (a ZooNet backbone) -> `head` -> `cls` (1x1 conv with bias); num_classes=0 leaves out `cls`.
 
     With `features_only=True` the forward returns the body's stage maps followed by the head's output.

@@ -147,8 +147,7 @@ def test_segmentation_network_matches_in_eval(backend):
         out = model(x.clone())
     assert out.shape == (1, 5, 6, 6)
     assert relative_error(out, expected) < TOLERANCE
-    enable_fast_eval(model)  # what SegmentationNet.train may call: the head joins, the body stays its backbone's
-    assert "forward" in model.head.red_bn.__dict__
+    assert "forward" in model.head.red_bn.__dict__  # eval() put the head on the fast path, the body stays its own
     assert all(m is not model.body.bn_out for m, _ in fast_eval_state(model).overridden)
     with torch.no_grad():
         assert relative_error(model(x.clone()), expected) < TOLERANCE
