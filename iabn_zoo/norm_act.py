@@ -190,8 +190,8 @@ class InPlaceABN(ABN):
         group = self.sync_group() if self.training else None
         if group is None:
             self.check_batch(x)
-        if x.requires_grad and x.is_leaf and torch.is_grad_enabled():
-            x = x.clone()  # autograd forbids writing over a leaf that requires grad
+        if (x.requires_grad and x.is_leaf and torch.is_grad_enabled()) or is_broadcast(x):
+            x = x.clone()  # autograd forbids writing over a leaf that requires grad; an expanded view has no room
         config = IABNConfig(training=self.training, momentum=self.step_momentum(), eps=self.eps,
                             activation=self.activation, activation_param=self.activation_param,
                             kernels=self.kernels_for(x), group=group)
@@ -200,6 +200,11 @@ class InPlaceABN(ABN):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, backend={self.backend}"
+
+
+def is_broadcast(x: torch.Tensor) -> bool:
+    """Whether several elements of `x` share memory (an expanded view), so it cannot be written over in place."""
+    return any(stride == 0 and size > 1 for stride, size in zip(x.stride(), x.shape))
 
 
 class InPlaceABNSync(InPlaceABN):

@@ -297,3 +297,15 @@ def test_without_compiled_package_default_is_torch_and_native_is_refused():
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     assert "backend 'native' needs the compiled inplace-abn package" in result.stdout
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+@pytest.mark.parametrize("training", [True, False])
+def test_expanded_input_is_copied_not_written_over(backend, training):
+    layer = make_norm_act("inplace", backend=backend)(4).train(training)
+    base = torch.randn(1, 4, 1, 1)
+    x = base.expand(2, 4, 3, 3)
+    out = layer(x)
+    reference = make_norm_act("inplace", backend=backend)(4).train(training)(x.contiguous())
+    assert torch.allclose(out, reference)
+    assert torch.equal(x, base.expand(2, 4, 3, 3))
