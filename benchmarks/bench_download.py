@@ -39,7 +39,7 @@ def hashlib_file_md5(path: Path) -> str:
 def run(quick: bool) -> list[dict[str, Any]]:
     """Rows for the download and re-verification targets."""
     from iabn_zoo.cache import file_md5
-    from iabn_zoo.download import download
+    from iabn_zoo.downloader import download
     from iabn_zoo.weights import Weights
     from tests.loopback_server import LoopbackServer
 

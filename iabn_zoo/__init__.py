@@ -26,7 +26,7 @@ _EXPORTS = {
     "list_weights": "weights",
     "get_weights": "weights",
     "register_weights": "weights",
-    "download": "download",
+    "download": "downloader",
     "load_state_dict": "checkpoint",
     "make_norm_act": "norm_act",
     "convert_norm": "norm_act",

@@ -54,7 +54,7 @@ def _looks_like_path(text: str) -> bool:
 def load_weights_state_dict(weights: Any, *, progress: bool = True) -> dict[str, torch.Tensor]:
     """A registered checkpoint's normalised tensors: from the safetensors copy when valid, else download and convert."""
     from .cache import converted_path, writer_lock
-    from .download import download
+    from .downloader import download
 
     converted = converted_path(weights)
     cached = read_converted(converted, md5=weights.md5)

@@ -12,7 +12,7 @@ import pytest
 from loopback_server import Fault, loopback_server, md5_of, random_payload  # noqa: F401 (fixture)
 
 from iabn_zoo.cache import checkpoint_path, has_valid_stamp, part_path
-from iabn_zoo.download import DownloadPolicy, download
+from iabn_zoo.downloader import DownloadPolicy, download
 from iabn_zoo.errors import ChecksumError, DownloadError, UnknownNameError
 from iabn_zoo.weights import Weights
 
@@ -272,7 +272,7 @@ def test_unknown_name_raises_with_suggestions():
 
 WORKER = """
 import sys
-from iabn_zoo.download import download
+from iabn_zoo.downloader import download
 print(download(sys.argv[1], progress=False))
 """
 
@@ -307,7 +307,7 @@ def test_offline_force_returns_the_valid_cached_copy(loopback_server, monkeypatc
 
 DISK_FULL_WORKER = """
 import resource, signal, sys
-from iabn_zoo.download import download
+from iabn_zoo.downloader import download
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 try:

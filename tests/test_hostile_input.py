@@ -25,7 +25,7 @@ from loopback_server import loopback_server  # noqa: F401 (fixture)
 
 from iabn_zoo import cli
 from iabn_zoo.checkpoint import load_state_dict, read_checkpoint
-from iabn_zoo.download import DownloadPolicy, download
+from iabn_zoo.downloader import DownloadPolicy, download
 from iabn_zoo.errors import CheckpointError, DataError, DownloadError, RegistryError, UnknownNameError
 from iabn_zoo.weights import Weights, get_weights, list_weights, unregister_weights
 

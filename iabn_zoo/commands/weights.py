@@ -49,7 +49,7 @@ def register(subparsers) -> None:
 
 def run_download(args: argparse.Namespace) -> int:
     """Download each named checkpoint (or all with --all) and print where it is."""
-    from ..download import download
+    from ..downloader import download
     from ..errors import InvalidArgumentError
     from ..weights import get_weights, list_weights
 

@@ -18,7 +18,7 @@ from loopback_server import loopback_server, md5_of, random_payload  # noqa: F40
 
 from iabn_zoo.cache import checkpoint_path, converted_path, import_file
 from iabn_zoo.checkpoint import load_state_dict
-from iabn_zoo.download import CacheWriteError, DownloadPolicy, download
+from iabn_zoo.downloader import CacheWriteError, DownloadPolicy, download
 from iabn_zoo.errors import DownloadError
 from iabn_zoo.weights import Weights, register_weights, unregister_weights
 
