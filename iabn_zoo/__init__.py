@@ -31,6 +31,9 @@ _EXPORTS = {
     "make_norm_act": "norm_act",
     "convert_norm": "norm_act",
     "SegmentationPredictor": "seg_predict",
+    "enable_fast_eval": "fastpath",
+    "disable_fast_eval": "fastpath",
+    "load_run": "runs",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
