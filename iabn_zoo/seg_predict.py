@@ -10,6 +10,8 @@ resized in bands of rows, so no full-resolution logits tensor ever exists; `max`
 
 from __future__ import annotations
 
+from array import array
+
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -288,9 +290,19 @@ class SegmentationPredictor:
 
 
 def resize_nearest(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resizing of an (H, W) map to `size` (pixel centres aligned, as PIL's NEAREST), on CPU."""
+    """Nearest-neighbour resizing of an (H, W) map to `size` = (H', W'), picking exactly the source pixels Pillow's
+    NEAREST picks (as the authors' script, which resized its PIL images); on CPU."""
     values = values.cpu()
     if tuple(values.shape) == tuple(size):
         return values
-    resized = F.interpolate(values[None, None].double(), size=size, mode="nearest-exact")
-    return resized[0, 0]
+    rows = pillow_nearest_indices(values.shape[0], size[0])
+    columns = pillow_nearest_indices(values.shape[1], size[1])
+    return values[rows][:, columns]
+
+
+def pillow_nearest_indices(source: int, target: int) -> torch.Tensor:
+    """For each of `target` positions along one axis, the source index Pillow's NEAREST resize takes (its
+    fixed-point arithmetic differs from floor((i + 0.5) * source / target) at some positions)."""
+    line = Image.frombytes("I", (source, 1), array("i", range(source)).tobytes())
+    picked = line.resize((target, 1), Image.NEAREST)
+    return torch.frombuffer(bytearray(picked.tobytes()), dtype=torch.int32).long()

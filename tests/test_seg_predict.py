@@ -4,6 +4,7 @@ on a synthetic Vistas-format checkpoint loaded through the registry."""
 from __future__ import annotations
 
 import weakref
+from array import array
 
 import pytest
 import torch
@@ -131,10 +132,12 @@ def test_predict_preprocesses_like_the_authors_and_answers_at_input_size(tiny_mo
     result = predictor.predict(image)
     assert result.size == (90, 50) and result.classes.dtype == torch.int64
     confidence, classes = predictor.fuse(x)
-    rows = ((torch.arange(50) + 0.5) * 35 / 50).long()
-    cols = ((torch.arange(90) + 0.5) * 64 / 90).long()
-    assert torch.equal(result.classes, classes[0][rows][:, cols])
-    assert torch.equal(result.confidence, confidence[0][rows][:, cols])
+    # back to the input's size as the authors' script did, with PIL's NEAREST: resize a map of source positions
+    index_map = Image.frombytes("I", (64, 35), array("i", range(35 * 64)).tobytes())
+    sources = torch.frombuffer(bytearray(index_map.resize((90, 50), Image.NEAREST).tobytes()), dtype=torch.int32)
+    sources = sources.long()
+    assert torch.equal(result.classes, classes[0].flatten()[sources].view(50, 90))
+    assert torch.equal(result.confidence, confidence[0].flatten()[sources].view(50, 90))
 
 
 def test_from_weights_takes_preprocessing_from_the_registry(tiny_model, tmp_path):
@@ -244,3 +247,15 @@ def test_tiny_network_is_registered_only_while_served(tiny_model):
     from iabn_zoo.arch_registry import is_arch
 
     assert not is_arch("tiny_vistas_deeplab3") and not zoo.list_weights(TINY_WEIGHTS)
+
+
+@pytest.mark.parametrize("source, target", [((120, 160), (73, 97)), ((120, 160), (225, 300)), ((37, 5), (36, 11)),
+                                            ((1, 7), (3, 2))])
+def test_nearest_resize_picks_the_pixels_pillow_picks(source, target):
+    from iabn_zoo.seg_predict import resize_nearest
+
+    (h, w), (th, tw) = source, target
+    values = torch.arange(h * w, dtype=torch.int32).view(h, w)
+    picture = Image.frombytes("I", (w, h), array("i", range(h * w)).tobytes()).resize((tw, th), Image.NEAREST)
+    expected = torch.frombuffer(bytearray(picture.tobytes()), dtype=torch.int32).view(th, tw)
+    assert torch.equal(resize_nearest(values, target), expected)
