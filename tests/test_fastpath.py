@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import gc
 import pickle
+import weakref
 from collections import OrderedDict
 
 import pytest
@@ -11,9 +13,11 @@ import torch
 import torch.nn as nn
 
 import iabn_zoo
+from iabn_zoo import fastpath
 from iabn_zoo.errors import InvalidArgumentError
 from iabn_zoo.fastpath import (
     FoldedPair,
+    PackedConv,
     disable_fast_eval,
     enable_fast_eval,
     eval_affine,
@@ -57,8 +61,21 @@ def fast_path_caches(model: nn.Module) -> list:
     return [owner.cache for owner in owners.values() if owner.cache is not None]
 
 
+def packed_convs(model: nn.Module) -> tuple[int, int]:
+    """How many (folded, lone) convolutions ran on a packed oneDNN weight, checking that no grouped one did."""
+    counts = [0, 0]
+    for _, fn in fast_eval_state(model).overridden:
+        owner = fn.__self__
+        if isinstance(owner, (FoldedPair, PackedConv)) and owner.cache is not None:
+            packed = owner.cache[1].is_mkldnn
+            assert not packed or owner.conv.groups == 1
+            counts[isinstance(owner, PackedConv)] += packed
+    return counts[0], counts[1]
+
+
 def stack(bn_mode: str, backend: str, activation: str = "leaky_relu", param: float = 0.01) -> nn.Sequential:
-    """A small network of our own: folded pairs (with and without conv bias, grouped), a lone norm layer."""
+    """A small network of our own: folded pairs (with and without conv bias, grouped, 1x1), a lone norm layer, a
+    lone 1x1 convolution."""
     norm_act = make_norm_act(bn_mode, activation, param, backend=backend)
     return randomize(nn.Sequential(OrderedDict([
         ("conv1", nn.Conv2d(3, 8, 3, padding=1)),
@@ -67,7 +84,9 @@ def stack(bn_mode: str, backend: str, activation: str = "leaky_relu", param: flo
         ("bn2", norm_act(8, activation="identity")),
         ("pool", nn.MaxPool2d(2)),
         ("bn3", norm_act(8)),
-        ("conv3", nn.Conv2d(8, 4, 1, bias=False)),
+        ("conv3", nn.Conv2d(8, 4, 1)),
+        ("conv4", nn.Conv2d(4, 6, 1)),
+        ("bn4", norm_act(6)),
     ])))
 
 
@@ -85,8 +104,53 @@ def test_stack_matches_layers_in_eval(bn_mode, backend, activation, param):
     assert relative_error(out, expected) < TOLERANCE
     assert out.is_contiguous()
     pairs = [p for m, p in fast_eval_state(model).overridden if isinstance(getattr(p, "__self__", None), FoldedPair)]
-    assert {pair.__self__.conv_name for pair in pairs} == {"conv1", "conv2"}
+    assert {pair.__self__.conv_name for pair in pairs} == {"conv1", "conv2", "conv4"}
     assert all(pair.__self__.cache is not None for pair in pairs)  # the folded weights were used
+    assert packed_convs(model) == (2, 1)  # conv1 and conv4 folded and packed, conv3 packed; grouped conv2 not
+
+
+@pytest.mark.parametrize("no_packing", ["op missing", "nchw input"])
+def test_packing_falls_back_to_the_folded_path(no_packing, monkeypatch):
+    model = stack("inplace", "torch").eval()
+    reference = reference_copy(model)
+    if no_packing == "op missing":
+        monkeypatch.setattr(fastpath, "PACKING_AVAILABLE", False)
+        enable_fast_eval(model)
+    else:
+        enable_fast_eval(model, channels_last=False)
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        expected, out = reference(x.clone()), model(x.clone())
+    assert relative_error(out, expected) < TOLERANCE and out.is_contiguous()
+    assert packed_convs(model) == (0, 0) and len(fast_path_caches(model)) > 0
+
+
+def test_packed_weights_follow_input_size_and_weight_changes():
+    model = stack("inplace", "native").eval()
+    enable_fast_eval(model)
+    with torch.no_grad():
+        for size, changed in ((12, False), (16, False), (16, True)):
+            if changed:  # in place, in eval: the packed copies must follow
+                model.conv3.weight.mul_(-2)
+                model.conv4.weight.add_(0.5)
+            x = torch.randn(2, 3, size, size)
+            out, expected = model(x.clone()), reference_copy(model)(x.clone())
+            assert relative_error(out, expected) < TOLERANCE
+            assert packed_convs(model) == (2, 1)
+
+
+def test_train_drops_the_packed_weights():
+    model = iabn_zoo.create_model("resnet50", num_classes=3).eval()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    owners = {fn.__self__ for _, fn in fast_eval_state(model).overridden}
+    packed = [weakref.ref(owner.cache[1]) for owner in owners
+              if isinstance(owner, (FoldedPair, PackedConv)) and owner.cache is not None and owner.cache[1].is_mkldnn]
+    assert len(packed) > 0
+    del owners
+    model.train()
+    gc.collect()
+    assert all(ref() is None for ref in packed)
 
 
 @pytest.mark.parametrize("bn_mode", ["inplace", "standard"])
@@ -102,18 +166,18 @@ def test_eval_affine_follows_the_layer_formula(bn_mode):
         torch.testing.assert_close(layer(x.clone()), x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1))
 
 
-FAMILIES = [
-    ("resnext50", {}, 64),
-    ("wider_resnet38", {}, 32),
-    ("resnet50", {}, 64),
-    ("resnet18", {"memory_efficient": False}, 64),  # unfused residual: identity BN, add, activation
-    ("densenet121", {"growth": 8}, 64),
+FAMILIES = [  # arch, options, input size, whether folded convolutions are packed (lone ones are in every family)
+    ("resnext50", {}, 64, True),
+    ("wider_resnet38", {}, 64, True),
+    ("resnet50", {}, 64, True),
+    ("resnet18", {"memory_efficient": False}, 64, True),  # unfused residual: identity BN, add, activation
+    ("densenet121", {"growth": 8}, 64, False),  # norm-act before conv: nothing to fold
 ]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("arch,options,size", FAMILIES, ids=[f[0] for f in FAMILIES])
-def test_every_family_matches_inplace_abn_in_eval(arch, options, size, backend):
+@pytest.mark.parametrize("arch,options,size,folded_packed", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_every_family_matches_inplace_abn_in_eval(arch, options, size, folded_packed, backend):
     model = randomize(iabn_zoo.create_model(arch, bn_mode="inplace", backend=backend, num_classes=10, **options))
     reference = reference_copy(model)
     model.eval()
@@ -124,6 +188,8 @@ def test_every_family_matches_inplace_abn_in_eval(arch, options, size, backend):
         out = model(x.clone())
     assert relative_error(out, expected) < TOLERANCE
     assert len(fast_path_caches(model)) > 0
+    folded, lone = packed_convs(model)
+    assert lone > 0 and (folded > 0) == folded_packed
 
 
 def test_families_fold_the_convolutions_before_their_norm_layers():
@@ -239,6 +305,7 @@ def test_gradients_in_eval_mode_come_from_the_layers():
         grads.append((inp.grad, net.conv1.weight.grad, net.bn1.weight.grad))
     for ours, theirs in zip(*grads):
         torch.testing.assert_close(ours, theirs)
+    assert packed_convs(model) == (0, 0)
 
 
 def test_hooks_see_the_convolution_output_not_a_folded_one():
