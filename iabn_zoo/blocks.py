@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as functional
 
 from .errors import InvalidArgumentError
+from .norm_act import make_norm_act
 from .pooling import max_pool
 
 NormAct = Callable[..., nn.Module]
@@ -202,3 +203,16 @@ def input_stem(norm_act: NormAct, width: int, *, input_3x3: bool, memory_efficie
         layers = [("conv1", nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False))]
     layers.append(("pool", max_pool(memory_efficient)))
     return nn.Sequential(OrderedDict(layers))
+
+
+def build_network(network_class: Callable[..., nn.Module], structure: Sequence[int], *, bn_mode: str, activation: str,
+                  activation_param: float, backend: str | None, memory_efficient: bool | None,
+                  **options) -> nn.Module:
+    """A family's network of `structure` with its norm-act layers and the authors' convolution init;
+    `memory_efficient=None` turns the family's memory tricks on for the in-place modes and off for standard BN."""
+    norm_act = make_norm_act(bn_mode, activation, activation_param, backend=backend)
+    if memory_efficient is None:
+        memory_efficient = bn_mode in ("inplace", "sync")
+    model = network_class(structure, norm_act, memory_efficient=memory_efficient, **options)
+    init_conv_weights(model, norm_act.activation, norm_act.activation_param)
+    return model

@@ -18,9 +18,8 @@ import torch.utils.checkpoint as checkpoint
 
 from .arch_registry import register_arch
 from .backbone import FeatureInfo, ZooNet
-from .blocks import init_conv_weights, input_stem
+from .blocks import build_network, input_stem
 from .errors import InvalidArgumentError
-from .norm_act import make_norm_act
 
 NormAct = Callable[..., nn.Module]
 BOTTLENECK_FACTOR = 4
@@ -171,28 +170,15 @@ class DenseNet(ZooNet):
         return stages
 
 
-def build_densenet(structure: Sequence[int], *, bn_mode: str, activation: str, activation_param: float,
-                   num_classes: int, backend: str | None, features_only: bool, memory_efficient: bool | None,
-                   **options) -> DenseNet:
-    """A DenseNet of `structure`; `memory_efficient=None` turns recomputation (and lean pooling) on for the
-    in-place modes."""
-    norm_act = make_norm_act(bn_mode, activation, activation_param, backend=backend)
-    if memory_efficient is None:
-        memory_efficient = bn_mode in ("inplace", "sync")
-    model = DenseNet(structure, norm_act, num_classes=num_classes, memory_efficient=memory_efficient,
-                     features_only=features_only, **options)
-    init_conv_weights(model, activation, activation_param)
-    return model
-
-
 @register_arch
 def densenet121(bn_mode: str = "inplace", activation: str = "leaky_relu", activation_param: float = 0.01,
                 num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
                 memory_efficient: bool | None = None, **options) -> DenseNet:
     """DenseNet-121 (blocks of 6, 12, 24, 16 layers); options: input_3x3, growth, theta, dilation."""
-    return build_densenet((6, 12, 24, 16), bn_mode=bn_mode, activation=activation, activation_param=activation_param,
-                          num_classes=num_classes, backend=backend, features_only=features_only,
-                          memory_efficient=memory_efficient, **options)
+    return build_network(DenseNet, (6, 12, 24, 16),
+                         bn_mode=bn_mode, activation=activation, activation_param=activation_param,
+                         num_classes=num_classes, backend=backend, features_only=features_only,
+                         memory_efficient=memory_efficient, **options)
 
 
 @register_arch
@@ -200,9 +186,10 @@ def densenet169(bn_mode: str = "inplace", activation: str = "leaky_relu", activa
                 num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
                 memory_efficient: bool | None = None, **options) -> DenseNet:
     """DenseNet-169 (blocks of 6, 12, 32, 32 layers); options: input_3x3, growth, theta, dilation."""
-    return build_densenet((6, 12, 32, 32), bn_mode=bn_mode, activation=activation, activation_param=activation_param,
-                          num_classes=num_classes, backend=backend, features_only=features_only,
-                          memory_efficient=memory_efficient, **options)
+    return build_network(DenseNet, (6, 12, 32, 32),
+                         bn_mode=bn_mode, activation=activation, activation_param=activation_param,
+                         num_classes=num_classes, backend=backend, features_only=features_only,
+                         memory_efficient=memory_efficient, **options)
 
 
 @register_arch
@@ -210,9 +197,10 @@ def densenet201(bn_mode: str = "inplace", activation: str = "leaky_relu", activa
                 num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
                 memory_efficient: bool | None = None, **options) -> DenseNet:
     """DenseNet-201 (blocks of 6, 12, 48, 32 layers); options: input_3x3, growth, theta, dilation."""
-    return build_densenet((6, 12, 48, 32), bn_mode=bn_mode, activation=activation, activation_param=activation_param,
-                          num_classes=num_classes, backend=backend, features_only=features_only,
-                          memory_efficient=memory_efficient, **options)
+    return build_network(DenseNet, (6, 12, 48, 32),
+                         bn_mode=bn_mode, activation=activation, activation_param=activation_param,
+                         num_classes=num_classes, backend=backend, features_only=features_only,
+                         memory_efficient=memory_efficient, **options)
 
 
 @register_arch
@@ -220,6 +208,7 @@ def densenet264(bn_mode: str = "inplace", activation: str = "leaky_relu", activa
                 num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
                 memory_efficient: bool | None = None, **options) -> DenseNet:
     """DenseNet-264 (blocks of 6, 12, 64, 48 layers); options: input_3x3 (as published), growth, theta, dilation."""
-    return build_densenet((6, 12, 64, 48), bn_mode=bn_mode, activation=activation, activation_param=activation_param,
-                          num_classes=num_classes, backend=backend, features_only=features_only,
-                          memory_efficient=memory_efficient, **options)
+    return build_network(DenseNet, (6, 12, 64, 48),
+                         bn_mode=bn_mode, activation=activation, activation_param=activation_param,
+                         num_classes=num_classes, backend=backend, features_only=features_only,
+                         memory_efficient=memory_efficient, **options)

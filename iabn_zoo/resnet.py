@@ -16,9 +16,8 @@ import torch.nn as nn
 
 from .arch_registry import register_arch
 from .backbone import FeatureInfo, ZooNet
-from .blocks import NormAct, ResidualBlock, init_conv_weights, run_stages
+from .blocks import NormAct, ResidualBlock, build_network, run_stages
 from .errors import InvalidArgumentError
-from .norm_act import make_norm_act
 from .pooling import max_pool
 
 BASIC_CHANNELS = (64, 64)
@@ -40,9 +39,9 @@ def module_dilations(dilation: int | Sequence[int], modules: int) -> tuple[int, 
 class ResNet(ZooNet):
     """ResNet v1; stage outputs are those of mod2..mod5."""
 
-    def __init__(self, structure: Sequence[int], norm_act: NormAct, *, bottleneck: bool, activation: str,
-                 activation_param: float, dilation: int | Sequence[int] = 1, num_classes: int = 1000,
-                 features_only: bool = False, memory_efficient: bool = True):
+    def __init__(self, structure: Sequence[int], norm_act: NormAct, *, bottleneck: bool,
+                 dilation: int | Sequence[int] = 1, num_classes: int = 1000, features_only: bool = False,
+                 memory_efficient: bool = True):
         super().__init__()
         dilations = module_dilations(dilation, len(structure))
         layers = [("conv1", nn.Conv2d(3, STEM_CHANNELS, 7, stride=2, padding=3, bias=False)),
@@ -58,7 +57,8 @@ class ResNet(ZooNet):
             module = nn.Sequential()
             for block in range(blocks):
                 module.add_module(f"block{block + 1}", ResidualBlock(
-                    in_channels, channels, norm_act, activation=activation, activation_param=activation_param,
+                    in_channels, channels, norm_act, activation=norm_act.activation,
+                    activation_param=norm_act.activation_param,
                     stride=module_stride if block == 0 else 1, dilation=module_dilation,
                     fuse_residual=memory_efficient))
                 in_channels = channels[-1]
@@ -79,29 +79,14 @@ class ResNet(ZooNet):
                           copy_between=False)
 
 
-def build_resnet(structure: Sequence[int], *, bottleneck: bool, bn_mode: str, activation: str,
-                 activation_param: float, num_classes: int, backend: str | None, features_only: bool,
-                 memory_efficient: bool | None, dilation: int | Sequence[int]) -> ResNet:
-    """A ResNet v1 of `structure`; `memory_efficient=None` turns the fused residual and lean pooling on for the
-    in-place modes."""
-    norm_act = make_norm_act(bn_mode, activation, activation_param, backend=backend)
-    if memory_efficient is None:
-        memory_efficient = bn_mode in ("inplace", "sync")
-    model = ResNet(structure, norm_act, bottleneck=bottleneck, activation=norm_act.activation,
-                   activation_param=norm_act.activation_param, dilation=dilation, num_classes=num_classes,
-                   features_only=features_only, memory_efficient=memory_efficient)
-    init_conv_weights(model, activation, activation_param)
-    return model
-
-
 @register_arch
 def resnet18(bn_mode: str = "inplace", activation: str = "leaky_relu", activation_param: float = 0.01,
              num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
              memory_efficient: bool | None = None, *, dilation: int | Sequence[int] = 1) -> ResNet:
     """ResNet-18 v1 (2, 2, 2, 2 basic blocks)."""
-    return build_resnet((2, 2, 2, 2), bottleneck=False, bn_mode=bn_mode, activation=activation,
-                        activation_param=activation_param, num_classes=num_classes, backend=backend,
-                        features_only=features_only, memory_efficient=memory_efficient, dilation=dilation)
+    return build_network(ResNet, (2, 2, 2, 2), bottleneck=False, bn_mode=bn_mode, activation=activation,
+                         activation_param=activation_param, num_classes=num_classes, backend=backend,
+                         features_only=features_only, memory_efficient=memory_efficient, dilation=dilation)
 
 
 @register_arch
@@ -109,9 +94,9 @@ def resnet34(bn_mode: str = "inplace", activation: str = "leaky_relu", activatio
              num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
              memory_efficient: bool | None = None, *, dilation: int | Sequence[int] = 1) -> ResNet:
     """ResNet-34 v1 (3, 4, 6, 3 basic blocks)."""
-    return build_resnet((3, 4, 6, 3), bottleneck=False, bn_mode=bn_mode, activation=activation,
-                        activation_param=activation_param, num_classes=num_classes, backend=backend,
-                        features_only=features_only, memory_efficient=memory_efficient, dilation=dilation)
+    return build_network(ResNet, (3, 4, 6, 3), bottleneck=False, bn_mode=bn_mode, activation=activation,
+                         activation_param=activation_param, num_classes=num_classes, backend=backend,
+                         features_only=features_only, memory_efficient=memory_efficient, dilation=dilation)
 
 
 @register_arch
@@ -119,9 +104,9 @@ def resnet50(bn_mode: str = "inplace", activation: str = "leaky_relu", activatio
              num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
              memory_efficient: bool | None = None, *, dilation: int | Sequence[int] = 1) -> ResNet:
     """ResNet-50 v1 (3, 4, 6, 3 bottleneck blocks)."""
-    return build_resnet((3, 4, 6, 3), bottleneck=True, bn_mode=bn_mode, activation=activation,
-                        activation_param=activation_param, num_classes=num_classes, backend=backend,
-                        features_only=features_only, memory_efficient=memory_efficient, dilation=dilation)
+    return build_network(ResNet, (3, 4, 6, 3), bottleneck=True, bn_mode=bn_mode, activation=activation,
+                         activation_param=activation_param, num_classes=num_classes, backend=backend,
+                         features_only=features_only, memory_efficient=memory_efficient, dilation=dilation)
 
 
 @register_arch
@@ -129,9 +114,9 @@ def resnet101(bn_mode: str = "inplace", activation: str = "leaky_relu", activati
               num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
               memory_efficient: bool | None = None, *, dilation: int | Sequence[int] = 1) -> ResNet:
     """ResNet-101 v1 (3, 4, 23, 3 bottleneck blocks)."""
-    return build_resnet((3, 4, 23, 3), bottleneck=True, bn_mode=bn_mode, activation=activation,
-                        activation_param=activation_param, num_classes=num_classes, backend=backend,
-                        features_only=features_only, memory_efficient=memory_efficient, dilation=dilation)
+    return build_network(ResNet, (3, 4, 23, 3), bottleneck=True, bn_mode=bn_mode, activation=activation,
+                         activation_param=activation_param, num_classes=num_classes, backend=backend,
+                         features_only=features_only, memory_efficient=memory_efficient, dilation=dilation)
 
 
 @register_arch
@@ -139,6 +124,6 @@ def resnet152(bn_mode: str = "inplace", activation: str = "leaky_relu", activati
               num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
               memory_efficient: bool | None = None, *, dilation: int | Sequence[int] = 1) -> ResNet:
     """ResNet-152 v1 (3, 8, 36, 3 bottleneck blocks)."""
-    return build_resnet((3, 8, 36, 3), bottleneck=True, bn_mode=bn_mode, activation=activation,
-                        activation_param=activation_param, num_classes=num_classes, backend=backend,
-                        features_only=features_only, memory_efficient=memory_efficient, dilation=dilation)
+    return build_network(ResNet, (3, 8, 36, 3), bottleneck=True, bn_mode=bn_mode, activation=activation,
+                         activation_param=activation_param, num_classes=num_classes, backend=backend,
+                         features_only=features_only, memory_efficient=memory_efficient, dilation=dilation)

@@ -14,9 +14,8 @@ import torch.nn as nn
 
 from .arch_registry import register_arch
 from .backbone import FeatureInfo, ZooNet
-from .blocks import IdentityResidualBlock, NormAct, init_conv_weights, input_stem, run_stages
+from .blocks import IdentityResidualBlock, NormAct, build_network, input_stem, run_stages
 from .errors import InvalidArgumentError
-from .norm_act import make_norm_act
 
 Dilation = int | Sequence[int | Sequence[int]]
 BASE_CHANNELS = (128, 128, 256)  # inner channels of mod2's blocks, doubled by every following module
@@ -82,26 +81,14 @@ class ResNeXt(ZooNet):
         return run_stages(stages, x, copy_between=True)
 
 
-def build_resnext(structure: Sequence[int], *, bn_mode: str, activation: str, activation_param: float,
-                  num_classes: int, backend: str | None, features_only: bool, memory_efficient: bool | None,
-                  **options) -> ResNeXt:
-    """A ResNeXt of `structure`; `memory_efficient=None` turns the lean pooling on for the in-place modes."""
-    norm_act = make_norm_act(bn_mode, activation, activation_param, backend=backend)
-    if memory_efficient is None:
-        memory_efficient = bn_mode in ("inplace", "sync")
-    model = ResNeXt(structure, norm_act, num_classes=num_classes, features_only=features_only,
-                    memory_efficient=memory_efficient, **options)
-    init_conv_weights(model, activation, activation_param)
-    return model
-
-
 @register_arch
 def resnext50(bn_mode: str = "inplace", activation: str = "leaky_relu", activation_param: float = 0.01,
               num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
               memory_efficient: bool | None = None, *, input_3x3: bool = True, dilation: Dilation = 1,
               groups: int = 64) -> ResNeXt:
     """ResNeXt-50 (3, 4, 6, 3 blocks), 64 groups; input_3x3 stem by default as in the published models."""
-    return build_resnext((3, 4, 6, 3), bn_mode=bn_mode, activation=activation, activation_param=activation_param,
+    return build_network(ResNeXt, (3, 4, 6, 3),
+                         bn_mode=bn_mode, activation=activation, activation_param=activation_param,
                          num_classes=num_classes, backend=backend, features_only=features_only,
                          memory_efficient=memory_efficient, input_3x3=input_3x3, dilation=dilation, groups=groups)
 
@@ -112,7 +99,8 @@ def resnext101(bn_mode: str = "inplace", activation: str = "leaky_relu", activat
                memory_efficient: bool | None = None, *, input_3x3: bool = True, dilation: Dilation = 1,
                groups: int = 64) -> ResNeXt:
     """ResNeXt-101 (3, 4, 23, 3 blocks), 64 groups; input_3x3 stem by default as in the published models."""
-    return build_resnext((3, 4, 23, 3), bn_mode=bn_mode, activation=activation, activation_param=activation_param,
+    return build_network(ResNeXt, (3, 4, 23, 3),
+                         bn_mode=bn_mode, activation=activation, activation_param=activation_param,
                          num_classes=num_classes, backend=backend, features_only=features_only,
                          memory_efficient=memory_efficient, input_3x3=input_3x3, dilation=dilation, groups=groups)
 
@@ -123,6 +111,7 @@ def resnext152(bn_mode: str = "inplace", activation: str = "leaky_relu", activat
                memory_efficient: bool | None = None, *, input_3x3: bool = True, dilation: Dilation = 1,
                groups: int = 64) -> ResNeXt:
     """ResNeXt-152 (3, 8, 36, 3 blocks), 64 groups; input_3x3 stem by default as in the published models."""
-    return build_resnext((3, 8, 36, 3), bn_mode=bn_mode, activation=activation, activation_param=activation_param,
+    return build_network(ResNeXt, (3, 8, 36, 3),
+                         bn_mode=bn_mode, activation=activation, activation_param=activation_param,
                          num_classes=num_classes, backend=backend, features_only=features_only,
                          memory_efficient=memory_efficient, input_3x3=input_3x3, dilation=dilation, groups=groups)

@@ -17,9 +17,8 @@ import torch.nn as nn
 
 from .arch_registry import register_arch
 from .backbone import FeatureInfo, ZooNet
-from .blocks import IdentityResidualBlock, NormAct, init_conv_weights, run_stages
+from .blocks import IdentityResidualBlock, NormAct, build_network, run_stages
 from .errors import InvalidArgumentError
-from .norm_act import make_norm_act
 from .pooling import max_pool
 
 # Inner channels of the blocks of mod2..mod7 (two values: basic blocks, three: bottleneck blocks).
@@ -91,19 +90,6 @@ class WiderResNet(ZooNet):
         return run_stages([self.stage(index) for index in range(2, 8)], x, copy_between=True)
 
 
-def build_wider_resnet(structure: Sequence[int], *, bn_mode: str, activation: str, activation_param: float,
-                       num_classes: int, backend: str | None, features_only: bool, memory_efficient: bool | None,
-                       a2: bool, dilation: bool = False) -> WiderResNet:
-    """A Wide ResNet of `structure`; `memory_efficient=None` turns the lean pooling on for the in-place modes."""
-    norm_act = make_norm_act(bn_mode, activation, activation_param, backend=backend)
-    if memory_efficient is None:
-        memory_efficient = bn_mode in ("inplace", "sync")
-    model = WiderResNet(structure, norm_act, a2=a2, dilation=dilation, num_classes=num_classes,
-                        features_only=features_only, memory_efficient=memory_efficient)
-    init_conv_weights(model, activation, activation_param)
-    return model
-
-
 def _check_dilation(dilation: object) -> bool:
     """A2's `dilation` is a switch (output stride 8 or 32), not a list as in the other families."""
     if not isinstance(dilation, bool):
@@ -117,9 +103,9 @@ def wider_resnet16(bn_mode: str = "inplace", activation: str = "leaky_relu", act
                    num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
                    memory_efficient: bool | None = None) -> WiderResNet:
     """Wide ResNet-16 (one block per module), down-sampling by max pooling before mod2..mod6."""
-    return build_wider_resnet((1, 1, 1, 1, 1, 1), bn_mode=bn_mode, activation=activation,
-                              activation_param=activation_param, num_classes=num_classes, backend=backend,
-                              features_only=features_only, memory_efficient=memory_efficient, a2=False)
+    return build_network(WiderResNet, (1, 1, 1, 1, 1, 1), bn_mode=bn_mode, activation=activation,
+                         activation_param=activation_param, num_classes=num_classes, backend=backend,
+                         features_only=features_only, memory_efficient=memory_efficient, a2=False)
 
 
 @register_arch
@@ -127,9 +113,9 @@ def wider_resnet20(bn_mode: str = "inplace", activation: str = "leaky_relu", act
                    num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
                    memory_efficient: bool | None = None) -> WiderResNet:
     """Wide ResNet-20 (1, 1, 1, 3, 1, 1 blocks), down-sampling by max pooling before mod2..mod6."""
-    return build_wider_resnet((1, 1, 1, 3, 1, 1), bn_mode=bn_mode, activation=activation,
-                              activation_param=activation_param, num_classes=num_classes, backend=backend,
-                              features_only=features_only, memory_efficient=memory_efficient, a2=False)
+    return build_network(WiderResNet, (1, 1, 1, 3, 1, 1), bn_mode=bn_mode, activation=activation,
+                         activation_param=activation_param, num_classes=num_classes, backend=backend,
+                         features_only=features_only, memory_efficient=memory_efficient, a2=False)
 
 
 @register_arch
@@ -137,9 +123,9 @@ def wider_resnet38(bn_mode: str = "inplace", activation: str = "leaky_relu", act
                    num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
                    memory_efficient: bool | None = None) -> WiderResNet:
     """Wide ResNet-38 (3, 3, 6, 3, 1, 1 blocks), down-sampling by max pooling before mod2..mod6."""
-    return build_wider_resnet((3, 3, 6, 3, 1, 1), bn_mode=bn_mode, activation=activation,
-                              activation_param=activation_param, num_classes=num_classes, backend=backend,
-                              features_only=features_only, memory_efficient=memory_efficient, a2=False)
+    return build_network(WiderResNet, (3, 3, 6, 3, 1, 1), bn_mode=bn_mode, activation=activation,
+                         activation_param=activation_param, num_classes=num_classes, backend=backend,
+                         features_only=features_only, memory_efficient=memory_efficient, a2=False)
 
 
 @register_arch
@@ -147,10 +133,10 @@ def wider_resnet16_a2(bn_mode: str = "inplace", activation: str = "leaky_relu", 
                       num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
                       memory_efficient: bool | None = None, *, dilation: bool = False) -> WiderResNet:
     """Wide ResNet-16 A2: pooling before mod2, mod3, strided blocks after, dropout in mod6, mod7; `dilation`: OS 8."""
-    return build_wider_resnet((1, 1, 1, 1, 1, 1), bn_mode=bn_mode, activation=activation,
-                              activation_param=activation_param, num_classes=num_classes, backend=backend,
-                              features_only=features_only, memory_efficient=memory_efficient, a2=True,
-                              dilation=_check_dilation(dilation))
+    return build_network(WiderResNet, (1, 1, 1, 1, 1, 1), bn_mode=bn_mode, activation=activation,
+                         activation_param=activation_param, num_classes=num_classes, backend=backend,
+                         features_only=features_only, memory_efficient=memory_efficient, a2=True,
+                         dilation=_check_dilation(dilation))
 
 
 @register_arch
@@ -158,10 +144,10 @@ def wider_resnet20_a2(bn_mode: str = "inplace", activation: str = "leaky_relu", 
                       num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
                       memory_efficient: bool | None = None, *, dilation: bool = False) -> WiderResNet:
     """Wide ResNet-20 A2: pooling before mod2, mod3, strided blocks after, dropout in mod6, mod7; `dilation`: OS 8."""
-    return build_wider_resnet((1, 1, 1, 3, 1, 1), bn_mode=bn_mode, activation=activation,
-                              activation_param=activation_param, num_classes=num_classes, backend=backend,
-                              features_only=features_only, memory_efficient=memory_efficient, a2=True,
-                              dilation=_check_dilation(dilation))
+    return build_network(WiderResNet, (1, 1, 1, 3, 1, 1), bn_mode=bn_mode, activation=activation,
+                         activation_param=activation_param, num_classes=num_classes, backend=backend,
+                         features_only=features_only, memory_efficient=memory_efficient, a2=True,
+                         dilation=_check_dilation(dilation))
 
 
 @register_arch
@@ -170,7 +156,7 @@ def wider_resnet38_a2(bn_mode: str = "inplace", activation: str = "leaky_relu", 
                       memory_efficient: bool | None = None, *, dilation: bool = False) -> WiderResNet:
     """Wide ResNet-38 A2: pooling before mod2, mod3, strided blocks after, dropout in mod6, mod7; `dilation`: OS 8
     (the Vistas segmentation body, built with num_classes=0)."""
-    return build_wider_resnet((3, 3, 6, 3, 1, 1), bn_mode=bn_mode, activation=activation,
-                              activation_param=activation_param, num_classes=num_classes, backend=backend,
-                              features_only=features_only, memory_efficient=memory_efficient, a2=True,
-                              dilation=_check_dilation(dilation))
+    return build_network(WiderResNet, (3, 3, 6, 3, 1, 1), bn_mode=bn_mode, activation=activation,
+                         activation_param=activation_param, num_classes=num_classes, backend=backend,
+                         features_only=features_only, memory_efficient=memory_efficient, a2=True,
+                         dilation=_check_dilation(dilation))
