@@ -1,4 +1,4 @@
-"""Training step time of whole networks: InPlace-ABN (default backend) against standard BN, same architecture.
+"""Training step time of whole networks: InPlace-ABN (each backend) against standard BN, same architecture.
 
 A step is forward, cross-entropy, backward and an SGD update. Each side is the network as `create_model` builds it
 for its bn_mode (the in-place modes also turn on the family's memory-lean parts, e.g. the stem pooling), so the
@@ -32,31 +32,42 @@ def step_function(model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
     return step
 
 
-def measure(arch: str, target: float | None, batch: int, size: int, repeats: int, device: str) -> dict[str, Any]:
-    """The step-time row of one architecture."""
+def measure(arch: str, target: float | None, backend: str, batch: int, size: int, repeats: int,
+            device: str) -> dict[str, Any]:
+    """The step-time row of one architecture with InPlace-ABN on `backend`."""
     import iabn_zoo
     from iabn_zoo.norm_act import resolve_backend
 
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, size, size, generator=generator).to(device)
     labels = torch.randint(0, NUM_CLASSES, (batch,), generator=generator).to(device)
-    inplace = iabn_zoo.create_model(arch, bn_mode="inplace").to(device).train()
+    inplace = iabn_zoo.create_model(arch, bn_mode="inplace", backend=backend).to(device).train()
     standard = iabn_zoo.create_model(arch, bn_mode="standard").to(device).train()
     steps = {name: synchronized(step_function(model, images, labels), device)
              for name, model in (("inplace", inplace), ("standard", standard))}
     ours, base = interleaved_medians(steps["inplace"], steps["standard"], repeats=repeats, warmup=1)
-    backend = resolve_backend()
-    note = "recomputes its bottlenecks on purpose (memory-efficient): cost reported" if target is None else ""
+    role = "default backend" if backend == resolve_backend() else "other backend"
+    note = "recomputes its bottlenecks on purpose (memory-efficient): cost reported" if target is None else role
     return row(f"train step {arch} b{batch} {size}px {device} (InPlace-ABN {backend} vs standard BN)", ours, base,
                target=target, unit="s", note=note)
 
 
+def backends() -> list[str]:
+    """The default backend first, then the other one where it is usable."""
+    from iabn_zoo.norm_act import native_kernels, resolve_backend
+
+    default = resolve_backend()
+    other = "torch" if default == "native" else "native"
+    return [default] + ([other] if other == "torch" or native_kernels() is not None else [])
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
-    """Rows for ResNeXt101, WideResNet38 and DenseNet264: batch 4 at 160 px on CPU (16 at 224 on CUDA), three
-    repeats; quick: batch 2 at 64 px, one repeat."""
+    """Rows for ResNeXt101, WideResNet38 and DenseNet264 on each backend: batch 4 at 224 px on CPU (16 on CUDA),
+    three repeats; quick: batch 2 at 64 px, one repeat."""
     device = bench_device()
     if quick:
         batch, size, repeats = 2, 64, 1
     else:
-        batch, size, repeats = (16, 224, 5) if device.startswith("cuda") else (4, 160, 3)
-    return [measure(arch, target, batch, size, repeats, device) for arch, target in ARCHS.items()]
+        batch, size, repeats = (16, 224, 5) if device.startswith("cuda") else (4, 224, 3)
+    return [measure(arch, target, backend, batch, size, repeats, device)
+            for backend in backends() for arch, target in ARCHS.items()]
