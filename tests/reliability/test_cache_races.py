@@ -54,7 +54,9 @@ def test_cache_commands_racing_a_download(loopback_server, process_env, zoo_home
 
     assert racer.returncode == 0 and "Traceback" not in racer_err, racer_err
     codes = json.loads(racer_out.strip().splitlines()[-1])  # after the tables the commands print
-    assert len(codes) >= 3 and set(codes) == {0}, codes  # several rounds ran, every prune/remove call succeeded
+    # every action ran and succeeded; prune alone runs many rounds, while `remove` waits for the download's lock,
+    # so with it a round may take the whole download
+    assert len(codes) >= (len(actions) if "remove" in actions else 3) and set(codes) == {0}, codes
     assert "Traceback" not in download_err, download_err
     assert downloader.returncode in (0, 5), download_err  # verified, or a typed download error (exit code 5)
     if downloader.returncode == 0:
