@@ -11,6 +11,8 @@ import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from network_checks import assert_close_scaled
+
 from iabn_zoo.blocks import IdentityResidualBlock, ResidualBlock
 from iabn_zoo.commands import memory as memory_command
 from iabn_zoo.errors import InvalidArgumentError, UnknownNameError
@@ -32,9 +34,6 @@ def grads_of(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor | None =
     return out.detach(), x.grad, {name: p.grad.clone() for name, p in module.named_parameters()}
 
 
-def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, tol: float, name: str = "") -> None:
-    """float32 closeness relative to the tensor's scale (sums over a batch round at the scale of their largest)."""
-    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * (1 + expected.abs().max().item()), msg=name)
 
 
 def assert_same_function(a, b, tol=1e-5):
