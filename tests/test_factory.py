@@ -75,3 +75,10 @@ def test_unknown_name_suggests_close_architectures_and_weights():
 def test_bad_options_are_typed_errors_naming_the_problem(options, message):
     with pytest.raises(zoo.InvalidArgumentError, match=message):
         zoo.create_model("wider_resnet38", **options)
+
+
+@pytest.mark.parametrize("arch", ["densenet121", "resnext50", "resnet18", "wider_resnet38_a2",
+                                  "wider_resnet38_a2_deeplab3"])
+def test_every_family_refuses_options_it_does_not_take(arch):
+    with pytest.raises(zoo.InvalidArgumentError, match="takes no argument 'colour'"):
+        zoo.create_model(arch, colour="blue")
