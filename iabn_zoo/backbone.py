@@ -89,6 +89,15 @@ class ZooNet(FastEvalModule):
         first_conv = next(m for m in self.modules() if isinstance(m, nn.Conv2d))
         return first_conv.in_channels
 
+    def finish_preactivation(self, bn_out: nn.Module, stride: int, *, num_classes: int, features_only: bool) -> None:
+        """End a pre-activation network: `bn_out` normalises the last module's output and is the last stage's output;
+        then the classifier (registered after `bn_out`, as in the authors' modules)."""
+        self.bn_out = bn_out
+        self.feature_info[-1] = FeatureInfo("bn_out", bn_out.num_features, stride)
+        self.num_features = bn_out.num_features
+        self.features_only = features_only
+        self.make_classifier(num_classes)
+
     def make_classifier(self, num_classes: int) -> None:
         """(Re)build `classifier` (avg_pool + fc) for `num_classes` outputs; 0 removes it."""
         num_classes = check_num_classes(num_classes)

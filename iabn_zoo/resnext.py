@@ -65,11 +65,7 @@ class ResNeXt(ZooNet):
             self.add_module(f"mod{index + 2}", module)
             stride *= module_stride
             self.feature_info.append(FeatureInfo(f"mod{index + 2}", in_channels, stride))
-        self.bn_out = norm_act(in_channels)
-        self.feature_info[-1] = FeatureInfo("bn_out", in_channels, stride)
-        self.num_features = in_channels
-        self.features_only = features_only
-        self.make_classifier(num_classes)
+        self.finish_preactivation(norm_act(in_channels), stride, num_classes=num_classes, features_only=features_only)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised output of the last module (`bn_out`), before pooling and classifier."""

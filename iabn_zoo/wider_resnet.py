@@ -59,11 +59,7 @@ class WiderResNet(ZooNet):
             self.add_module(f"mod{index + 2}", module)
             stride *= first_stride
             self.feature_info.append(FeatureInfo(f"mod{index + 2}", in_channels, stride))
-        self.bn_out = norm_act(in_channels)
-        self.feature_info[-1] = FeatureInfo("bn_out", in_channels, stride)
-        self.num_features = in_channels
-        self.features_only = features_only
-        self.make_classifier(num_classes)
+        self.finish_preactivation(norm_act(in_channels), stride, num_classes=num_classes, features_only=features_only)
 
     def stage(self, index: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """Stage `index` (2 = mod2): the pooling before the module if any, the module; mod1 in front of mod2,

@@ -13,9 +13,9 @@ def register(subparsers) -> None:
     """Add the `memory` sub-command."""
     parser = subparsers.add_parser(
         "memory", help="measure the training memory of a network in standard and in-place bn_mode",
-        description="Run training steps of ARCH per bn_mode (after a warm-up) and report the activation bytes kept for backward "
-                    "(parameters excluded, each storage once), the peak (CUDA only), the step time and the ratios "
-                    "to standard BN + activation.")
+        description="Run training steps of ARCH per bn_mode (after a warm-up) and report the activation bytes kept "
+                    "for backward (parameters excluded, each storage once), the peak (CUDA only), the median step "
+                    "time and the ratios to standard BN + activation.")
     parser.add_argument("arch", metavar="ARCH", help="architecture or weights name (see `iabn-zoo list`)")
     parser.add_argument("--batch", type=int, default=4, help="batch size (default 4)")
     parser.add_argument("--size", type=int, default=224, help="square input size in pixels (default 224)")
