@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from benchmarks.common import interleaved_medians, row
-from iabn_zoo.datasets import ImageFolder
-from iabn_zoo.transforms import train_transform
+from iabn_zoo.data.folders import ImageFolder
+from iabn_zoo.data.transforms import train_transform
 
 IMAGE_SIZE = 64
 CROP = 32

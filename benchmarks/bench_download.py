@@ -38,9 +38,9 @@ def hashlib_file_md5(path: Path) -> str:
 
 def run(quick: bool) -> list[dict[str, Any]]:
     """Rows for the download and re-verification targets."""
-    from iabn_zoo.cache import file_md5
-    from iabn_zoo.downloader import download
-    from iabn_zoo.weights import Weights
+    from iabn_zoo.weights.cache import file_md5
+    from iabn_zoo.weights.catalog import Weights
+    from iabn_zoo.weights.downloader import download
     from tests.loopback_server import LoopbackServer
 
     size = (64 if quick else 1024) << 20

@@ -1,4 +1,4 @@
-"""Inference throughput: the eval fast path (iabn_zoo.fastpath) against the compiled InPlace-ABN layers in eval mode.
+"""Inference throughput: the eval fast path (iabn_zoo.models._fast_eval) against the compiled InPlace-ABN layers in eval mode.
 
 Both sides are the same network with the same weights, batch 8 at 224 px, under `torch.no_grad()`, timed
 alternately; the note gives the largest relative difference of their outputs (target: within 1e-4).
@@ -19,7 +19,7 @@ TARGET_SPEEDUP = 2.0
 
 def randomize_norm_statistics(model: torch.nn.Module, seed: int = 0) -> None:
     """Give every norm-act layer non-trivial weights and running statistics, as a trained network has."""
-    from iabn_zoo.norm_act import ABN
+    from iabn_zoo.layers.norm_act import ABN
 
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -35,7 +35,7 @@ def randomize_norm_statistics(model: torch.nn.Module, seed: int = 0) -> None:
 def model_pair(arch: str, device: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(fast, baseline): one network in eval mode with the fast path and its copy on the compiled layers only."""
     import iabn_zoo
-    from iabn_zoo.fastpath import disable_fast_eval
+    from iabn_zoo.models._fast_eval import disable_fast_eval
 
     baseline = iabn_zoo.create_model(arch, bn_mode="inplace", backend="native")
     randomize_norm_statistics(baseline)
@@ -70,7 +70,7 @@ def measure_premise(arch: str, batch: int, size: int, repeats: int, device: str)
     """Report-only row: the compiled InPlace-ABN layers in eval against standard BN layers in eval (fast path off on
     both), the gap the authors measured on their CPU (7.1 s against 4.2 s for ResNeXt101, batch 8, 224 px)."""
     import iabn_zoo
-    from iabn_zoo.fastpath import disable_fast_eval
+    from iabn_zoo.models._fast_eval import disable_fast_eval
 
     models = {}
     for bn_mode in ("inplace", "standard"):

@@ -39,10 +39,10 @@ def run(quick: bool) -> list[dict[str, Any]]:
 def _measure(quick: bool, tmp: Path) -> list[dict[str, Any]]:
     import torch
 
-    from iabn_zoo.cache import converted_path
-    from iabn_zoo.checkpoint import read_safetensors
     from iabn_zoo.factory import create_model
-    from iabn_zoo.weights import get_weights, unregister_weights
+    from iabn_zoo.weights.cache import converted_path
+    from iabn_zoo.weights.catalog import get_weights, unregister_weights
+    from iabn_zoo.weights.checkpoint_reader import read_safetensors
     from tests.authors_checkpoints import publish, write_imagenet_checkpoint
     from tests.loopback_server import LoopbackServer
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.common import bench_device, interleaved_medians, row, synchronized
-from iabn_zoo.arch_registry import is_arch
-from iabn_zoo.memory import MIB, measure_step, model_and_inputs, resolve_device, training_step
+from iabn_zoo.models._registry import is_arch
+from iabn_zoo.train.memory import MIB, measure_step, model_and_inputs, resolve_device, training_step
 
 # architecture -> target of (bytes kept by the in-place network) / (bytes kept by the standard one)
 TARGETS = {"resnext101": 0.49, "wider_resnet38": 0.42, "resnet50": 0.55, "densenet264": 0.20}

@@ -50,7 +50,7 @@ def image_batch(long_side: int) -> torch.Tensor:
 
 def ours(net: nn.Module, x: torch.Tensor, fusion: str) -> torch.Tensor:
     """Pass-by-pass fusion of the predictor."""
-    from iabn_zoo.seg_predict import SegmentationPredictor
+    from iabn_zoo.tasks.segment import SegmentationPredictor
 
     predictor = SegmentationPredictor(net, mean=(0, 0, 0), std=(1, 1, 1), scales=SCALES, fusion=fusion)
     return predictor.fuse(x)[1]

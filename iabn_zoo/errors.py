@@ -1,7 +1,7 @@
 """Typed errors of iabn-zoo: one shallow hierarchy, each message says what to do next.
 
 Catch `ZooError` for everything the package raises on purpose; the subclasses let callers react to one kind.
-Each class carries the exit code the command line uses for it.
+The command line maps each class to an exit code (iabn_zoo.cli.exit_codes).
 """
 
 from __future__ import annotations
@@ -18,19 +18,13 @@ def close_matches(name: str, known: Iterable[str]) -> list[str]:
 class ZooError(Exception):
     """Base class of every error iabn-zoo raises on purpose."""
 
-    exit_code = 1
-
 
 class InvalidArgumentError(ZooError, ValueError):
     """An argument or option has a value outside what is allowed (bad bn_mode, negative num_classes, ...)."""
 
-    exit_code = 2
-
 
 class UnknownNameError(ZooError, KeyError):
     """A model, architecture or weights name is not registered; the message lists the closest names."""
-
-    exit_code = 3
 
     def __init__(self, kind: str, name: str, known: Iterable[str]):
         self.kind = kind
@@ -46,19 +40,17 @@ class UnknownNameError(ZooError, KeyError):
 class RegistryError(ZooError, ValueError):
     """A registry file or entry is malformed; the message names the file and the field."""
 
-    exit_code = 4
-
 
 class DownloadError(ZooError):
     """A file could not be fetched (network, quota page, offline mode, unwritable cache)."""
 
-    exit_code = 5
+
+class CacheWriteError(DownloadError):
+    """The cache cannot be written (disk full, permissions): no other source would help."""
 
 
 class ChecksumError(DownloadError):
     """A file's md5 differs from the registry's; the partial file has been removed."""
-
-    exit_code = 6
 
     def __init__(self, message: str, *, expected: str = "", actual: str = "", source: str = ""):
         self.expected = expected
@@ -70,10 +62,7 @@ class ChecksumError(DownloadError):
 class CheckpointError(ZooError):
     """A checkpoint cannot be read safely or does not fit the architecture (keys listed)."""
 
-    exit_code = 7
-
 
 class DataError(ZooError):
     """An input image or data set is missing, unreadable or inconsistent; the message names the path."""
 
-    exit_code = 8

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch.nn as nn
 
-from .arch_registry import get_arch, is_arch, list_archs
 from .errors import InvalidArgumentError, UnknownNameError
-from .runs import create_from_run, is_run_dir
-from .weights import Weights, get_weights, is_weights, list_weights
+from .models._registry import get_arch, is_arch, list_archs
+from .train.runs import create_from_run, is_run_dir
+from .weights.catalog import Weights, get_weights, is_weights, list_weights
 
 BN_MODES = ("standard", "inplace", "sync")
 
@@ -97,8 +97,8 @@ def _check_options(arch: str, constructor: Any, options: dict[str, Any]) -> None
 
 
 def _build_pretrained(weights: Weights, *, bn_mode: str | None, num_classes: int | None, progress: bool, **kwargs):
-    from .norm_act import convert_norm
-    from .pretrained import build_pretrained
+    from .layers.norm_act import convert_norm
+    from .weights.pretrained import build_pretrained
 
     trained_mode = weights.arch_kwargs.get("bn_mode", "inplace")
     load_mode = "inplace" if trained_mode == "sync" else trained_mode

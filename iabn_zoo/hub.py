@@ -19,8 +19,8 @@ Args:
 
 def entry_points() -> dict[str, Callable[..., nn.Module]]:
     """Every entry point by name: architectures first, then weights names (which win a clash of names)."""
-    from .arch_registry import list_archs
-    from .weights import get_weights, list_weights
+    from .models._registry import list_archs
+    from .weights.catalog import get_weights, list_weights
 
     entries = {arch: arch_entry(arch) for arch in list_archs()}
     entries.update({name: weights_entry(get_weights(name)) for name in list_weights()})
@@ -68,8 +68,8 @@ def weights_doc(weights: Any) -> str:
 
 def arch_doc(arch: str) -> str:
     """What `torch.hub.help` shows for an architecture entry: its constructor's summary and its published weights."""
-    from .arch_registry import get_arch
-    from .weights import get_weights, list_weights
+    from .models._registry import get_arch
+    from .weights.catalog import get_weights, list_weights
 
     summary = (get_arch(arch).__doc__ or f"The {arch} architecture.").strip().splitlines()[0]
     published = [get_weights(name) for name in list_weights() if get_weights(name).arch == arch]

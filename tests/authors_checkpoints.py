@@ -116,7 +116,7 @@ def publish(server, path: str | Path, name: str, arch: str, *, arch_kwargs: dict
     """Serve the file at `path` from the loopback `server` and register it as weights `name` (md5 of its bytes)."""
     import hashlib
 
-    from iabn_zoo.weights import Weights, register_weights
+    from iabn_zoo.weights.catalog import Weights, register_weights
 
     path = Path(path)
     url = server.add(f"/files/{name}/{path.name}", path)

@@ -18,16 +18,16 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-
 from authors_checkpoints import write_vistas_checkpoint
-from iabn_zoo.arch_registry import is_arch, register_arch, unregister_arch
-from iabn_zoo.backbone import FeatureInfo, ZooNet
-from iabn_zoo.blocks import IdentityResidualBlock
-from iabn_zoo.deeplab import DeepLabV3Head
-from iabn_zoo.norm_act import make_norm_act
-from iabn_zoo.segmentation import SegmentationNet
-from iabn_zoo.weights import Weights, get_weights, register_weights, unregister_weights
 from loopback_server import LoopbackServer
+
+from iabn_zoo.layers.norm_act import make_norm_act
+from iabn_zoo.models._base import FeatureInfo, ZooNet
+from iabn_zoo.models._blocks import IdentityResidualBlock
+from iabn_zoo.models._registry import is_arch, register_arch, unregister_arch
+from iabn_zoo.models.deeplab import DeepLabV3Head
+from iabn_zoo.models.segmentation import SegmentationNet
+from iabn_zoo.weights.catalog import Weights, get_weights, register_weights, unregister_weights
 
 TINY_WEIGHTS = "tiny_vistas_deeplab3_test"
 TINY_LONG_SIDE = 64

@@ -9,9 +9,9 @@ import pytest
 from filelock import FileLock
 from loopback_server import Fault, loopback_server, md5_of, random_payload  # noqa: F401 (fixture)
 
-from iabn_zoo.cache import checkpoint_path, converted_path, lock_path, part_path
-from iabn_zoo.cli import main
-from iabn_zoo.weights import get_weights
+from iabn_zoo.cli.main import main
+from iabn_zoo.weights.cache import checkpoint_path, converted_path, lock_path, part_path
+from iabn_zoo.weights.catalog import get_weights
 
 ALPHA = random_payload(300_000, seed=1)
 BETA = random_payload(200_000, seed=2)

@@ -5,13 +5,19 @@ import sys
 
 import pytest
 import torch
+from authors_checkpoints import (
+    to_2017_layout,
+    with_module_prefix,
+    without_num_batches_tracked,
+    write_imagenet_checkpoint,
+    write_malicious_checkpoint,
+    write_vistas_checkpoint,
+)
 
 import iabn_zoo as zoo
-from authors_checkpoints import (to_2017_layout, with_module_prefix, without_num_batches_tracked,
-                                 write_imagenet_checkpoint, write_malicious_checkpoint, write_vistas_checkpoint)
-from iabn_zoo.checkpoint import read_checkpoint, read_converted, write_converted
 from iabn_zoo.errors import CheckpointError, UnknownNameError
-from iabn_zoo.pretrained import check_keys
+from iabn_zoo.weights.checkpoint_reader import read_checkpoint, read_converted, write_converted
+from iabn_zoo.weights.pretrained import check_keys
 
 
 @pytest.fixture(scope="module")

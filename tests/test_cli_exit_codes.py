@@ -14,7 +14,8 @@ from authors_checkpoints import publish
 from loopback_server import loopback_server  # noqa: F401 (fixture)
 
 from iabn_zoo import cli, errors
-from iabn_zoo.weights import unregister_weights
+from iabn_zoo.cli import exit_codes
+from iabn_zoo.weights.catalog import unregister_weights
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = {errors.ZooError: 1, errors.InvalidArgumentError: 2, errors.UnknownNameError: 3, errors.RegistryError: 4,
@@ -28,10 +29,10 @@ def documented_codes(text: str) -> dict[int, str]:
 
 
 def test_codes_are_distinct_and_documented_in_cli_and_readme():
-    assert {kind: kind.exit_code for kind in KINDS} == KINDS and len(set(KINDS.values())) == len(KINDS)
-    for text in (cli.__doc__, (REPO / "README.md").read_text()):
+    assert {kind: exit_codes.exit_code(kind) for kind in KINDS} == KINDS and len(set(KINDS.values())) == len(KINDS)
+    for text in (exit_codes.__doc__, (REPO / "README.md").read_text()):
         documented = documented_codes(text)
-        assert set(KINDS.values()) | {0, cli.EXIT_INTERNAL, cli.EXIT_INTERRUPTED} == set(documented), documented
+        assert set(KINDS.values()) | {0, exit_codes.EXIT_INTERNAL, exit_codes.EXIT_INTERRUPTED} == set(documented), documented
         assert "unknown name" in documented[3] and "checksum" in documented[6] and "image" in documented[8]
 
 
@@ -109,12 +110,12 @@ def test_an_internal_error_is_code_70_with_the_traceback_behind_debug(capsys, mo
     def broken(args):
         raise ZeroDivisionError("a bug")
 
-    from iabn_zoo.commands import weights as weights_commands
+    from iabn_zoo.cli import weights as weights_commands
 
     monkeypatch.setattr(weights_commands, "run_cache_path", broken)
-    err = expect(capsys, ["cache", "path"], cli.EXIT_INTERNAL, "internal error", "--debug")
+    err = expect(capsys, ["cache", "path"], exit_codes.EXIT_INTERNAL, "internal error", "--debug")
     assert "ZeroDivisionError" in err
-    assert cli.main(["--debug", "cache", "path"]) == cli.EXIT_INTERNAL
+    assert cli.main(["--debug", "cache", "path"]) == exit_codes.EXIT_INTERNAL
     assert "Traceback" in capsys.readouterr().err
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from iabn_zoo.datasets import ImageFolder, load_splits
+from iabn_zoo.data.folders import ImageFolder, load_splits
+from iabn_zoo.data.transforms import ToTensor, train_transform
 from iabn_zoo.errors import DataError, InvalidArgumentError
-from iabn_zoo.transforms import ToTensor, train_transform
 from tests.image_folders import write_colour_dataset, write_colour_split
 
 

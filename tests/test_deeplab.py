@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from iabn_zoo.deeplab import DeepLabV3Head, sliding_average
 from iabn_zoo.errors import InvalidArgumentError
-from iabn_zoo.norm_act import make_norm_act, native_kernels
+from iabn_zoo.layers.norm_act import make_norm_act, native_kernels
+from iabn_zoo.models.deeplab import DeepLabV3Head, sliding_average
 
 BACKENDS = ["torch"] + (["native"] if native_kernels() is not None else [])
 AUTHORS_KEYS = ["map_convs.0.weight", "map_convs.1.weight", "map_convs.2.weight", "map_convs.3.weight",

@@ -8,10 +8,10 @@ from collections import Counter
 import pytest
 import torch
 
-from iabn_zoo.densenet import DenseModule, running_stats_kept
 from iabn_zoo.errors import InvalidArgumentError
 from iabn_zoo.factory import create_model
-from iabn_zoo.norm_act import convert_norm, make_norm_act, native_kernels
+from iabn_zoo.layers.norm_act import convert_norm, make_norm_act, native_kernels
+from iabn_zoo.models.densenet import DenseModule, running_stats_kept
 
 BACKENDS = ["torch"] + (["native"] if native_kernels() is not None else [])
 SMALL = {"growth": 4, "num_classes": 7}  # full depth, a fraction of the width

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from loopback_server import Fault, loopback_server, md5_of, random_payload  # noqa: F401 (fixture)
 
-from iabn_zoo.cache import checkpoint_path, has_valid_stamp, part_path
-from iabn_zoo.downloader import DownloadPolicy, download
 from iabn_zoo.errors import ChecksumError, DownloadError, UnknownNameError
-from iabn_zoo.weights import Weights
+from iabn_zoo.weights.cache import checkpoint_path, has_valid_stamp, part_path
+from iabn_zoo.weights.catalog import Weights
+from iabn_zoo.weights.downloader import DownloadPolicy, download
 
 PAYLOAD = random_payload(3 * (1 << 20) + 12345, seed=9)
 FAST = DownloadPolicy(connect_timeout=2.0, read_timeout=0.5, retries=3, backoff=0.01, chunk_size=64 * 1024)
@@ -272,7 +272,7 @@ def test_unknown_name_raises_with_suggestions():
 
 WORKER = """
 import sys
-from iabn_zoo.downloader import download
+from iabn_zoo.weights.downloader import download
 print(download(sys.argv[1], progress=False))
 """
 
@@ -307,7 +307,7 @@ def test_offline_force_returns_the_valid_cached_copy(loopback_server, monkeypatc
 
 DISK_FULL_WORKER = """
 import resource, signal, sys
-from iabn_zoo.downloader import download
+from iabn_zoo.weights.downloader import download
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 try:
@@ -332,7 +332,7 @@ def test_a_full_disk_is_a_download_error_naming_the_file_and_leaves_nothing(loop
 
 
 def test_drive_form_page_leads_to_its_action_with_the_hidden_fields():
-    from iabn_zoo.gdrive import classify_page
+    from iabn_zoo.weights.gdrive import classify_page
 
     page = ('<html><head><title>Google Drive - Virus scan warning</title></head><body>'
             '<form id="download-form" action="https://drive.usercontent.google.com/download" method="get">'

@@ -5,10 +5,17 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from iabn_zoo.datasets import ImageFolder
+from iabn_zoo.data.folders import ImageFolder
+from iabn_zoo.data.transforms import eval_transform
 from iabn_zoo.errors import DataError, InvalidArgumentError, UnknownNameError
-from iabn_zoo.evaluate import class_index_map, count_correct, evaluate, evaluate_model, evaluation_root, label_aliases
-from iabn_zoo.transforms import eval_transform
+from iabn_zoo.tasks.evaluate import (
+    class_index_map,
+    count_correct,
+    evaluate,
+    evaluate_model,
+    evaluation_root,
+    label_aliases,
+)
 
 NUM_CLASSES = 7
 SIZE = 16

@@ -13,9 +13,10 @@ import torch
 import torch.nn as nn
 
 import iabn_zoo
-from iabn_zoo import fastpath
+from iabn_zoo.models import _fast_eval as fastpath
 from iabn_zoo.errors import InvalidArgumentError
-from iabn_zoo.fastpath import (
+from iabn_zoo.layers.norm_act import ABN, InPlaceABN, convert_norm, make_norm_act
+from iabn_zoo.models._fast_eval import (
     FoldedPair,
     PackedConv,
     disable_fast_eval,
@@ -24,7 +25,6 @@ from iabn_zoo.fastpath import (
     fast_eval_state,
     is_fast_eval_enabled,
 )
-from iabn_zoo.norm_act import ABN, InPlaceABN, convert_norm, make_norm_act
 
 BACKENDS = ("native", "torch")
 TOLERANCE = 1e-4

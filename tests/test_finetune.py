@@ -14,12 +14,13 @@ import torch
 from PIL import Image
 
 from iabn_zoo import cli
+from iabn_zoo.data.labels import class_names
 from iabn_zoo.errors import DataError, InvalidArgumentError, UnknownNameError
 from iabn_zoo.factory import create_model
-from iabn_zoo.finetune import FinetuneConfig, finetune, lr_factor, parameter_groups
-from iabn_zoo.labels import class_names
-from iabn_zoo.runs import load_checkpoint, load_run, load_tensors, read_metrics, read_run, run_weights
-from iabn_zoo.weights import register_weights, unregister_weights
+from iabn_zoo.train.finetune import FinetuneConfig, finetune, lr_factor, parameter_groups
+from iabn_zoo.train.runs import load_checkpoint, load_run, load_tensors, read_metrics, read_run, run_weights
+from iabn_zoo.weights.catalog import register_weights, unregister_weights
+from iabn_zoo.cli.exit_codes import exit_code
 from tests.image_folders import write_colour_dataset
 from tests.loopback_server import LoopbackServer
 
@@ -294,5 +295,5 @@ def test_finetune_command_reports_the_run_and_exits_with_the_data_error_code(tmp
     assert summary["epochs"] == 1 and 0 <= summary["val_top1"] <= 100
     Image.new("RGB", (8, 8)).save(data / "train" / "extra.png")  # an image outside any class folder is ignored
     (data / "val" / "red").rename(data / "val" / "pink")
-    assert cli.main(["finetune", "resnet18", str(data), "--out", str(tmp_path / "other")]) == DataError.exit_code
+    assert cli.main(["finetune", "resnet18", str(data), "--out", str(tmp_path / "other")]) == exit_code(DataError)
     assert "pink" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from iabn_zoo.runs import load_tensors, read_metrics
+from iabn_zoo.train.runs import load_tensors, read_metrics
 from tests.image_folders import write_colour_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORKER = textwrap.dedent("""
     import json, os, sys
     import torch
-    from iabn_zoo.finetune import finetune
+    from iabn_zoo.train.finetune import finetune
 
     torch.set_num_threads(1)
     data, base, sync_bn = sys.argv[1], sys.argv[2], sys.argv[3] == "sync"

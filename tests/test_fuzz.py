@@ -18,10 +18,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iabn_zoo.checkpoint import read_checkpoint
 from iabn_zoo.errors import CheckpointError, RegistryError
-from iabn_zoo.gdrive import DrivePage, classify_page, direct_url
-from iabn_zoo.weights import parse_registry
+from iabn_zoo.weights.catalog import parse_registry
+from iabn_zoo.weights.checkpoint_reader import read_checkpoint
+from iabn_zoo.weights.gdrive import DrivePage, classify_page, direct_url
 
 FUZZ = settings(max_examples=250, deadline=2000, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

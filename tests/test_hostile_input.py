@@ -24,10 +24,11 @@ from authors_checkpoints import publish
 from loopback_server import loopback_server  # noqa: F401 (fixture)
 
 from iabn_zoo import cli
-from iabn_zoo.checkpoint import load_state_dict, read_checkpoint
-from iabn_zoo.downloader import DownloadPolicy, download
 from iabn_zoo.errors import CheckpointError, DataError, DownloadError, RegistryError, UnknownNameError
-from iabn_zoo.weights import Weights, get_weights, list_weights, unregister_weights
+from iabn_zoo.weights.catalog import Weights, get_weights, list_weights, unregister_weights
+from iabn_zoo.weights.checkpoint_reader import load_state_dict, read_checkpoint
+from iabn_zoo.weights.downloader import DownloadPolicy, download
+from iabn_zoo.cli.exit_codes import exit_code
 
 FAST = DownloadPolicy(connect_timeout=2.0, read_timeout=2.0, retries=1, backoff=0.01)
 
@@ -230,7 +231,7 @@ def test_path_like_names_are_unknown_names_everywhere(tmp_path, capsys, zoo_home
     outside.write_text("keep me")
     for argv in (["download", name], ["cache", "remove", name], ["cache", "path", name], ["verify", name],
                  ["import", str(outside), "--name", name]):
-        assert cli.main(argv) == UnknownNameError.exit_code, argv
+        assert cli.main(argv) == exit_code(UnknownNameError), argv
     with pytest.raises(UnknownNameError):
         download(name)
     assert outside.read_text() == "keep me" and not zoo_home.exists()
@@ -293,7 +294,7 @@ def test_image_bomb_is_refused_by_predict(loopback_server, tmp_path, capsys):
     finally:
         unregister_weights("bomb_classifier")
     captured = capsys.readouterr()
-    assert code == DataError.exit_code and "decompression bomb" in captured.err and "Traceback" not in captured.err
+    assert code == exit_code(DataError) and "decompression bomb" in captured.err and "Traceback" not in captured.err
 
 
 def test_image_bomb_is_refused_by_segment(tmp_path, capsys):
@@ -305,5 +306,5 @@ def test_image_bomb_is_refused_by_segment(tmp_path, capsys):
         code = cli.main(["segment", str(bomb), "--out", str(out), "--weights", TINY_WEIGHTS, "--scales", "1",
                          "--no-progress"])
     captured = capsys.readouterr()
-    assert code == DataError.exit_code and "decompression bomb" in captured.err
+    assert code == exit_code(DataError) and "decompression bomb" in captured.err
     assert list(out.iterdir()) == []  # no output, not even a temporary

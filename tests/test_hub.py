@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from authors_checkpoints import publish, write_imagenet_checkpoint
+from loopback_server import loopback_server  # noqa: F401  (fixture)
 
 import iabn_zoo as zoo
-from authors_checkpoints import publish, write_imagenet_checkpoint
-from iabn_zoo.arch_registry import list_archs
-from iabn_zoo.weights import unregister_weights
-from loopback_server import loopback_server  # noqa: F401  (fixture)
+from iabn_zoo.models._registry import list_archs
+from iabn_zoo.weights.catalog import unregister_weights
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 HUB_REPO = "iabn-zoo/iabn-zoo:main"  # with the ref given, torch.hub asks no server which branch is the default

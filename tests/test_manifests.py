@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from iabn_zoo.factory import create_model
-from iabn_zoo.weights import get_weights, is_weights
+from iabn_zoo.weights.catalog import get_weights, is_weights
 
 MANIFEST_DIR = Path(__file__).parent / "manifests"
 IMAGENET = {"activation": "leaky_relu", "activation_param": 0.01, "num_classes": 1000}

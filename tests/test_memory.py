@@ -10,16 +10,16 @@ import torch
 import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from network_checks import assert_close_scaled
 
-from iabn_zoo.blocks import IdentityResidualBlock, ResidualBlock
-from iabn_zoo.commands import memory as memory_command
+from iabn_zoo.cli import memory as memory_command
 from iabn_zoo.errors import InvalidArgumentError, UnknownNameError
 from iabn_zoo.factory import create_model
-from iabn_zoo.memory import SavedTensorLedger, compare_modes, measure_step, report_rows
-from iabn_zoo.norm_act import ABN, convert_norm, make_norm_act
-from iabn_zoo.pooling import LeanMaxPool2d
+from iabn_zoo.layers.norm_act import ABN, convert_norm, make_norm_act
+from iabn_zoo.layers.pooling import LeanMaxPool2d
+from iabn_zoo.models._blocks import IdentityResidualBlock, ResidualBlock
+from iabn_zoo.train.memory import SavedTensorLedger, compare_modes, measure_step, report_rows
+from iabn_zoo.cli.exit_codes import exit_code
 
 BACKENDS = ["native", "torch"]
 
@@ -240,7 +240,7 @@ def test_memory_command_prints_a_table(capsys):
 
 
 def test_memory_command_bad_batch_exits_with_usage_code(capsys):
-    from iabn_zoo.cli import main
+    from iabn_zoo.cli.main import main
 
-    assert main(["memory", "resnet18", "--batch", "1", "--size", "32"]) == InvalidArgumentError.exit_code
+    assert main(["memory", "resnet18", "--batch", "1", "--size", "32"]) == exit_code(InvalidArgumentError)
     assert "batch must be" in capsys.readouterr().err

@@ -9,8 +9,15 @@ import torch
 import torch.nn as nn
 
 from iabn_zoo.errors import InvalidArgumentError
-from iabn_zoo.norm_act import (ABN, InPlaceABN, InPlaceABNSync, convert_norm, make_norm_act, native_kernels,
-                               resolve_backend)
+from iabn_zoo.layers.norm_act import (
+    ABN,
+    InPlaceABN,
+    InPlaceABNSync,
+    convert_norm,
+    make_norm_act,
+    native_kernels,
+    resolve_backend,
+)
 
 KEYS = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
 needs_native = pytest.mark.skipif(native_kernels() is None, reason="inplace-abn is not importable")
@@ -283,7 +290,7 @@ def test_without_compiled_package_default_is_torch_and_native_is_refused():
     script = (
         "import sys; sys.modules['inplace_abn'] = None\n"
         "from iabn_zoo.errors import InvalidArgumentError\n"
-        "from iabn_zoo.norm_act import make_norm_act\n"
+        "from iabn_zoo.layers.norm_act import make_norm_act\n"
         "import torch\n"
         "layer = make_norm_act('inplace')(3)\n"
         "assert layer.backend == 'torch', layer.backend\n"

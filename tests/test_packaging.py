@@ -1,4 +1,5 @@
-"""The registry data ships in the wheel and the sdist, and is found from an installed wheel and from a bare checkout."""
+"""The package data (registry, label lists) ships in the wheel and the sdist, and is found from an installed wheel
+and from a bare checkout."""
 
 import json
 import os
@@ -12,12 +13,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-REGISTRY_FILES = sorted(path.name for path in (REPO / "registry").glob("*.toml"))
+REGISTRY_FILES = sorted(path.name for path in (REPO / "iabn_zoo" / "weights" / "registry").glob("*.toml"))
 
 PROBE = (
-    "import json, iabn_zoo, iabn_zoo.weights as w;"
+    "import json, iabn_zoo, iabn_zoo.weights.catalog as w, iabn_zoo.data.labels as l;"
     "print(json.dumps({'package': iabn_zoo.__file__, 'sources': [s for s, _ in w.builtin_registry_texts()],"
-    " 'weights': w.list_weights()}))"
+    " 'weights': w.list_weights(), 'labels': len(l.imagenet_classes())}))"
 )
 
 
@@ -53,9 +54,9 @@ def wheel(tmp_path_factory, source_tree) -> Path:
 def test_wheel_contains_registry_labels_and_entry_point(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     for toml in REGISTRY_FILES:
-        assert f"iabn_zoo/registry/{toml}" in names
-    assert "iabn_zoo/labels/imagenet_classes.csv" in names
-    assert "iabn_zoo/labels/vistas_classes.csv" in names
+        assert f"iabn_zoo/weights/registry/{toml}" in names
+    assert "iabn_zoo/data/label_files/imagenet_classes.csv" in names
+    assert "iabn_zoo/data/label_files/vistas_classes.csv" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "iabn-zoo = iabn_zoo.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
@@ -66,18 +67,18 @@ def test_installed_wheel_reads_its_own_registry(wheel, tmp_path):
                     str(wheel)], check=True, capture_output=True, timeout=300)
     report = run_probe(target, cwd=tmp_path)
     assert report["package"].startswith(str(target))
-    assert all(source.startswith("iabn_zoo.registry/") for source in report["sources"])
+    assert all(source.startswith("iabn_zoo/weights/registry/") for source in report["sources"])
     assert len(report["weights"]) == 10 and "resnext101_ipabn_lr_512" in report["weights"]
 
 
-def test_bare_checkout_reads_top_level_registry(tmp_path):
+def test_bare_checkout_reads_its_package_data(tmp_path):
+    """What torch.hub runs from: the package folder alone, not installed; registry and labels come with it."""
     checkout = tmp_path / "checkout"
     shutil.copytree(REPO / "iabn_zoo", checkout / "iabn_zoo", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "registry", checkout / "registry")
     report = run_probe(checkout, cwd=tmp_path)
     assert report["package"].startswith(str(checkout))
     assert sorted(Path(s).name for s in report["sources"]) == REGISTRY_FILES
-    assert all(s.startswith(str(checkout / "registry")) for s in report["sources"])
+    assert report["labels"] == 1000
     assert len(report["weights"]) == 10
 
 
@@ -87,8 +88,8 @@ def test_sdist_contains_registry_and_labels(tmp_path, source_tree):
     sdist = next(tmp_path.glob("iabn_zoo-*.tar.gz"))
     names = {name.split("/", 1)[1] for name in tarfile.open(sdist).getnames() if "/" in name}
     for toml in REGISTRY_FILES:
-        assert f"registry/{toml}" in names
-    assert "iabn_zoo/labels/imagenet_classes.csv" in names
+        assert f"iabn_zoo/weights/registry/{toml}" in names
+    assert "iabn_zoo/data/label_files/imagenet_classes.csv" in names
 
 
 def test_module_entry_point_runs():

@@ -8,17 +8,18 @@ import sys
 
 import pytest
 import torch
+from authors_checkpoints import publish, write_imagenet_checkpoint
+from loopback_server import loopback_server  # noqa: F401  (fixture)
 from PIL import Image
 
 import iabn_zoo as zoo
-from authors_checkpoints import publish, write_imagenet_checkpoint
-from iabn_zoo.cli import main
+from iabn_zoo.cli.main import main
+from iabn_zoo.data.images import open_rgb
+from iabn_zoo.data.labels import class_colors, class_names, imagenet_classes, vistas_classes
 from iabn_zoo.errors import DataError
-from iabn_zoo.images import open_rgb
-from iabn_zoo.labels import class_colors, class_names, imagenet_classes, vistas_classes
-from iabn_zoo.predict import predict_images, preprocessing_transform
-from iabn_zoo.weights import unregister_weights
-from loopback_server import loopback_server  # noqa: F401  (fixture)
+from iabn_zoo.tasks.predict import predict_images, preprocessing_transform
+from iabn_zoo.weights.catalog import unregister_weights
+from iabn_zoo.cli.exit_codes import exit_code
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SMALL = {"mean": list(MEAN), "std": list(STD), "resize": 40, "crop": 32, "interpolation": "bilinear"}
@@ -192,7 +193,7 @@ def test_cli_predict_json_reports_the_bad_image_and_goes_on(published_colour_mod
     code = main(["predict", NAME, str(colour_images["red"]), str(colour_images["broken"]),
                  str(colour_images["green"]), "--topk", "2", "--json", "--no-progress"])
     captured = capsys.readouterr()
-    assert code == DataError.exit_code
+    assert code == exit_code(DataError)
     assert str(colour_images["broken"]) in captured.err
     results = json.loads(captured.out)
     assert [r["image"] for r in results] == [str(colour_images[k]) for k in ("red", "broken", "green")]

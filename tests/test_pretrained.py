@@ -4,15 +4,15 @@ import hashlib
 
 import pytest
 import torch
+from authors_checkpoints import publish, to_2017_layout, write_imagenet_checkpoint, write_malicious_checkpoint
+from loopback_server import loopback_server  # noqa: F401  (fixture)
 
 import iabn_zoo as zoo
-from authors_checkpoints import (publish, to_2017_layout, write_imagenet_checkpoint, write_malicious_checkpoint)
-from iabn_zoo.cache import checkpoint_path, converted_path
 from iabn_zoo.errors import CheckpointError
-from iabn_zoo.norm_act import ABN, InPlaceABN
-from iabn_zoo.pretrained import load_pretrained
-from iabn_zoo.weights import unregister_weights
-from loopback_server import loopback_server  # noqa: F401  (fixture)
+from iabn_zoo.layers.norm_act import ABN, InPlaceABN
+from iabn_zoo.weights.cache import checkpoint_path, converted_path
+from iabn_zoo.weights.catalog import unregister_weights
+from iabn_zoo.weights.pretrained import load_pretrained
 
 NAME = "test_resnet18_ipabn"
 

@@ -4,7 +4,6 @@
 import pytest
 import torch
 import torch.nn as nn
-
 from network_checks import train_step
 
 from iabn_zoo.errors import InvalidArgumentError, UnknownNameError

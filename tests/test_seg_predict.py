@@ -11,12 +11,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
+from segmentation_fixtures import TINY_LONG_SIDE, TINY_WEIGHTS, served_tiny_vistas
 
 import iabn_zoo as zoo
-import iabn_zoo.seg_predict as seg_predict
+import iabn_zoo.tasks.segment as seg_predict
 from iabn_zoo.errors import InvalidArgumentError
-from iabn_zoo.seg_predict import SegmentationPredictor, check_scales, parse_scales, resized_bands
-from segmentation_fixtures import TINY_LONG_SIDE, TINY_WEIGHTS, served_tiny_vistas
+from iabn_zoo.tasks.segment import SegmentationPredictor, check_scales, parse_scales, resized_bands
 
 SCALES = (0.7, 1.0, 1.2)
 # Pixels whose decision is a near tie (within float32 rounding of the two computations) may legitimately differ.
@@ -244,7 +244,7 @@ def test_the_vistas_network_runs_through_the_predictor():
 
 def test_tiny_network_is_registered_only_while_served(tiny_model):
     """Other test modules never see the miniature network or its weights."""
-    from iabn_zoo.arch_registry import is_arch
+    from iabn_zoo.models._registry import is_arch
 
     assert not is_arch("tiny_vistas_deeplab3") and not zoo.list_weights(TINY_WEIGHTS)
 
@@ -252,7 +252,7 @@ def test_tiny_network_is_registered_only_while_served(tiny_model):
 @pytest.mark.parametrize("source, target", [((120, 160), (73, 97)), ((120, 160), (225, 300)), ((37, 5), (36, 11)),
                                             ((1, 7), (3, 2))])
 def test_nearest_resize_picks_the_pixels_pillow_picks(source, target):
-    from iabn_zoo.seg_predict import resize_nearest
+    from iabn_zoo.tasks.segment import resize_nearest
 
     (h, w), (th, tw) = source, target
     values = torch.arange(h * w, dtype=torch.int32).view(h, w)

@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 
 import iabn_zoo
+from iabn_zoo.data.labels import class_colors, class_names
 from iabn_zoo.errors import InvalidArgumentError
-from iabn_zoo.labels import class_colors, class_names
-from iabn_zoo.seg_predict import SegmentationResult
-from iabn_zoo.seg_render import classes_present, render
+from iabn_zoo.tasks.render import classes_present, render
+from iabn_zoo.tasks.segment import SegmentationResult
 
-VISTAS_CSV = Path(iabn_zoo.__file__).parent / "labels" / "vistas_classes.csv"
+VISTAS_CSV = Path(iabn_zoo.__file__).parent / "data" / "label_files" / "vistas_classes.csv"
 # Chromatic Vistas classes (no gray that anti-aliased text could produce): bird, ground animal, person, sky.
 PRESENT = (0, 1, 19, 27)
 ABSENT = (20, 55)  # bicyclist (255, 0, 0) and car (0, 0, 142)

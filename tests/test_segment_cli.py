@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from segmentation_fixtures import TINY_WEIGHTS, served_tiny_vistas
 
 import iabn_zoo as zoo
-from iabn_zoo.cli import main
-from iabn_zoo.seg_predict import SegmentationPredictor
-from segmentation_fixtures import TINY_WEIGHTS, served_tiny_vistas
+from iabn_zoo.cli.main import main
+from iabn_zoo.tasks.segment import SegmentationPredictor
 
 FAST = ["--weights", TINY_WEIGHTS, "--scales", "1", "--no-progress"]
 
@@ -191,7 +191,7 @@ def test_command_runs_as_a_process_with_a_progress_bar(tmp_path):
 # The child process must know the test-only architecture: it imports the fixtures module, then runs the CLI.
 PLUGIN_RUNNER = (
     f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import segmentation_fixtures as fixtures; "
-    "from iabn_zoo.cli import main\nwith fixtures.tiny_arch_registered(): sys.exit(main(sys.argv[1:]))"
+    "from iabn_zoo.cli.main import main\nwith fixtures.tiny_arch_registered(): sys.exit(main(sys.argv[1:]))"
 )
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from iabn_zoo.deeplab import DeepLabV3Head
-from iabn_zoo.densenet import DenseNet
 from iabn_zoo.errors import InvalidArgumentError
 from iabn_zoo.factory import create_model
-from iabn_zoo.norm_act import convert_norm, make_norm_act, native_kernels
-from iabn_zoo.segmentation import SegmentationNet
+from iabn_zoo.layers.norm_act import convert_norm, make_norm_act, native_kernels
+from iabn_zoo.models.deeplab import DeepLabV3Head
+from iabn_zoo.models.densenet import DenseNet
+from iabn_zoo.models.segmentation import SegmentationNet
 
 BACKENDS = ["torch"] + (["native"] if native_kernels() is not None else [])
 MANIFEST = Path(__file__).parent / "manifests" / "wider_resnet38_deeplab3_vistas.json"

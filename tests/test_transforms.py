@@ -8,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from iabn_zoo.errors import InvalidArgumentError
-from iabn_zoo.transforms import (
+from iabn_zoo.data.transforms import (
     AUGMENT_PRESETS,
     LIGHTING_EIGVAL,
     LIGHTING_EIGVEC,
@@ -25,6 +24,7 @@ from iabn_zoo.transforms import (
     to_tensor,
     train_transform,
 )
+from iabn_zoo.errors import InvalidArgumentError
 
 
 def column_image(width: int, height: int) -> Image.Image:

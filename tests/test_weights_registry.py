@@ -14,11 +14,17 @@ from hypothesis import strategies as st
 
 import iabn_zoo as zoo
 from iabn_zoo.errors import InvalidArgumentError, RegistryError, UnknownNameError
-from iabn_zoo.gdrive import direct_url, file_id
-from iabn_zoo.weights import (Weights, builtin_registry_texts, find_weights_by_md5, is_weights, parse_registry,
-                              unregister_weights)
+from iabn_zoo.weights.catalog import (
+    Weights,
+    builtin_registry_texts,
+    find_weights_by_md5,
+    is_weights,
+    parse_registry,
+    unregister_weights,
+)
+from iabn_zoo.weights.gdrive import direct_url, file_id
 
-REGISTRY_DIR = Path(__file__).resolve().parents[1] / "registry"
+REGISTRY_DIR = Path(__file__).resolve().parents[1] / "iabn_zoo" / "weights" / "registry"
 IMAGENET_METRICS = {"top1", "top5", "top1_10crop", "top5_10crop", "top1_320", "top5_320"}
 # (name, md5, Drive id) as published in the authors' README (DESIGN.md table)
 PUBLISHED = [

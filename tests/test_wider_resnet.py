@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from iabn_zoo.errors import InvalidArgumentError, UnknownNameError
 from iabn_zoo.factory import create_model, list_models
-from iabn_zoo.pooling import LeanMaxPool2d
+from iabn_zoo.layers.pooling import LeanMaxPool2d
 
 STRUCTURES = {"wider_resnet16": (1, 1, 1, 1, 1, 1), "wider_resnet20": (1, 1, 1, 3, 1, 1),
               "wider_resnet38": (3, 3, 6, 3, 1, 1)}

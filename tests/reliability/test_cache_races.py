@@ -14,7 +14,7 @@ import pytest
 from loopback_server import loopback_server, md5_of, random_payload  # noqa: F401 (fixture)
 from reliability_support import PYTHON, registry_entry, wait_for
 
-from iabn_zoo.cache import has_valid_stamp
+from iabn_zoo.weights.cache import has_valid_stamp
 
 PAYLOAD = random_payload(4 << 20, seed=33)
 NAME = "raced_net"
@@ -22,7 +22,7 @@ FILE_NAME = "raced.pth.tar"
 RACER = """
 import json, sys
 from pathlib import Path
-from iabn_zoo.cli import main
+from iabn_zoo.cli.main import main
 stop, name, actions = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 codes = []
 for round in range(400):  # bounded: the download takes a few seconds, one round a few milliseconds

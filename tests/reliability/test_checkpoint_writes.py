@@ -15,7 +15,7 @@ from pathlib import Path
 
 from reliability_support import PYTHON, wait_for
 
-from iabn_zoo.runs import load_checkpoint, load_run, load_tensors, read_metrics
+from iabn_zoo.train.runs import load_checkpoint, load_run, load_tensors, read_metrics
 from tests.image_folders import write_colour_dataset
 
 FINETUNE = ["--batch-size", "6", "--image-size", "16", "--augment", "none", "--num-workers", "0", "--no-progress",

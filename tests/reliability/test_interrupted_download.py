@@ -16,7 +16,7 @@ import pytest
 from loopback_server import loopback_server, md5_of, random_payload  # noqa: F401 (fixture)
 from reliability_support import PYTHON, registry_entry, wait_for
 
-from iabn_zoo.cache import has_valid_stamp
+from iabn_zoo.weights.cache import has_valid_stamp
 
 PAYLOAD = random_payload(6 << 20, seed=81)
 CHUNK = 64 << 10

@@ -1,0 +1,34 @@
+"""The command line's exit codes, one per kind of error (the table lives here, with the CLI, not in the library).
+
+Exit codes: 0 success, 1 other zoo error, 2 bad usage or option, 3 unknown name, 4 malformed registry,
+5 download failed, 6 checksum mismatch, 7 unreadable checkpoint, 8 bad image or data set,
+70 internal error (a bug: run with --debug and report it), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+from ..errors import (ChecksumError, CheckpointError, DataError, DownloadError, InvalidArgumentError, RegistryError,
+                      UnknownNameError, ZooError)
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+# Most specific class first: the first entry an error is an instance of gives its code.
+ERROR_CODES: tuple[tuple[type[ZooError], int], ...] = (
+    (ChecksumError, 6),
+    (DownloadError, 5),
+    (InvalidArgumentError, EXIT_USAGE),
+    (UnknownNameError, 3),
+    (RegistryError, 4),
+    (CheckpointError, 7),
+    (DataError, 8),
+    (ZooError, 1),
+)
+
+
+def exit_code(error: ZooError | type[ZooError]) -> int:
+    """The exit code of an error (or error class) the library raised on purpose."""
+    kind = error if isinstance(error, type) else type(error)
+    return next(code for cls, code in ERROR_CODES if issubclass(kind, cls))

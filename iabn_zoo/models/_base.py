@@ -1,0 +1,121 @@
+"""What every zoo network shares: the classifier head, its reset, and the `features_only` stage outputs.
+
+Families subclass `ZooNet`, build their modules in the authors' order (state_dict keys depend on it), record one
+`FeatureInfo` per stage and implement `forward_stages`; the rest is here.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..errors import InvalidArgumentError
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One stage's output: the module that makes it, its channels and its stride relative to the input."""
+
+    module: str
+    channels: int
+    stride: int
+
+
+class GlobalAvgPool2d(nn.Module):
+    """Global average pooling to a (N, C) tensor, the first step of the authors' `classifier`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+def check_num_classes(num_classes: int) -> int:
+    """Validate a classifier size: 0 means no classifier."""
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+        raise InvalidArgumentError(f"num_classes must be an integer >= 0 (0: no classifier), got {num_classes!r}")
+    return num_classes
+
+
+class FastEvalModule(nn.Module):
+    """A network whose `eval()` switches to the fast inference path of `iabn_zoo.models._fast_eval` (same function, same
+    parameters) and whose `train()` switches back to the memory-saving layers; `disable_fast_eval(model)` opts out."""
+
+    def train(self, mode: bool = True) -> FastEvalModule:
+        super().train(mode)
+        from ._fast_eval import sync_fast_eval
+
+        sync_fast_eval(self)
+        return self
+
+
+class ZooNet(FastEvalModule):
+    """Base of the classification backbones: `classifier` = global average pool + `fc`, as in the authors' code."""
+
+    feature_info: list[FeatureInfo]
+    num_features: int
+    features_only: bool = False
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of every stage, in order (the last one is what `forward_features` returns)."""
+        raise NotImplementedError
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The final feature map, before pooling and classifier."""
+        return self.forward_stages(x)[-1]
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits from a feature map, or pooled features when the network has no classifier."""
+        if hasattr(self, "classifier"):
+            return self.classifier(x)
+        return x.mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        self.check_input(x)
+        if self.features_only:
+            return self.forward_stages(x)
+        return self.forward_head(self.forward_features(x))
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Reject inputs whose shape or channel count the network cannot take, with a readable message."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise InvalidArgumentError(
+                f"{type(self).__name__} expects input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
+            )
+
+    @property
+    def in_channels(self) -> int:
+        first_conv = next(m for m in self.modules() if isinstance(m, nn.Conv2d))
+        return first_conv.in_channels
+
+    def finish_preactivation(self, bn_out: nn.Module, stride: int, *, num_classes: int, features_only: bool) -> None:
+        """End a pre-activation network: `bn_out` normalises the last module's output and is the last stage's output;
+        then the classifier (registered after `bn_out`, as in the authors' modules)."""
+        self.bn_out = bn_out
+        self.feature_info[-1] = FeatureInfo("bn_out", bn_out.num_features, stride)
+        self.num_features = bn_out.num_features
+        self.features_only = features_only
+        self.make_classifier(num_classes)
+
+    def make_classifier(self, num_classes: int) -> None:
+        """(Re)build `classifier` (avg_pool + fc) for `num_classes` outputs; 0 removes it."""
+        num_classes = check_num_classes(num_classes)
+        if hasattr(self, "classifier"):
+            del self.classifier
+        if num_classes > 0 and not self.features_only:
+            self.classifier = nn.Sequential(
+                OrderedDict([("avg_pool", GlobalAvgPool2d()), ("fc", nn.Linear(self.num_features, num_classes))])
+            )
+        self.num_classes = num_classes if not self.features_only else 0
+
+    def get_classifier(self) -> nn.Module:
+        """The final linear layer, or `nn.Identity()` when there is none."""
+        return self.classifier.fc if hasattr(self, "classifier") else nn.Identity()
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier by a freshly initialised one with `num_classes` outputs (0: none)."""
+        device = next(self.parameters()).device
+        self.make_classifier(num_classes)
+        if hasattr(self, "classifier"):
+            self.classifier.to(device)

@@ -1,0 +1,66 @@
+"""Architecture registry: family modules register their constructors by name; the front door looks them up.
+
+Family modules are imported on the first query only, so `import iabn_zoo` stays cheap.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+from collections.abc import Callable
+
+import torch.nn as nn
+
+from ..errors import UnknownNameError
+
+ArchFn = Callable[..., nn.Module]
+
+# Modules whose import registers architectures; each holds one family.
+FAMILY_MODULES = ("resnext", "wider_resnet", "resnet", "densenet", "segmentation")
+
+_ARCHS: dict[str, ArchFn] = {}
+_loaded = False
+
+
+def register_arch(fn: ArchFn) -> ArchFn:
+    """Decorator: register `fn` under its function name as an architecture constructor."""
+    if fn.__name__ in _ARCHS and _ARCHS[fn.__name__] is not fn:
+        raise ValueError(f"architecture {fn.__name__!r} is registered twice")
+    _ARCHS[fn.__name__] = fn
+    return fn
+
+
+def unregister_arch(name: str) -> None:
+    """Remove an architecture registered with `register_arch` (e.g. a test's miniature network)."""
+    if name not in _ARCHS:
+        raise UnknownNameError("architecture", name, _ARCHS)
+    del _ARCHS[name]
+
+
+def _load_families() -> None:
+    global _loaded
+    if not _loaded:
+        for module in FAMILY_MODULES:
+            importlib.import_module(f"{__package__}.{module}")
+        _loaded = True
+
+
+def list_archs(pattern: str = "*") -> list[str]:
+    """Sorted architecture names matching an fnmatch pattern."""
+    _load_families()
+    return sorted(name for name in _ARCHS if fnmatch.fnmatch(name, pattern))
+
+
+def get_arch(name: str) -> ArchFn:
+    """The constructor registered as `name`; `UnknownNameError` (a KeyError) with close matches otherwise."""
+    _load_families()
+    try:
+        return _ARCHS[name]
+    except KeyError:
+        raise UnknownNameError("architecture", name, _ARCHS) from None
+
+
+def is_arch(name: str) -> bool:
+    """Whether `name` is a registered architecture."""
+    _load_families()
+    return name in _ARCHS

@@ -1,0 +1,89 @@
+"""The Vistas segmentation network: dilated WideResNet38-A2 `body`, DeepLabV3 `head` and 1x1 `cls`, as in the
+checkpoint.
+
+`forward` returns class logits at the body's output resolution, 1/8 of the input (ceil(H / 8) x ceil(W / 8));
+resizing them to the image, test-time scales and flips belong to the predictor (`iabn_zoo.tasks.segment`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from ..errors import InvalidArgumentError
+from ..layers.norm_act import make_norm_act
+from ._base import FastEvalModule, FeatureInfo, ZooNet, check_num_classes
+from ._registry import register_arch
+from .deeplab import DeepLabV3Head, pooling_window
+
+
+class SegmentationNet(FastEvalModule):
+    """`body` (a ZooNet backbone) -> `head` -> `cls` (1x1 conv with bias); num_classes=0 leaves out `cls`.
+
+    With `features_only=True` the forward returns the body's stage maps followed by the head's output.
+    """
+
+    def __init__(self, body: ZooNet, head: DeepLabV3Head, num_classes: int, *, features_only: bool = False):
+        super().__init__()
+        self.body = body
+        self.head = head
+        self.features_only = features_only
+        head_stride = body.feature_info[-1].stride  # the head keeps the resolution of the body's output
+        self.feature_info = list(body.feature_info) + [FeatureInfo("head", head.out_channels, head_stride)]
+        self.make_classifier(num_classes)
+
+    def make_classifier(self, num_classes: int) -> None:
+        """(Re)build `cls` for `num_classes` outputs (default init, as the authors'); 0 or features_only: none."""
+        num_classes = check_num_classes(num_classes)
+        if hasattr(self, "cls"):
+            del self.cls
+        if num_classes > 0 and not self.features_only:
+            self.cls = nn.Conv2d(self.head.out_channels, num_classes, 1)
+        self.num_classes = num_classes if not self.features_only else 0
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace `cls` by a freshly initialised one with `num_classes` outputs (0: none), on the model's device."""
+        reference = next(self.head.parameters())
+        self.make_classifier(num_classes)
+        if hasattr(self, "cls"):
+            self.cls.to(device=reference.device, dtype=reference.dtype)
+
+    def get_classifier(self) -> nn.Module:
+        """The 1x1 classifier convolution, or `nn.Identity()` when there is none."""
+        return self.cls if hasattr(self, "cls") else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's output at the body's output stride (H/8 x W/8 for the Vistas model): what `cls` classifies."""
+        self.body.check_input(x)
+        return self.head(self.body.forward_features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if self.features_only:
+            self.body.check_input(x)
+            stages = self.body.forward_stages(x)
+            return stages + [self.head(stages[-1])]
+        features = self.forward_features(x)
+        return self.cls(features) if hasattr(self, "cls") else features
+
+
+@register_arch
+def wider_resnet38_a2_deeplab3(bn_mode: str = "inplace", activation: str = "leaky_relu",
+                               activation_param: float = 0.01, num_classes: int = 65, backend: str | None = None,
+                               features_only: bool = False, pooling_size: int | Sequence[int] | None = 84,
+                               head_channels: int = 256) -> SegmentationNet:
+    """The Vistas model: WRN38-A2 with output stride 8, DeepLabV3 head (`head_channels`, inference pooling window
+    `pooling_size` in feature-map pixels, None = whole map) and a 1x1 classifier; logits at 1/8 of the input."""
+    from .wider_resnet import wider_resnet38_a2
+
+    check_num_classes(num_classes)  # cheap checks first: the body alone holds over 100M parameters
+    pooling_window(pooling_size)
+    if not isinstance(head_channels, int) or isinstance(head_channels, bool) or head_channels < 1:
+        raise InvalidArgumentError(f"head_channels must be a positive integer, got {head_channels!r}")
+    body = wider_resnet38_a2(bn_mode=bn_mode, activation=activation, activation_param=activation_param,
+                             num_classes=0, backend=backend, dilation=True)
+    norm_act = make_norm_act(bn_mode, activation, activation_param, backend=backend)
+    head = DeepLabV3Head(body.num_features, head_channels, head_channels, norm_act=norm_act,
+                         pooling_size=pooling_size)
+    return SegmentationNet(body, head, num_classes, features_only=features_only)

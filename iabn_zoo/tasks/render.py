@@ -1,0 +1,142 @@
+"""Images people can look at from a segmentation: palette PNGs, gray class maps, confidence maps, overlays.
+
+`palette`: class indices in a 'P' image whose palette holds the class colours (viewers show colours, tools read
+indices); `raw`: class index per pixel as 8-bit gray; `prob`: confidence as 8- or 16-bit gray; `overlay`: the
+coloured map blended on the photo, with a legend of the classes present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from ..errors import InvalidArgumentError
+from .segment import SegmentationResult
+
+OUTPUT_MODES = ("palette", "raw", "prob", "overlay")
+Color = tuple[int, int, int]
+
+OVERLAY_ALPHA = 0.5
+LEGEND_PADDING = 6
+SWATCH = 12
+
+
+def check_output_mode(mode: str) -> str:
+    """Validate an output mode name."""
+    if mode not in OUTPUT_MODES:
+        raise InvalidArgumentError(f"output must be one of {', '.join(OUTPUT_MODES)}, got {mode!r}")
+    return mode
+
+
+def tensor_to_image(values: torch.Tensor, mode: str) -> Image.Image:
+    """An (H, W) tensor already in the pixel type of `mode` ('L', 'P': uint8; 'I;16': uint16) as a PIL image."""
+    height, width = values.shape
+    data = bytes(values.clone(memory_format=torch.contiguous_format).untyped_storage())
+    return Image.frombytes(mode, (width, height), data)
+
+
+def class_indices_8bit(classes: torch.Tensor) -> torch.Tensor:
+    """Class map as uint8; more than 256 classes cannot be stored in an 8-bit image."""
+    if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) > 255):
+        raise InvalidArgumentError(
+            f"class indices must lie in 0..255 for an 8-bit image, got {int(classes.min())}..{int(classes.max())}; "
+            "use --output prob or the Python API for models with more classes"
+        )
+    return classes.to(torch.uint8)
+
+
+def palette_bytes(colors: Sequence[Color]) -> list[int]:
+    """A 256-entry PIL palette: the class colours, then black."""
+    if len(colors) > 256:
+        raise InvalidArgumentError(f"a palette holds at most 256 colours, got {len(colors)}")
+    flat = [channel for color in colors for channel in color]
+    return flat + [0] * (768 - len(flat))
+
+
+def palette_image(classes: torch.Tensor, colors: Sequence[Color]) -> Image.Image:
+    """'P' image: the class index per pixel, shown in the class colours."""
+    image = tensor_to_image(class_indices_8bit(classes), "P")
+    image.putpalette(palette_bytes(colors))
+    return image
+
+
+def raw_image(classes: torch.Tensor) -> Image.Image:
+    """'L' image: the class index per pixel as gray level."""
+    return tensor_to_image(class_indices_8bit(classes), "L")
+
+
+def prob_image(confidence: torch.Tensor, bits: int = 8) -> Image.Image:
+    """Confidence in [0, 1] as gray: 'L' (0..255) with 8 bits, 'I;16' (0..65535) with 16."""
+    if bits not in (8, 16):
+        raise InvalidArgumentError(f"probability images have 8 or 16 bits, got {bits}")
+    top = 255 if bits == 8 else 65535
+    levels = (confidence.float().clamp(0, 1) * top).round()
+    if bits == 8:
+        return tensor_to_image(levels.to(torch.uint8), "L")
+    return tensor_to_image(levels.to(torch.uint16), "I;16")
+
+
+def colored_map(classes: torch.Tensor, colors: Sequence[Color]) -> Image.Image:
+    """RGB image of the class colours."""
+    return palette_image(classes, colors).convert("RGB")
+
+
+def classes_present(classes: torch.Tensor) -> list[tuple[int, float]]:
+    """(class index, share of pixels) of every class in the map, most frequent first."""
+    counts = torch.bincount(classes.flatten().long())
+    present = [(index, int(count)) for index, count in enumerate(counts.tolist()) if count]
+    present.sort(key=lambda item: (-item[1], item[0]))
+    total = max(1, classes.numel())
+    return [(index, count / total) for index, count in present]
+
+
+def legend_lines(classes: torch.Tensor, names: Sequence[str]) -> list[tuple[int, str]]:
+    """(class index, 'Name 12.3%') for the legend, most frequent class first."""
+    return [
+        (index, f"{names[index] if index < len(names) else f'class {index}'} {share:.1%}")
+        for index, share in classes_present(classes)
+    ]
+
+
+def overlay_image(photo: Image.Image, classes: torch.Tensor, colors: Sequence[Color], names: Sequence[str],
+                  *, alpha: float = OVERLAY_ALPHA) -> Image.Image:
+    """The photo with the coloured map blended on it, and a legend of the classes present in a panel on its right."""
+    if not 0 <= alpha <= 1:
+        raise InvalidArgumentError(f"overlay alpha must lie in [0, 1], got {alpha}")
+    photo = photo.convert("RGB")
+    if photo.size != (classes.shape[1], classes.shape[0]):
+        raise InvalidArgumentError(f"photo size {photo.size} differs from the class map's {tuple(classes.shape[::-1])}")
+    blended = Image.blend(photo, colored_map(classes, colors), alpha)
+    font = ImageFont.load_default()
+    lines = legend_lines(classes, names)
+    line_height = max(SWATCH, max((font.getbbox(text)[3] for _, text in lines), default=SWATCH)) + 4
+    text_width = max((int(font.getlength(text)) for _, text in lines), default=0)
+    panel_width = LEGEND_PADDING * 3 + SWATCH + text_width
+    legend_height = LEGEND_PADDING * 2 + line_height * len(lines)
+    canvas = Image.new("RGB", (photo.width + panel_width, max(photo.height, legend_height)), "white")
+    canvas.paste(blended, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    left = photo.width + LEGEND_PADDING
+    for row, (index, text) in enumerate(lines):
+        top = LEGEND_PADDING + row * line_height
+        color = tuple(colors[index]) if index < len(colors) else (0, 0, 0)
+        draw.rectangle([left, top, left + SWATCH - 1, top + SWATCH - 1], fill=color, outline="black")
+        draw.text((left + SWATCH + LEGEND_PADDING, top), text, fill="black", font=font)
+    return canvas
+
+
+def render(result: SegmentationResult, output: str, *, colors: Sequence[Color], names: Sequence[str],
+           photo: Image.Image | None = None, prob_bits: int = 8) -> Image.Image:
+    """The image of one output mode for a segmentation result (`photo` is needed for `overlay`)."""
+    check_output_mode(output)
+    if output == "palette":
+        return palette_image(result.classes, colors)
+    if output == "raw":
+        return raw_image(result.classes)
+    if output == "prob":
+        return prob_image(result.confidence, prob_bits)
+    if photo is None:
+        raise InvalidArgumentError("the overlay output needs the photo the segmentation was made from")
+    return overlay_image(photo, result.classes, colors, names)

@@ -1,0 +1,176 @@
+"""Training-memory measurement: what one forward/backward step keeps for backward, its peak and its time, per bn_mode.
+
+Bytes kept for backward are counted with `torch.autograd.graph.saved_tensors_hooks`: every tensor autograd saves
+during the forward pass, parameters excluded, each storage counted once (an in-place layer's output that the next
+convolution also saves is one storage). The peak is CUDA's `max_memory_allocated` over the step; on the CPU there
+is no allocator statistic to read, so it is None. The baseline is the network built the usual way
+(`bn_mode="standard"`: BN then activation, and the family's plain formulation).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+from ..errors import InvalidArgumentError
+
+MEASURED_MODES = ("standard", "inplace")
+MIB = 2 ** 20
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """One training step of one network: bytes kept for backward, peak bytes (None where unmeasurable), seconds."""
+
+    bn_mode: str
+    saved_bytes: int
+    peak_bytes: int | None
+    step_seconds: float
+
+
+class SavedTensorLedger:
+    """Counts the storages autograd saves for backward, once each, leaving out the given parameters."""
+
+    def __init__(self, parameters: list[torch.Tensor]):
+        self._excluded = {p.untyped_storage().data_ptr() for p in parameters}
+        self._storages: dict[tuple[str, int], int] = {}
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Hook run for each saved tensor: record its storage and hand the tensor itself to autograd."""
+        storage = tensor.untyped_storage()
+        pointer = storage.data_ptr()
+        if pointer not in self._excluded:
+            self._storages[(str(tensor.device), pointer)] = storage.nbytes()
+        return tensor
+
+    @property
+    def saved_bytes(self) -> int:
+        """Total bytes of the distinct storages saved so far."""
+        return sum(self._storages.values())
+
+    @contextmanager
+    def recording(self) -> Iterator[SavedTensorLedger]:
+        """Record every tensor saved for backward inside this block."""
+        with torch.autograd.graph.saved_tensors_hooks(self.pack, lambda tensor: tensor):
+            yield self
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def training_step(model: nn.Module, inputs: torch.Tensor) -> None:
+    """One forward and backward pass, with a random gradient at the output(s) in place of a loss.
+
+    A random output gradient rather than a loss keeps the measurement to what the network itself saves.
+    """
+    output = model(inputs)
+    if isinstance(output, (list, tuple)):
+        output = torch.cat([o.flatten() for o in output])
+    output.backward(torch.randn_like(output))
+
+
+def measure_step(model: nn.Module, inputs: torch.Tensor, bn_mode: str = "", repeats: int = 1) -> StepMemory:
+    """Measure training steps of `model` (put in training mode) on `inputs`: bytes and peak of the first, median time.
+
+    An unmeasured warm-up step runs first, so that one-off costs (allocator growth, lazy initialisation, thread
+    pools) are not counted as the step's.
+    """
+    model.train()
+    device = inputs.device
+    training_step(model, inputs)
+    model.zero_grad(set_to_none=True)
+    ledger = SavedTensorLedger(list(model.parameters()))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        start_bytes = torch.cuda.memory_allocated(device)
+    with ledger.recording():
+        seconds = [_timed_step(model, inputs)]
+    peak = torch.cuda.max_memory_allocated(device) - start_bytes if device.type == "cuda" else None
+    seconds += [_timed_step(model, inputs) for _ in range(repeats - 1)]
+    return StepMemory(bn_mode, ledger.saved_bytes, peak, statistics.median(seconds))
+
+
+def _timed_step(model: nn.Module, inputs: torch.Tensor) -> float:
+    """Seconds of one training step, the device synchronised on both ends; gradients cleared afterwards."""
+    _synchronize(inputs.device)
+    start = time.perf_counter()
+    training_step(model, inputs)
+    _synchronize(inputs.device)
+    seconds = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
+    return seconds
+
+
+def check_step_size(batch: int, size: int) -> None:
+    """Batch statistics need two samples or more, and the networks need images of 32 px or more."""
+    if not isinstance(batch, int) or batch < 2:
+        raise InvalidArgumentError(f"batch must be an integer >= 2 (batch norm needs statistics), got {batch!r}")
+    if not isinstance(size, int) or size < 32:
+        raise InvalidArgumentError(f"size must be an integer >= 32 pixels, got {size!r}")
+
+
+def resolve_device(device: str) -> torch.device:
+    """A torch device from its name, with a clear error for unknown or unavailable ones."""
+    try:
+        target = torch.device(device)
+    except RuntimeError:
+        raise InvalidArgumentError(f"unknown device {device!r}; use cpu or cuda") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError("device cuda asked for, but no CUDA device is available; use --device cpu")
+    return target
+
+
+def model_and_inputs(name: str, bn_mode: str, *, batch: int, size: int, device: torch.device,
+                     seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    """Model `name` built in `bn_mode` (its default form for that mode) and a random batch, both seeded."""
+    from ..factory import create_model
+
+    torch.manual_seed(seed)
+    model = create_model(name, bn_mode=bn_mode).to(device).train()
+    inputs = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
+    return model, inputs
+
+
+def compare_modes(name: str, *, batch: int = 4, size: int = 224, device: str = "cpu",
+                  modes: tuple[str, ...] = MEASURED_MODES, seed: int = 0, repeats: int = 1) -> list[StepMemory]:
+    """Measure training steps of model `name` in each bn_mode (same seed and input for all; median of `repeats`)."""
+    check_step_size(batch, size)
+    if not isinstance(repeats, int) or repeats < 1:
+        raise InvalidArgumentError(f"repeats must be an integer >= 1, got {repeats!r}")
+    target = resolve_device(device)
+    results = []
+    for bn_mode in modes:
+        model, inputs = model_and_inputs(name, bn_mode, batch=batch, size=size, device=target, seed=seed)
+        results.append(measure_step(model, inputs, bn_mode, repeats))
+        del model
+    return results
+
+
+def ratio(value: float | None, baseline: float | None) -> float | None:
+    """value / baseline, None when either is unknown or the baseline is zero."""
+    if value is None or not baseline:
+        return None
+    return value / baseline
+
+
+def report_rows(results: list[StepMemory], baseline_mode: str = "standard") -> list[dict]:
+    """Table rows (MiB, seconds, and ratios to the baseline mode) for the command line and benchmarks."""
+    base = next((r for r in results if r.bn_mode == baseline_mode), results[0])
+    rows = []
+    for result in results:
+        row = asdict(result)
+        row["saved_mib"] = result.saved_bytes / MIB
+        row["peak_mib"] = None if result.peak_bytes is None else result.peak_bytes / MIB
+        row["saved_ratio"] = ratio(result.saved_bytes, base.saved_bytes)
+        row["peak_ratio"] = ratio(result.peak_bytes, base.peak_bytes)
+        row["time_ratio"] = ratio(result.step_seconds, base.step_seconds)
+        rows.append(row)
+    return rows
