@@ -2,7 +2,7 @@
 
 Download: our time against max(`curl -o /dev/null` of the same URL, hashlib md5 of the same bytes in memory), both
 measured in the same run (target 1.15: the receive is hidden behind the hash), and against
-`torch.hub.download_url_to_file` (which does not hash; reported only). Re-verification: `cache.file_md5` throughput
+`torch.hub.download_url_to_file` (which does not hash; reported only). Re-verification: `system.hashing.file_md5` throughput
 against hashlib reading the same file (target 0.95). 1 GiB file (quick: 64 MiB) in a temporary folder, removed after.
 """
 
@@ -38,7 +38,7 @@ def hashlib_file_md5(path: Path) -> str:
 
 def run(quick: bool) -> list[dict[str, Any]]:
     """Rows for the download and re-verification targets."""
-    from iabn_zoo.weights.cache import file_md5
+    from iabn_zoo.system.hashing import file_md5
     from iabn_zoo.weights.catalog import Weights
     from iabn_zoo.weights.downloader import download
     from tests.loopback_server import LoopbackServer

@@ -19,7 +19,7 @@ TARGET_SPEEDUP = 2.0
 
 def randomize_norm_statistics(model: torch.nn.Module, seed: int = 0) -> None:
     """Give every norm-act layer non-trivial weights and running statistics, as a trained network has."""
-    from iabn_zoo.layers.norm_act import ABN
+    from iabn_zoo.layers import ABN
 
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -40,9 +40,9 @@ def _measure(quick: bool, tmp: Path) -> list[dict[str, Any]]:
     import torch
 
     from iabn_zoo.factory import create_model
+    from iabn_zoo.system.tensor_files import read_safetensors
     from iabn_zoo.weights.cache import converted_path
     from iabn_zoo.weights.catalog import get_weights, unregister_weights
-    from iabn_zoo.weights.checkpoint_reader import read_safetensors
     from tests.authors_checkpoints import publish, write_imagenet_checkpoint
     from tests.loopback_server import LoopbackServer
 

@@ -37,7 +37,7 @@ class Bottleneck(nn.Module):
 
 def stacks(channels: int, blocks: int) -> dict[str, nn.Module]:
     """The same stack in standard mode and on each available InPlace-ABN backend, sharing convolution weights."""
-    from iabn_zoo.layers.norm_act import convert_norm, make_norm_act, native_kernels
+    from iabn_zoo.layers import convert_norm, make_norm_act, native_kernels
 
     torch.manual_seed(0)
     standard = nn.Sequential(*[Bottleneck(channels, channels // 2, 32, make_norm_act("standard"))
@@ -69,7 +69,7 @@ def saved_bytes(model: nn.Module, images: torch.Tensor) -> int:
 
 def run(quick: bool) -> list[dict[str, Any]]:
     """Rows per InPlace-ABN backend: fwd+bwd seconds and saved bytes vs standard BN (quick: smaller input)."""
-    from iabn_zoo.layers.norm_act import resolve_backend
+    from iabn_zoo.layers import resolve_backend
 
     batch, size, repeats = (2, 28, 3) if quick else (8, 56, 5)
     channels, blocks = 256, 2

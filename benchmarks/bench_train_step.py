@@ -36,7 +36,7 @@ def measure(arch: str, target: float | None, backend: str, batch: int, size: int
             device: str) -> dict[str, Any]:
     """The step-time row of one architecture with InPlace-ABN on `backend`."""
     import iabn_zoo
-    from iabn_zoo.layers.norm_act import resolve_backend
+    from iabn_zoo.layers import resolve_backend
 
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, size, size, generator=generator).to(device)
@@ -54,7 +54,7 @@ def measure(arch: str, target: float | None, backend: str, batch: int, size: int
 
 def backends() -> list[str]:
     """The default backend first, then the other one where it is usable."""
-    from iabn_zoo.layers.norm_act import native_kernels, resolve_backend
+    from iabn_zoo.layers import native_kernels, resolve_backend
 
     default = resolve_backend()
     other = "torch" if default == "native" else "native"

@@ -47,7 +47,7 @@ export TORCH_CUDA_ARCH_LIST
 NVCC="$(command -v nvcc || true)"
 [ -z "$NVCC" ] && [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ] && NVCC="${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"
 has_cuda_kernels() {
-    "$PY" -c "from iabn_zoo.layers.norm_act import native_kernels as n
+    "$PY" -c "from iabn_zoo.layers import native_kernels as n
 raise SystemExit(0 if n() is not None and n().has_cuda else 1)" 2>/dev/null
 }
 "${PIP[@]}" --no-deps -e .

@@ -27,13 +27,15 @@ _EXPORTS = {
     "get_weights": "weights.catalog",
     "register_weights": "weights.catalog",
     "download": "weights.downloader",
-    "load_state_dict": "weights.checkpoint_reader",
-    "make_norm_act": "layers.norm_act",
-    "convert_norm": "layers.norm_act",
+    "load_state_dict": "weights.loading",
+    "make_norm_act": "layers",
+    "convert_norm": "layers",
     "SegmentationPredictor": "tasks.segment",
     "enable_fast_eval": "models._fast_eval",
     "disable_fast_eval": "models._fast_eval",
-    "load_run": "train.runs",
+    "load_run": "factory",
+    "run_weights": "weights.run_reader",
+    "CacheWriteError": "errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

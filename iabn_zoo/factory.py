@@ -1,19 +1,23 @@
-"""The front door: list the names the zoo knows and build a model from an architecture or a weights name."""
+"""The front door: list the names the zoo knows and build a model from an architecture, a weights name or a
+fine-tuning RUN directory. Everything above (training, tasks, deploy, the CLI) builds networks through here.
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import inspect
+import os
 from typing import Any
 
+import torch
 import torch.nn as nn
 
-from .errors import InvalidArgumentError, UnknownNameError
+from .errors import CheckpointError, InvalidArgumentError, UnknownNameError
+from .layers import BN_MODES, convert_norm
 from .models._registry import get_arch, is_arch, list_archs
-from .train.runs import create_from_run, is_run_dir
-from .weights.catalog import Weights, get_weights, is_weights, list_weights
-
-BN_MODES = ("standard", "inplace", "sync")
+from .weights.catalog import Weights, default_weights_for, get_weights, is_weights, list_weights
+from .weights.loading import build_pretrained
+from .weights.run_reader import RunInfo, is_run_dir, read_run, run_state_dict
 
 
 def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
@@ -31,16 +35,6 @@ def resolve_weights(name: str) -> Weights | None:
     if is_arch(name):
         return None
     raise UnknownNameError("model", name, list_archs() + list_weights())
-
-
-def default_weights_for(arch: str) -> Weights:
-    """The best published weights (highest top-1) of an architecture, for `create_model(arch, pretrained=True)`."""
-    candidates = [get_weights(n) for n in list_weights() if get_weights(n).arch == arch]
-    if not candidates:
-        raise InvalidArgumentError(
-            f"architecture {arch!r} has no published weights; `iabn-zoo list --pretrained` shows the ones that do"
-        )
-    return max(candidates, key=lambda w: float(w.metrics.get("top1", w.metrics.get("miou", 0.0))))
 
 
 def create_model(
@@ -62,7 +56,7 @@ def create_model(
     if bn_mode is not None and bn_mode not in BN_MODES:
         raise InvalidArgumentError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
     if not is_arch(name) and not is_weights(name) and is_run_dir(name):  # a fine-tuning RUN directory
-        return create_from_run(name, pretrained=pretrained, num_classes=num_classes, bn_mode=bn_mode)
+        return _create_from_run(name, pretrained=pretrained, num_classes=num_classes, bn_mode=bn_mode)
     weights = resolve_weights(name)
     if weights is None and pretrained:
         weights = default_weights_for(name)
@@ -97,9 +91,7 @@ def _check_options(arch: str, constructor: Any, options: dict[str, Any]) -> None
 
 
 def _build_pretrained(weights: Weights, *, bn_mode: str | None, num_classes: int | None, progress: bool, **kwargs):
-    from .layers.norm_act import convert_norm
-    from .weights.pretrained import build_pretrained
-
+    list_archs()  # import the family modules before building on the meta device
     trained_mode = weights.arch_kwargs.get("bn_mode", "inplace")
     load_mode = "inplace" if trained_mode == "sync" else trained_mode
     model = build_pretrained(
@@ -110,3 +102,44 @@ def _build_pretrained(weights: Weights, *, bn_mode: str | None, num_classes: int
     if bn_mode is not None and bn_mode != load_mode:
         model = convert_norm(model, bn_mode)
     return model
+
+
+def build_run_model(info: RunInfo, bn_mode: str | None = None) -> nn.Module:
+    """A run's network freshly initialised, in the norm mode it was trained with (or `bn_mode`)."""
+    options = {k: v for k, v in info.arch_kwargs.items() if k not in ("bn_mode", "num_classes")}
+    return create_model(info.arch, num_classes=info.num_classes, bn_mode=bn_mode or info.bn_mode, **options)
+
+
+def load_run(run_dir: str | os.PathLike[str], *, bn_mode: str | None = None) -> nn.Module:
+    """The fine-tuned network of `run_dir` with its latest weights, in eval mode; `model.classes` names its outputs.
+
+    `bn_mode` converts the norm layers exactly after loading (e.g. "standard" for plain BatchNorm inference)."""
+    info = read_run(run_dir)
+    model = build_run_model(info)
+    try:
+        model.load_state_dict(run_state_dict(info), strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{info.run_dir} does not fit {info.arch}: {error}") from None
+    if bn_mode is not None and bn_mode != info.bn_mode:
+        model = convert_norm(model, bn_mode)
+    model.classes = list(info.classes)
+    return model.eval()
+
+
+def _create_from_run(run_dir: str | os.PathLike[str], *, pretrained: bool, num_classes: int | None,
+                     bn_mode: str | None) -> nn.Module:
+    """`create_model(RUN_DIR, ...)`: the run's network with its trained weights (or fresh ones with
+    pretrained=False), a new classifier when `num_classes` differs, norm layers converted to `bn_mode`."""
+    info = read_run(run_dir)
+    model = load_run(run_dir, bn_mode=bn_mode).train() if pretrained else build_run_model(info, bn_mode)
+    if num_classes is not None and num_classes != info.num_classes:
+        model.reset_classifier(num_classes)
+    return model
+
+
+def count_parameters(name: str) -> int:
+    """Parameters of the network `name` builds, counted on the meta device (nothing allocated or initialised)."""
+    list_archs()  # import the family modules outside the meta context
+    with torch.device("meta"):
+        model = create_model(name)
+    return sum(parameter.numel() for parameter in model.parameters())

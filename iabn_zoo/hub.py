@@ -9,6 +9,10 @@ from typing import Any
 
 import torch.nn as nn
 
+from .factory import create_model
+from .models._registry import get_arch, list_archs
+from .weights.catalog import Weights, get_weights, list_weights, weights_for_arch
+
 ENTRY_ARGS = """
 Args:
     pretrained: {pretrained_help}
@@ -19,17 +23,13 @@ Args:
 
 def entry_points() -> dict[str, Callable[..., nn.Module]]:
     """Every entry point by name: architectures first, then weights names (which win a clash of names)."""
-    from .models._registry import list_archs
-    from .weights.catalog import get_weights, list_weights
-
-    entries = {arch: arch_entry(arch) for arch in list_archs()}
-    entries.update({name: weights_entry(get_weights(name)) for name in list_weights()})
+    entries = {arch: arch_entry_point(arch) for arch in list_archs()}
+    entries.update({name: weights_entry_point(get_weights(name)) for name in list_weights()})
     return entries
 
 
-def weights_entry(weights: Any) -> Callable[..., nn.Module]:
+def weights_entry_point(weights: Weights) -> Callable[..., nn.Module]:
     """An entry point building `weights`' network with its published weights loaded (unless pretrained=False)."""
-    from .factory import create_model
 
     def entry(pretrained: bool = True, progress: bool = True, **kwargs: Any) -> nn.Module:
         return create_model(weights.name, pretrained=pretrained, progress=progress, **kwargs)
@@ -37,9 +37,8 @@ def weights_entry(weights: Any) -> Callable[..., nn.Module]:
     return _named(entry, weights.name, weights_doc(weights))
 
 
-def arch_entry(arch: str) -> Callable[..., nn.Module]:
+def arch_entry_point(arch: str) -> Callable[..., nn.Module]:
     """An entry point building architecture `arch`, randomly initialised unless pretrained=True."""
-    from .factory import create_model
 
     def entry(pretrained: bool = False, progress: bool = True, **kwargs: Any) -> nn.Module:
         return create_model(arch, pretrained=pretrained, progress=progress, **kwargs)
@@ -47,7 +46,7 @@ def arch_entry(arch: str) -> Callable[..., nn.Module]:
     return _named(entry, arch, arch_doc(arch))
 
 
-def weights_doc(weights: Any) -> str:
+def weights_doc(weights: Weights) -> str:
     """What `torch.hub.help` shows for a weights entry: description, metrics, license, preprocessing, file."""
     options = ", ".join(f"{key}={value!r}" for key, value in weights.arch_kwargs.items())
     metrics = ", ".join(f"{key} {value:.2f}" for key, value in weights.metrics.items())
@@ -68,11 +67,8 @@ def weights_doc(weights: Any) -> str:
 
 def arch_doc(arch: str) -> str:
     """What `torch.hub.help` shows for an architecture entry: its constructor's summary and its published weights."""
-    from .models._registry import get_arch
-    from .weights.catalog import get_weights, list_weights
-
     summary = (get_arch(arch).__doc__ or f"The {arch} architecture.").strip().splitlines()[0]
-    published = [get_weights(name) for name in list_weights() if get_weights(name).arch == arch]
+    published = weights_for_arch(arch)
     lines = [summary, "", "Randomly initialised by default."]
     if published:
         lines.append("Published weights (pretrained=True takes the best top-1): " + ", ".join(

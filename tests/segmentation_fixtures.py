@@ -21,7 +21,7 @@ import torch.nn as nn
 from authors_checkpoints import write_vistas_checkpoint
 from loopback_server import LoopbackServer
 
-from iabn_zoo.layers.norm_act import make_norm_act
+from iabn_zoo.layers import make_norm_act
 from iabn_zoo.models._base import FeatureInfo, ZooNet
 from iabn_zoo.models._blocks import IdentityResidualBlock
 from iabn_zoo.models._registry import is_arch, register_arch, unregister_arch

@@ -16,8 +16,8 @@ from authors_checkpoints import (
 
 import iabn_zoo as zoo
 from iabn_zoo.errors import CheckpointError, UnknownNameError
-from iabn_zoo.weights.checkpoint_reader import read_checkpoint, read_converted, write_converted
-from iabn_zoo.weights.pretrained import check_keys
+from iabn_zoo.weights.checkpoint_reader import read_checkpoint
+from iabn_zoo.weights.loading import check_keys, read_converted, write_converted
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from iabn_zoo.errors import InvalidArgumentError
-from iabn_zoo.layers.norm_act import make_norm_act, native_kernels
+from iabn_zoo.layers import make_norm_act, native_kernels
 from iabn_zoo.models.deeplab import DeepLabV3Head, sliding_average
 
 BACKENDS = ["torch"] + (["native"] if native_kernels() is not None else [])

@@ -8,9 +8,9 @@ from PIL import Image
 from iabn_zoo.data.folders import ImageFolder
 from iabn_zoo.data.transforms import eval_transform
 from iabn_zoo.errors import DataError, InvalidArgumentError, UnknownNameError
+from iabn_zoo.tasks.accuracy import count_correct
 from iabn_zoo.tasks.evaluate import (
     class_index_map,
-    count_correct,
     evaluate,
     evaluate_model,
     evaluation_root,

@@ -5,7 +5,7 @@ import torch
 
 import iabn_zoo as zoo
 from iabn_zoo.factory import default_weights_for
-from iabn_zoo.layers.norm_act import ABN, InPlaceABN
+from iabn_zoo.layers import ABN, InPlaceABN
 
 
 def norm_layers(model):

@@ -8,7 +8,7 @@ import torch
 from network_checks import assert_same_function, assert_within_noise, noise_floor, train_step
 
 from iabn_zoo.factory import create_model
-from iabn_zoo.layers.norm_act import InPlaceABN, convert_norm
+from iabn_zoo.layers import InPlaceABN, convert_norm
 
 ARCHS = ("resnet18", "resnext50")
 

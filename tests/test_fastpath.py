@@ -13,9 +13,9 @@ import torch
 import torch.nn as nn
 
 import iabn_zoo
-from iabn_zoo.models import _fast_eval as fastpath
 from iabn_zoo.errors import InvalidArgumentError
-from iabn_zoo.layers.norm_act import ABN, InPlaceABN, convert_norm, make_norm_act
+from iabn_zoo.layers import ABN, InPlaceABN, convert_norm, make_norm_act
+from iabn_zoo.models import _fast_eval as fastpath
 from iabn_zoo.models._fast_eval import (
     FoldedPair,
     PackedConv,

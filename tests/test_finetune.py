@@ -11,16 +11,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from iabn_zoo.factory import load_run
+from iabn_zoo.system.tensor_files import read_safetensors
+from iabn_zoo.train.run_writer import load_resume_point
+from iabn_zoo.weights.run_reader import read_metrics, read_run, run_weights
 from PIL import Image
 
 from iabn_zoo import cli
+from iabn_zoo.cli.exit_codes import exit_code
 from iabn_zoo.data.labels import class_names
 from iabn_zoo.errors import DataError, InvalidArgumentError, UnknownNameError
 from iabn_zoo.factory import create_model
-from iabn_zoo.train.finetune import FinetuneConfig, finetune, lr_factor, parameter_groups
-from iabn_zoo.train.runs import load_checkpoint, load_run, load_tensors, read_metrics, read_run, run_weights
+from iabn_zoo.train.config import FinetuneConfig
+from iabn_zoo.train.finetune import finetune
+from iabn_zoo.train.optim import lr_factor, parameter_groups
 from iabn_zoo.weights.catalog import register_weights, unregister_weights
-from iabn_zoo.cli.exit_codes import exit_code
 from tests.image_folders import write_colour_dataset
 from tests.loopback_server import LoopbackServer
 
@@ -59,8 +64,8 @@ def test_run_directory_holds_metrics_weights_and_configuration(trained):
     info = read_run(run)
     assert info.classes == ("blue", "green", "red") and info.bn_mode == "inplace" and info.arch == "resnet18"
     assert info.config["epochs"] == 3 and info.preprocessing["crop"] == 16
-    assert load_checkpoint(run).epoch == 3
-    assert [p.name for p in run.glob("state-epoch*.safetensors")] == ["state-epoch0003.safetensors"]
+    assert load_resume_point(run).epoch == 3
+    assert [p.name for p in run.glob("resume-epoch*.safetensors")] == ["resume-epoch0003.safetensors"]
 
 
 def test_load_run_gives_the_trained_network(trained):
@@ -145,15 +150,15 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_weights(tmp_path):
     with pytest.raises(Interrupted):
         finetune("resnet18", data, tmp_path / "parts", on_epoch_end=stop_after_first, **options)
     parts = tmp_path / "parts"
-    assert load_checkpoint(parts).epoch == 1
+    assert load_resume_point(parts).epoch == 1
     # What a write killed half-way leaves behind must not disturb the resume.
-    (parts / ".checkpoint.json.tmp-999").write_text('{"epoch": 2, "tens')
-    (parts / "state-epoch0002.safetensors").write_bytes(b"partial")
+    (parts / ".resume.json.999.deadbeef.tmp").write_text('{"epoch": 2, "tens')
+    (parts / "resume-epoch0002.safetensors").write_bytes(b"partial")
     resumed = finetune("resnet18", data, parts, resume=True, **options)
 
     assert [r["epoch"] for r in resumed.metrics] == [1, 2, 3]
-    final_whole = load_tensors(whole.run_dir / "model.safetensors")
-    final_parts = load_tensors(parts / "model.safetensors")
+    final_whole = read_safetensors(whole.run_dir / "model.safetensors")
+    final_parts = read_safetensors(parts / "model.safetensors")
     assert final_whole.keys() == final_parts.keys()
     assert all(torch.equal(final_whole[k], final_parts[k]) for k in final_whole)
     assert [r["val_top1"] for r in resumed.metrics] == [r["val_top1"] for r in whole.metrics]
@@ -170,7 +175,7 @@ def test_a_killed_run_leaves_a_loadable_checkpoint(tmp_path):
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 90
-        while not (run / "checkpoint.json").exists():
+        while not (run / "resume.json").exists():
             assert process.poll() is None, process.stderr.read().decode()
             assert time.monotonic() < deadline, "no checkpoint within 90 s"
             time.sleep(0.02)
@@ -178,7 +183,7 @@ def test_a_killed_run_leaves_a_loadable_checkpoint(tmp_path):
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    state = load_checkpoint(run)
+    state = load_resume_point(run)
     assert state.epoch >= 1 and len(read_metrics(run)) >= state.epoch
     assert load_run(run).classes == ["blue", "green", "red"]
     resumed = finetune("resnet18", data, run, resume=True, epochs=state.epoch + 1, batch_size=6, image_size=16,

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from iabn_zoo.system.tensor_files import read_safetensors
+from iabn_zoo.weights.run_reader import read_metrics
 
-from iabn_zoo.train.runs import load_tensors, read_metrics
 from tests.image_folders import write_colour_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +70,7 @@ def test_two_ranks_train_with_synchronised_statistics_and_rank0_alone_writes(tmp
     assert stats0 and all(torch.allclose(stats0[k], stats1[k], rtol=1e-5, atol=1e-7) for k in stats0)
     assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in stats0.items() if k.endswith("running_mean"))
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0 if k not in stats0)  # DDP keeps weights equal
-    saved = load_tensors(tmp_path / "run" / "model.safetensors")
+    saved = read_safetensors(tmp_path / "run" / "model.safetensors")
     assert all(torch.equal(saved[k], rank0[k]) for k in saved)
 
     metrics0 = json.loads((tmp_path / "metrics_rank0.json").read_text())

@@ -24,11 +24,12 @@ from authors_checkpoints import publish
 from loopback_server import loopback_server  # noqa: F401 (fixture)
 
 from iabn_zoo import cli
+from iabn_zoo.cli.exit_codes import exit_code
 from iabn_zoo.errors import CheckpointError, DataError, DownloadError, RegistryError, UnknownNameError
 from iabn_zoo.weights.catalog import Weights, get_weights, list_weights, unregister_weights
-from iabn_zoo.weights.checkpoint_reader import load_state_dict, read_checkpoint
+from iabn_zoo.weights.checkpoint_reader import read_checkpoint
 from iabn_zoo.weights.downloader import DownloadPolicy, download
-from iabn_zoo.cli.exit_codes import exit_code
+from iabn_zoo.weights.loading import load_state_dict
 
 FAST = DownloadPolicy(connect_timeout=2.0, read_timeout=2.0, retries=1, backoff=0.01)
 

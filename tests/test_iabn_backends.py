@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iabn_zoo.layers.norm_act import ABN, make_norm_act, native_kernels
+from iabn_zoo.layers import ABN, make_norm_act, native_kernels
 
 BACKENDS = ["torch"] + (["native"] if native_kernels() is not None else [])
 ACTIVATIONS = [("leaky_relu", 0.01), ("elu", 1.0), ("identity", 0.0), ("leaky_relu", 0.3), ("elu", 0.5)]

@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 from network_checks import assert_close_scaled
 
 from iabn_zoo.cli import memory as memory_command
+from iabn_zoo.cli.exit_codes import exit_code
 from iabn_zoo.errors import InvalidArgumentError, UnknownNameError
 from iabn_zoo.factory import create_model
-from iabn_zoo.layers.norm_act import ABN, convert_norm, make_norm_act
+from iabn_zoo.layers import ABN, convert_norm, make_norm_act
 from iabn_zoo.layers.pooling import LeanMaxPool2d
 from iabn_zoo.models._blocks import IdentityResidualBlock, ResidualBlock
 from iabn_zoo.train.memory import SavedTensorLedger, compare_modes, measure_step, report_rows
-from iabn_zoo.cli.exit_codes import exit_code
 
 BACKENDS = ["native", "torch"]
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from iabn_zoo.errors import InvalidArgumentError
-from iabn_zoo.layers.norm_act import (
+from iabn_zoo.layers import (
     ABN,
     InPlaceABN,
     InPlaceABNSync,
@@ -290,7 +290,7 @@ def test_without_compiled_package_default_is_torch_and_native_is_refused():
     script = (
         "import sys; sys.modules['inplace_abn'] = None\n"
         "from iabn_zoo.errors import InvalidArgumentError\n"
-        "from iabn_zoo.layers.norm_act import make_norm_act\n"
+        "from iabn_zoo.layers import make_norm_act\n"
         "import torch\n"
         "layer = make_norm_act('inplace')(3)\n"
         "assert layer.backend == 'torch', layer.backend\n"

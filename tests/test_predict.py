@@ -13,13 +13,13 @@ from loopback_server import loopback_server  # noqa: F401  (fixture)
 from PIL import Image
 
 import iabn_zoo as zoo
+from iabn_zoo.cli.exit_codes import exit_code
 from iabn_zoo.cli.main import main
 from iabn_zoo.data.images import open_rgb
 from iabn_zoo.data.labels import class_colors, class_names, imagenet_classes, vistas_classes
 from iabn_zoo.errors import DataError
 from iabn_zoo.tasks.predict import predict_images, preprocessing_transform
 from iabn_zoo.weights.catalog import unregister_weights
-from iabn_zoo.cli.exit_codes import exit_code
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SMALL = {"mean": list(MEAN), "std": list(STD), "resize": 40, "crop": 32, "interpolation": "bilinear"}

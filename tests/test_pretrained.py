@@ -9,10 +9,10 @@ from loopback_server import loopback_server  # noqa: F401  (fixture)
 
 import iabn_zoo as zoo
 from iabn_zoo.errors import CheckpointError
-from iabn_zoo.layers.norm_act import ABN, InPlaceABN
+from iabn_zoo.layers import ABN, InPlaceABN
 from iabn_zoo.weights.cache import checkpoint_path, converted_path
 from iabn_zoo.weights.catalog import unregister_weights
-from iabn_zoo.weights.pretrained import load_pretrained
+from iabn_zoo.weights.loading import load_pretrained
 
 NAME = "test_resnet18_ipabn"
 

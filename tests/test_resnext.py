@@ -11,7 +11,7 @@ from network_checks import assert_close_scaled, train_step
 
 from iabn_zoo.errors import InvalidArgumentError, UnknownNameError
 from iabn_zoo.factory import create_model, list_models
-from iabn_zoo.layers.norm_act import convert_norm
+from iabn_zoo.layers import convert_norm
 from iabn_zoo.layers.pooling import LeanMaxPool2d
 
 STRUCTURES = {"resnext50": (3, 4, 6, 3), "resnext101": (3, 4, 23, 3), "resnext152": (3, 8, 36, 3)}

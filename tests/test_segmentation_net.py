@@ -10,7 +10,7 @@ import torch
 
 from iabn_zoo.errors import InvalidArgumentError
 from iabn_zoo.factory import create_model
-from iabn_zoo.layers.norm_act import convert_norm, make_norm_act, native_kernels
+from iabn_zoo.layers import convert_norm, make_norm_act, native_kernels
 from iabn_zoo.models.deeplab import DeepLabV3Head
 from iabn_zoo.models.densenet import DenseNet
 from iabn_zoo.models.segmentation import SegmentationNet

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from iabn_zoo.layers.norm_act import InPlaceABN, InPlaceABNSync, native_kernels
+from iabn_zoo.layers import InPlaceABN, InPlaceABNSync, native_kernels
 
 BACKENDS = ["torch"] + (["native"] if native_kernels() is not None else [])
 SPLIT = (3, 5)

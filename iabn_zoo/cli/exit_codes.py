@@ -7,8 +7,16 @@ Exit codes: 0 success, 1 other zoo error, 2 bad usage or option, 3 unknown name,
 
 from __future__ import annotations
 
-from ..errors import (ChecksumError, CheckpointError, DataError, DownloadError, InvalidArgumentError, RegistryError,
-                      UnknownNameError, ZooError)
+from ..errors import (
+    CheckpointError,
+    ChecksumError,
+    DataError,
+    DownloadError,
+    InvalidArgumentError,
+    RegistryError,
+    UnknownNameError,
+    ZooError,
+)
 
 EXIT_OK = 0
 EXIT_USAGE = 2

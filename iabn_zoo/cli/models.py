@@ -47,66 +47,39 @@ def run_info(args: argparse.Namespace) -> int:
 
 def model_row(name: str) -> dict[str, Any]:
     """The `list` row of an architecture or weights name (sizes in bytes, params as a count)."""
-    from ..factory import resolve_weights
+    from ..factory import count_parameters, resolve_weights
+    from ..weights.cache import cached_file_size, is_cached
 
     weights = resolve_weights(name)
     if weights is None:
         return {"name": name, "arch": name, "params": count_parameters(name), "top1": None, "top5": None,
                 "miou": None, "size": None, "cached": None}
     return {"name": name, "arch": weights.arch, "params": count_parameters(name), "top1": weights.metrics.get("top1"),
-            "top5": weights.metrics.get("top5"), "miou": weights.metrics.get("miou"), "size": file_size(weights),
+            "top5": weights.metrics.get("top5"), "miou": weights.metrics.get("miou"), "size": cached_file_size(weights),
             "cached": is_cached(weights)}
 
 
 def weights_info(weights) -> dict[str, Any]:
     """All fields of a weights entry, plus parameters and where its files are cached."""
-    from ..weights.cache import checkpoint_path, converted_path
+    from ..factory import count_parameters
+    from ..weights.cache import cached_file_size, checkpoint_path, converted_path, is_cached
 
     return {"name": weights.name, "arch": weights.arch, "arch_kwargs": weights.arch_kwargs, "task": weights.task,
             "num_classes": weights.num_classes, "parameters": count_parameters(weights.name),
             "metrics": weights.metrics, "license": weights.license, "preprocessing": weights.preprocessing,
             "labels": weights.labels, "urls": list(weights.urls), "md5": weights.md5, "file_name": weights.file_name,
-            "file_size": file_size(weights), "cached": is_cached(weights),
+            "file_size": cached_file_size(weights), "cached": is_cached(weights),
             "checkpoint_path": str(checkpoint_path(weights)), "safetensors_path": str(converted_path(weights)),
             "description": weights.description}
 
 
 def arch_info(arch: str) -> dict[str, Any]:
     """An architecture's parameter count and the weights published for it."""
-    from ..weights.catalog import get_weights, list_weights
+    from ..factory import count_parameters
+    from ..weights.catalog import weights_for_arch
 
-    published = [name for name in list_weights() if get_weights(name).arch == arch]
+    published = [weights.name for weights in weights_for_arch(arch)]
     return {"name": arch, "parameters": count_parameters(arch), "weights": published}
-
-
-def count_parameters(name: str) -> int:
-    """Parameters of the network `name` builds, counted on the meta device (nothing allocated or initialised)."""
-    import torch
-
-    from ..factory import create_model
-    from ..models._registry import list_archs
-
-    list_archs()  # import the family modules outside the meta context
-    with torch.device("meta"):
-        model = create_model(name)
-    return sum(parameter.numel() for parameter in model.parameters())
-
-
-def file_size(weights) -> int | None:
-    """The checkpoint's size in bytes: from the registry, else from the cached file, else unknown."""
-    from ..weights.cache import checkpoint_path
-
-    if weights.file_size is not None:
-        return weights.file_size
-    path = checkpoint_path(weights)
-    return path.stat().st_size if path.is_file() else None
-
-
-def is_cached(weights) -> bool:
-    """Whether the weights can load without the network (the checkpoint or its safetensors copy is cached)."""
-    from ..weights.cache import checkpoint_path, converted_path
-
-    return checkpoint_path(weights).is_file() or converted_path(weights).is_file()
 
 
 def _millions(count: int | None) -> str | None:

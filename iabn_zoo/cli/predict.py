@@ -27,8 +27,9 @@ def run_predict(args: argparse.Namespace) -> int:
     """Classify every image; unreadable ones are reported on stderr and make the exit code 8 at the end."""
     from ..data.labels import class_names
     from ..errors import DataError, InvalidArgumentError
-    from ..factory import create_model, default_weights_for, resolve_weights
+    from ..factory import create_model, resolve_weights
     from ..tasks.predict import predict_images
+    from ..weights.catalog import default_weights_for
 
     if args.topk < 1:
         raise InvalidArgumentError(f"--topk must be >= 1, got {args.topk}")

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import DataError, InvalidArgumentError
@@ -47,68 +44,14 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run_segment)
 
 
-def collect_images(inputs: Sequence[Path]) -> list[Path]:
-    """Image files named directly or found (non-recursively, sorted) in the named folders, each once; missing
-    paths raise."""
-    from ..data.folders import is_image_file
-
-    images: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            found = sorted(path for path in item.iterdir() if path.is_file() and is_image_file(path))
-            if not found:
-                raise DataError(f"folder {item} holds no images (.jpg, .png, ...); name image files or another folder")
-            images.extend(found)
-        elif item.is_file():
-            images.append(item)
-        else:
-            raise DataError(f"input {item} does not exist; give image files or folders of images")
-    unique = {path.resolve(): path for path in reversed(images)}
-    return [path for path in images if unique[path.resolve()] is path]
-
-
-def output_paths(images: Sequence[Path], out_dir: Path) -> list[Path]:
-    """`out_dir/<image stem>.png` for each image; two images with the same stem would overwrite each other."""
-    targets: dict[Path, Path] = {}
-    for image in images:
-        target = out_dir / f"{image.stem}.png"
-        if target in targets:
-            raise DataError(f"{targets[target]} and {image} would both be written to {target}; "
-                            "segment them into different --out folders")
-        targets[target] = image
-    return [out_dir / f"{image.stem}.png" for image in images]
-
-
-def save_atomically(image, target: Path) -> None:
-    """Write a PNG through a temporary file in the same folder, so an interrupted run leaves no partial output."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".png.tmp", dir=target.parent)
-    os.close(handle)
-    try:
-        image.save(temporary, format="PNG")
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def check_options(args: argparse.Namespace) -> tuple[tuple[float, ...], str]:
     """Validate the options before anything is loaded; returns the parsed scales and the device."""
-    import torch
-
+    from ..system.devices import resolve_device
     from ..tasks.segment import parse_scales
 
     if args.long_side is not None and args.long_side <= 0:
         raise InvalidArgumentError(f"--long-side must be a positive number of pixels, got {args.long_side}")
-    scales = parse_scales(args.scales)
-    if args.device is None:
-        return scales, "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise InvalidArgumentError(f"--device {args.device!r} is not a torch device; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidArgumentError("--device cuda: no CUDA device is available here; use --device cpu")
-    return scales, args.device
+    return parse_scales(args.scales), str(resolve_device(args.device))
 
 
 def build_predictor(args: argparse.Namespace, scales: tuple[float, ...], device: str):
@@ -123,30 +66,13 @@ def build_predictor(args: argparse.Namespace, scales: tuple[float, ...], device:
     return predictor
 
 
-def class_table(weights_name: str, output: str) -> tuple[list[tuple[int, int, int]], list[str]]:
-    """Colours and names of the weights' classes, read only for the outputs that show them."""
-    from ..data.labels import class_colors, class_names
-    from ..weights.catalog import get_weights
-
-    labels = get_weights(weights_name).labels or "vistas"
-    colors = class_colors(labels) if output in ("palette", "overlay") else []
-    return colors, class_names(labels) if output == "overlay" else []
-
-
-def make_output_folder(folder: Path) -> None:
-    """Create --out (and its parents) if needed; a file in the way or no permission is a DataError."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DataError(f"cannot create the output folder {folder} ({error.strerror}); choose another --out") from None
-
-
 def run_segment(args: argparse.Namespace) -> int:
     """Segment every input image and write its PNG; returns 8 if some images were unreadable, else 0."""
     from tqdm import tqdm
 
     from ..data.images import open_rgb
     from ..tasks.render import render
+    from ..tasks.segment_files import class_table, collect_images, make_output_folder, output_paths, write_png
 
     scales, device = check_options(args)
     images = collect_images(args.inputs)
@@ -169,7 +95,7 @@ def run_segment(args: argparse.Namespace) -> int:
                 continue
             result = predictor.predict(photo)
             picture = render(result, args.output, colors=colors, names=names, photo=photo, prob_bits=args.prob_bits)
-            save_atomically(picture, targets[i])
+            write_png(picture, targets[i])
             rows[i]["status"] = "written"
     emit(rows, as_json=args.json, columns=("input", "output", "status"))
     return exit_code(DataError) if failed else 0

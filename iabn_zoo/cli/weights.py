@@ -68,7 +68,7 @@ def run_download(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     """Verify a manually downloaded file against the registry and copy it into the cache."""
-    from ..weights.cache import import_file
+    from ..weights.cache_admin import import_file
 
     weights, path = import_file(args.file, args.name)
     emit({"name": weights.name, "md5": weights.md5, "path": str(path)}, as_json=args.json)
@@ -78,7 +78,7 @@ def run_import(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     """Re-hash cached checkpoints; a mismatching file is removed and the exit code is 6."""
     from ..errors import ChecksumError, DownloadError
-    from ..weights.cache import cached_files, verify_cached
+    from ..weights.cache_admin import cached_files, verify_cached
     from ..weights.catalog import get_weights
 
     if args.names:
@@ -103,7 +103,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def run_cache_list(args: argparse.Namespace) -> int:
     """One row per cached file: weights name, kind, size, state and path."""
-    from ..weights.cache import cached_files
+    from ..weights.cache_admin import cached_files
 
     rows = [{"name": item.name, "kind": item.kind, "size": item.size, "state": item.state, "path": str(item.path)}
             for item in cached_files()]
@@ -122,7 +122,7 @@ def run_cache_path(args: argparse.Namespace) -> int:
 
 def run_cache_remove(args: argparse.Namespace) -> int:
     """Delete every cached file of each NAME (checkpoint, partial download, stamp, safetensors copy)."""
-    from ..weights.cache import remove_cached
+    from ..weights.cache_admin import remove_cached
     from ..weights.catalog import get_weights
 
     entries = [get_weights(name) for name in args.names]
@@ -138,7 +138,7 @@ def run_cache_remove(args: argparse.Namespace) -> int:
 
 def run_cache_prune(args: argparse.Namespace) -> int:
     """Delete idle partial downloads and orphan files; print what went and how many bytes were freed."""
-    from ..weights.cache import prune
+    from ..weights.cache_admin import prune
 
     rows = [{"name": item.name, "kind": item.kind, "size": item.size, "path": str(item.path)} for item in prune()]
     emit(rows, as_json=args.json, columns=("name", "kind", "size", "path"))

@@ -53,9 +53,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def print_memory(model: str, batch: int, size: int) -> None:
+    """What `iabn-zoo memory` shows: bytes kept for backward and step time per bn_mode, and their ratios."""
+    from ..train.memory import compare_modes, report_rows
+
+    print(f"{model}: one training step, batch {batch}, {size}x{size} px, cpu")
+    print(f"{'bn_mode':<10} {'kept for backward':>18} {'ratio':>6} {'step':>8} {'ratio':>6}")
+    for row in report_rows(compare_modes(model, batch=batch, size=size, device="cpu", repeats=3)):
+        print(f"{row['bn_mode']:<10} {row['saved_mib']:>14.1f} MiB {row['saved_ratio']:>6.2f} "
+              f"{row['step_seconds']:>7.3f}s {row['time_ratio']:>6.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write the digits, fine-tune, print the accuracy and the memory table."""
-    from .. import cli
     from ..train.finetune import finetune
 
     args = parse_args(argv)
@@ -75,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"accuracy reached: top-1 {final['val_top1']:.1f}%, top-5 {final['val_top5']:.1f}% on "
               f"{final['val_images']} held-out digits (chance 10%), in {time.perf_counter() - start:.0f} s")
         print()
-        return cli.main(["memory", args.model, "--batch", str(args.batch_size), "--size",
-                         str(max(args.image_size, 32))])
+        print_memory(args.model, args.batch_size, max(args.image_size, 32))
+        return 0
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Norm-act layers (BatchNorm + activation) in three modes, their factory, backend choice and exact conversions.
+"""Norm-act layers (BatchNorm + activation) in three modes, and the factory every architecture builds them with.
 
 `standard` is BatchNorm followed by the activation; `inplace` is InPlace-ABN (scale |w| + eps, the output overwrites
 the input and is all that backward keeps); `sync` is InPlace-ABN with statistics shared over a torch.distributed
@@ -7,8 +7,6 @@ group. InPlace-ABN runs on the compiled `inplace_abn` kernels (backend `native`)
 
 from __future__ import annotations
 
-import functools
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,38 +15,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import InvalidArgumentError
-from .iabn_function import IABNConfig, InPlaceABNFunction, NativeKernels, TorchKernels
+from .activations import DEFAULT_ACTIVATION_PARAMS, activate_, check_activation
+from .iabn_function import IABNConfig, InPlaceABNFunction
+from .kernels import TorchKernels, native_kernels, resolve_backend
 from .sync_stats import active_group
 
 BN_MODES = ("standard", "inplace", "sync")
-BACKENDS = ("native", "torch")
-ACTIVATIONS = ("leaky_relu", "elu", "identity", "relu")
-INVERTIBLE_ACTIVATIONS = ("leaky_relu", "elu", "identity")
-DEFAULT_ACTIVATION_PARAMS = {"leaky_relu": 0.01, "elu": 1.0, "identity": 0.0, "relu": 0.0}
-
-
-@functools.cache
-def native_kernels() -> NativeKernels | None:
-    """The compiled kernels, or None when the `inplace_abn` package cannot be imported."""
-    try:
-        return NativeKernels()
-    except ImportError:
-        return None
-
-
-def resolve_backend(backend: str | None = None) -> str:
-    """The backend to use: `backend`, else `IABN_ZOO_BACKEND`, else `native` when importable, else `torch`."""
-    chosen = backend if backend is not None else os.environ.get("IABN_ZOO_BACKEND") or None
-    if chosen is None:
-        return "native" if native_kernels() is not None else "torch"
-    if chosen not in BACKENDS:
-        source = "backend" if backend is not None else "IABN_ZOO_BACKEND"
-        raise InvalidArgumentError(f"{source} must be one of {', '.join(BACKENDS)}, got {chosen!r}")
-    if chosen == "native" and native_kernels() is None:
-        raise InvalidArgumentError(
-            "backend 'native' needs the compiled inplace-abn package, which cannot be imported here; install it "
-            "(see README) or use backend='torch'")
-    return chosen
 
 
 def check_bn_mode(bn_mode: str) -> str:
@@ -56,22 +28,6 @@ def check_bn_mode(bn_mode: str) -> str:
     if bn_mode not in BN_MODES:
         raise InvalidArgumentError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
     return bn_mode
-
-
-def check_activation(activation: str, activation_param: float, bn_mode: str) -> float:
-    """Validate an activation for a bn_mode; InPlace-ABN needs one it can invert. Returns the parameter as float."""
-    if activation not in ACTIVATIONS:
-        raise InvalidArgumentError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
-    if bn_mode != "standard":
-        if activation not in INVERTIBLE_ACTIVATIONS:
-            raise InvalidArgumentError(
-                f"activation {activation!r} cannot be inverted, which bn_mode {bn_mode!r} needs; use leaky_relu, elu "
-                f"or identity, or bn_mode='standard'")
-        if activation in ("leaky_relu", "elu") and not activation_param > 0:
-            raise InvalidArgumentError(
-                f"{activation} with bn_mode {bn_mode!r} needs activation_param > 0 to be invertible, "
-                f"got {activation_param!r}")
-    return float(activation_param)
 
 
 class ABN(nn.Module):
@@ -141,13 +97,7 @@ class ABN(nn.Module):
                            self.eps)
         if residual is not None:
             out = out.add_(residual)
-        if self.activation == "relu":
-            return F.relu(out, inplace=True)
-        if self.activation == "leaky_relu":
-            return F.leaky_relu(out, self.activation_param, inplace=True)
-        if self.activation == "elu":
-            return F.elu(out, self.activation_param, inplace=True)
-        return out
+        return activate_(out, self.activation, self.activation_param)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -261,84 +211,3 @@ def make_norm_act(bn_mode: str = "inplace", activation: str = "leaky_relu", acti
     check_bn_mode(bn_mode)
     activation_param = check_activation(activation, activation_param, bn_mode)
     return NormActFactory(bn_mode, activation, activation_param, resolve_backend(backend), group, momentum, eps)
-
-
-def blocked_channels(layer: ABN, eps: float) -> int:
-    """How many channels of a standard layer have no exact InPlace-ABN equivalent (|w'| + eps = w needs w >= eps)."""
-    return int((layer.weight.detach() < eps).sum())
-
-
-def check_convertible(layers: list[tuple[str, ABN]], bn_mode: str) -> None:
-    """Refuse, before touching anything, a conversion to InPlace-ABN that would change what the network computes."""
-    if bn_mode == "standard":
-        return
-    standard = [(name, layer) for name, layer in layers if layer.bn_mode == "standard"]
-    for name, layer in standard:
-        try:
-            check_activation(layer.activation, layer.activation_param, bn_mode)
-        except InvalidArgumentError as error:
-            raise InvalidArgumentError(f"cannot convert layer {name or '<root>'!r} to {bn_mode}: {error}") from None
-    blocked = [(name, count) for name, layer in standard if (count := blocked_channels(layer, layer.eps))]
-    if blocked:
-        total = sum(count for _, count in blocked)
-        shown = ", ".join(f"{name or '<root>'} ({count})" for name, count in blocked[:5])
-        more = f" and {len(blocked) - 5} more" if len(blocked) > 5 else ""
-        raise InvalidArgumentError(
-            f"cannot convert to bn_mode {bn_mode!r} exactly: {total} channel(s) in {len(blocked)} layer(s) have "
-            f"weight < eps, which InPlace-ABN's scale |w| + eps cannot represent: {shown}{more}. Keep "
-            f"bn_mode='standard', or fine-tune in bn_mode={bn_mode!r} from a fresh initialisation.")
-
-
-def convert_layer(layer: ABN, bn_mode: str, backend: str | None, group: Any) -> ABN:
-    """One layer in another mode computing the same function (the caller has checked it is exact)."""
-    if layer.bn_mode == bn_mode:
-        if backend is not None and isinstance(layer, InPlaceABN):
-            layer.backend = resolve_backend(backend)
-        if group is not None and isinstance(layer, InPlaceABNSync):
-            layer.group = group
-        return layer
-    options: dict[str, Any] = dict(activation=layer.activation, activation_param=layer.activation_param,
-                                   momentum=layer.momentum, eps=layer.eps)
-    if bn_mode != "standard":
-        options["backend"] = backend if backend is not None else getattr(layer, "backend", None)
-    if bn_mode == "sync":
-        options["group"] = group if group is not None else getattr(layer, "group", None)
-    new = LAYER_CLASSES[bn_mode](layer.num_features, **options)
-    new.to(device=layer.weight.device, dtype=layer.weight.dtype)
-    with torch.no_grad():
-        weight = layer.weight.detach()
-        if layer.bn_mode != "standard" and bn_mode == "standard":
-            weight = weight.abs() + layer.eps
-        elif layer.bn_mode == "standard":
-            weight = weight - layer.eps
-        new.weight.copy_(weight)
-        new.bias.copy_(layer.bias)
-        new.running_mean.copy_(layer.running_mean)
-        new.running_var.copy_(layer.running_var)
-        new.num_batches_tracked.copy_(layer.num_batches_tracked)
-    new.weight.requires_grad_(layer.weight.requires_grad)
-    new.bias.requires_grad_(layer.bias.requires_grad)
-    return new.train(layer.training)
-
-
-def convert_norm(module: nn.Module, bn_mode: str, *, backend: str | None = None, group: Any = None) -> nn.Module:
-    """Switch every norm-act layer of `module` to `bn_mode` without changing what it computes, in place.
-
-    inplace <-> sync is exact; inplace -> standard uses w' = |w| + eps; standard -> inplace needs w >= eps in every
-    channel and otherwise raises, changing nothing. Returns `module` (a new layer when `module` is one itself).
-    """
-    check_bn_mode(bn_mode)
-    if backend is not None:
-        resolve_backend(backend)
-    layers = [(name, m) for name, m in module.named_modules(remove_duplicate=False) if isinstance(m, ABN)]
-    check_convertible(layers, bn_mode)
-    converted: dict[int, ABN] = {}
-    for name, layer in layers:
-        if id(layer) not in converted:
-            converted[id(layer)] = convert_layer(layer, bn_mode, backend, group)
-        new = converted[id(layer)]
-        if not name:
-            return new
-        parent_name, _, child_name = name.rpartition(".")
-        setattr(module.get_submodule(parent_name), child_name, new)
-    return module

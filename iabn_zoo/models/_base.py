@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import InvalidArgumentError
+from ._fast_eval import sync_fast_eval
 
 
 @dataclass(frozen=True)
@@ -38,19 +39,33 @@ def check_num_classes(num_classes: int) -> int:
     return num_classes
 
 
-class FastEvalModule(nn.Module):
-    """A network whose `eval()` switches to the fast inference path of `iabn_zoo.models._fast_eval` (same function, same
-    parameters) and whose `train()` switches back to the memory-saving layers; `disable_fast_eval(model)` opts out."""
+class ZooModule(nn.Module):
+    """Base of every zoo network. `eval()` switches to the fast inference path of `_fast_eval` (same function, same
+    parameters) and `train()` back to the memory-saving layers (`disable_fast_eval(model)` opts out); a family
+    says how its classifier is built (`make_classifier`) and found (`get_classifier`), the reset is shared."""
 
-    def train(self, mode: bool = True) -> FastEvalModule:
+    def train(self, mode: bool = True) -> ZooModule:
         super().train(mode)
-        from ._fast_eval import sync_fast_eval
-
         sync_fast_eval(self)
         return self
 
+    def make_classifier(self, num_classes: int) -> None:
+        """(Re)build the classifier for `num_classes` outputs; 0 removes it."""
+        raise NotImplementedError
 
-class ZooNet(FastEvalModule):
+    def get_classifier(self) -> nn.Module:
+        """The final classifying layer, or `nn.Identity()` when there is none."""
+        raise NotImplementedError
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier by a freshly initialised one with `num_classes` outputs (0: none), on the device
+        and in the dtype of the rest of the network."""
+        reference = next(self.parameters())
+        self.make_classifier(num_classes)
+        self.get_classifier().to(device=reference.device, dtype=reference.dtype)
+
+
+class ZooNet(ZooModule):
     """Base of the classification backbones: `classifier` = global average pool + `fc`, as in the authors' code."""
 
     feature_info: list[FeatureInfo]
@@ -112,10 +127,3 @@ class ZooNet(FastEvalModule):
     def get_classifier(self) -> nn.Module:
         """The final linear layer, or `nn.Identity()` when there is none."""
         return self.classifier.fc if hasattr(self, "classifier") else nn.Identity()
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier by a freshly initialised one with `num_classes` outputs (0: none)."""
-        device = next(self.parameters()).device
-        self.make_classifier(num_classes)
-        if hasattr(self, "classifier"):
-            self.classifier.to(device)

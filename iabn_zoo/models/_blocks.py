@@ -13,33 +13,16 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as functional
 
 from ..errors import InvalidArgumentError
-from ..layers.norm_act import make_norm_act
-from ..layers.pooling import max_pool
+from ..layers import InPlaceABN, activate_, make_norm_act, max_pool
 
 NormAct = Callable[..., nn.Module]
 DropoutFactory = Callable[[], nn.Module]
 
 
-def apply_activation(x: torch.Tensor, activation: str, activation_param: float) -> torch.Tensor:
-    """The norm-act layers' activation as a plain function, applied in place on `x` (which it returns)."""
-    if activation == "leaky_relu":
-        return functional.leaky_relu_(x, activation_param)
-    if activation == "elu":
-        return functional.elu_(x, activation_param)
-    if activation == "relu":
-        return functional.relu_(x)
-    if activation == "identity":
-        return x
-    raise InvalidArgumentError(f"unknown activation {activation!r}; use leaky_relu, elu, relu or identity")
-
-
 def modifies_input(norm_act_layer: nn.Module) -> bool:
     """Whether a norm-act layer overwrites its input (the in-place modes) rather than returning a new tensor."""
-    from ..layers.norm_act import InPlaceABN
-
     return isinstance(norm_act_layer, InPlaceABN)
 
 
@@ -161,7 +144,7 @@ class ResidualBlock(nn.Module):
             out = layer(out)
         if self.fuse_residual:
             return last_bn(out, shortcut)
-        return apply_activation(last_bn(out) + shortcut, self.activation, self.activation_param)
+        return activate_(last_bn(out) + shortcut, self.activation, self.activation_param)
 
 
 def init_conv_weights(model: nn.Module, activation: str, activation_param: float) -> None:
@@ -205,9 +188,9 @@ def input_stem(norm_act: NormAct, width: int, *, input_3x3: bool, memory_efficie
     return nn.Sequential(OrderedDict(layers))
 
 
-def build_network(network_class: Callable[..., nn.Module], structure: Sequence[int], *, bn_mode: str, activation: str,
-                  activation_param: float, backend: str | None, memory_efficient: bool | None,
-                  **options) -> nn.Module:
+def build_family(network_class: Callable[..., nn.Module], structure: Sequence[int], *, bn_mode: str, activation: str,
+                 activation_param: float, backend: str | None, memory_efficient: bool | None,
+                 **options) -> nn.Module:
     """A family's network of `structure` with its norm-act layers and the authors' convolution init;
     `memory_efficient=None` turns the family's memory tricks on for the in-place modes and off for standard BN."""
     norm_act = make_norm_act(bn_mode, activation, activation_param, backend=backend)

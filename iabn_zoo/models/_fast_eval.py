@@ -28,8 +28,7 @@ import torch.nn as nn
 from torch.nn.modules import module as torch_module
 
 from ..errors import InvalidArgumentError
-from ..layers.norm_act import ABN
-from ._blocks import apply_activation
+from ..layers import ABN, activate_
 
 SUPPORTED_ACTIVATIONS = ("leaky_relu", "elu", "relu", "identity")
 STATE_ATTR = "_iabn_fast_eval"
@@ -132,7 +131,7 @@ class FastNorm(CachedForward):
         if self.pair is not None and self.pair.folding(x):
             layer.check_input(x, residual)
             out = x if residual is None else x.add_(residual)
-            return apply_activation(out, layer.activation, layer.activation_param)
+            return activate_(out, layer.activation, layer.activation_param)
         if not can_run_fast(layer) or has_hooks(layer) or needs_autograd(x, layer):
             return type(layer).forward(layer, x, residual)
         layer.check_input(x, residual)
@@ -143,7 +142,7 @@ class FastNorm(CachedForward):
         torch.addcmul(shift.view(shape), x, scale.view(shape), out=out)
         if residual is not None:
             out.add_(residual)
-        return apply_activation(out, layer.activation, layer.activation_param)
+        return activate_(out, layer.activation, layer.activation_param)
 
     def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift), cached until a parameter or running statistic changes."""

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
-from ..errors import UnknownNameError
+from ..errors import RegistryError, UnknownNameError
 
 ArchFn = Callable[..., nn.Module]
 
@@ -25,7 +25,7 @@ _loaded = False
 def register_arch(fn: ArchFn) -> ArchFn:
     """Decorator: register `fn` under its function name as an architecture constructor."""
     if fn.__name__ in _ARCHS and _ARCHS[fn.__name__] is not fn:
-        raise ValueError(f"architecture {fn.__name__!r} is registered twice")
+        raise RegistryError(f"architecture {fn.__name__!r} is registered twice; give the constructor another name")
     _ARCHS[fn.__name__] = fn
     return fn
 

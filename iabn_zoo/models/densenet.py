@@ -18,7 +18,7 @@ import torch.utils.checkpoint as checkpoint
 
 from ..errors import InvalidArgumentError
 from ._base import FeatureInfo, ZooNet
-from ._blocks import build_network, input_stem
+from ._blocks import build_family, input_stem
 from ._registry import register_arch
 
 NormAct = Callable[..., nn.Module]
@@ -112,7 +112,7 @@ class Transition(nn.Sequential):
         return normalized
 
 
-def module_dilations(dilation: int | Sequence[int]) -> tuple[int, ...]:
+def dense_block_dilations(dilation: int | Sequence[int]) -> tuple[int, ...]:
     """Per dense block dilation from one int or four ints, validated (>= 1)."""
     values = (dilation,) * 4 if isinstance(dilation, int) else tuple(dilation)
     if len(values) != 4 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in values):
@@ -136,7 +136,7 @@ class DenseNet(ZooNet):
             raise InvalidArgumentError(f"growth must be a positive integer, got {growth!r}")
         if not isinstance(theta, (int, float)) or not 0 < theta <= 1:
             raise InvalidArgumentError(f"theta (transition compression) must be in (0, 1], got {theta!r}")
-        dilations = module_dilations(dilation)
+        dilations = dense_block_dilations(dilation)
         self.mod1 = input_stem(norm_act, 2 * growth, input_3x3=input_3x3, memory_efficient=memory_efficient)
         channels, stride = growth * 2, 4
         self.feature_info = []
@@ -176,7 +176,7 @@ def densenet121(bn_mode: str = "inplace", activation: str = "leaky_relu", activa
                 memory_efficient: bool | None = None, *, input_3x3: bool = False, growth: int = 32,
                 theta: float = 0.5, dilation: int | Sequence[int] = 1) -> DenseNet:
     """DenseNet-121 (blocks of 6, 12, 24, 16 layers); options: input_3x3, growth, theta, dilation."""
-    return build_network(DenseNet, (6, 12, 24, 16),
+    return build_family(DenseNet, (6, 12, 24, 16),
                          bn_mode=bn_mode, activation=activation, activation_param=activation_param,
                          num_classes=num_classes, backend=backend, features_only=features_only,
                          memory_efficient=memory_efficient, input_3x3=input_3x3, growth=growth, theta=theta,
@@ -189,7 +189,7 @@ def densenet169(bn_mode: str = "inplace", activation: str = "leaky_relu", activa
                 memory_efficient: bool | None = None, *, input_3x3: bool = False, growth: int = 32,
                 theta: float = 0.5, dilation: int | Sequence[int] = 1) -> DenseNet:
     """DenseNet-169 (blocks of 6, 12, 32, 32 layers); options: input_3x3, growth, theta, dilation."""
-    return build_network(DenseNet, (6, 12, 32, 32),
+    return build_family(DenseNet, (6, 12, 32, 32),
                          bn_mode=bn_mode, activation=activation, activation_param=activation_param,
                          num_classes=num_classes, backend=backend, features_only=features_only,
                          memory_efficient=memory_efficient, input_3x3=input_3x3, growth=growth, theta=theta,
@@ -202,7 +202,7 @@ def densenet201(bn_mode: str = "inplace", activation: str = "leaky_relu", activa
                 memory_efficient: bool | None = None, *, input_3x3: bool = False, growth: int = 32,
                 theta: float = 0.5, dilation: int | Sequence[int] = 1) -> DenseNet:
     """DenseNet-201 (blocks of 6, 12, 48, 32 layers); options: input_3x3, growth, theta, dilation."""
-    return build_network(DenseNet, (6, 12, 48, 32),
+    return build_family(DenseNet, (6, 12, 48, 32),
                          bn_mode=bn_mode, activation=activation, activation_param=activation_param,
                          num_classes=num_classes, backend=backend, features_only=features_only,
                          memory_efficient=memory_efficient, input_3x3=input_3x3, growth=growth, theta=theta,
@@ -215,7 +215,7 @@ def densenet264(bn_mode: str = "inplace", activation: str = "leaky_relu", activa
                 memory_efficient: bool | None = None, *, input_3x3: bool = False, growth: int = 32,
                 theta: float = 0.5, dilation: int | Sequence[int] = 1) -> DenseNet:
     """DenseNet-264 (blocks of 6, 12, 64, 48 layers); options: input_3x3 (as published), growth, theta, dilation."""
-    return build_network(DenseNet, (6, 12, 64, 48),
+    return build_family(DenseNet, (6, 12, 64, 48),
                          bn_mode=bn_mode, activation=activation, activation_param=activation_param,
                          num_classes=num_classes, backend=backend, features_only=features_only,
                          memory_efficient=memory_efficient, input_3x3=input_3x3, growth=growth, theta=theta,

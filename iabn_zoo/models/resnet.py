@@ -15,9 +15,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import InvalidArgumentError
-from ..layers.pooling import max_pool
+from ..layers import max_pool
 from ._base import FeatureInfo, ZooNet
-from ._blocks import NormAct, ResidualBlock, build_network, run_stages
+from ._blocks import NormAct, ResidualBlock, build_family, run_stages
 from ._registry import register_arch
 
 BASIC_CHANNELS = (64, 64)
@@ -84,7 +84,7 @@ def resnet18(bn_mode: str = "inplace", activation: str = "leaky_relu", activatio
              num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
              memory_efficient: bool | None = None, *, dilation: int | Sequence[int] = 1) -> ResNet:
     """ResNet-18 v1 (2, 2, 2, 2 basic blocks)."""
-    return build_network(ResNet, (2, 2, 2, 2), bottleneck=False, bn_mode=bn_mode, activation=activation,
+    return build_family(ResNet, (2, 2, 2, 2), bottleneck=False, bn_mode=bn_mode, activation=activation,
                          activation_param=activation_param, num_classes=num_classes, backend=backend,
                          features_only=features_only, memory_efficient=memory_efficient, dilation=dilation)
 
@@ -94,7 +94,7 @@ def resnet34(bn_mode: str = "inplace", activation: str = "leaky_relu", activatio
              num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
              memory_efficient: bool | None = None, *, dilation: int | Sequence[int] = 1) -> ResNet:
     """ResNet-34 v1 (3, 4, 6, 3 basic blocks)."""
-    return build_network(ResNet, (3, 4, 6, 3), bottleneck=False, bn_mode=bn_mode, activation=activation,
+    return build_family(ResNet, (3, 4, 6, 3), bottleneck=False, bn_mode=bn_mode, activation=activation,
                          activation_param=activation_param, num_classes=num_classes, backend=backend,
                          features_only=features_only, memory_efficient=memory_efficient, dilation=dilation)
 
@@ -104,7 +104,7 @@ def resnet50(bn_mode: str = "inplace", activation: str = "leaky_relu", activatio
              num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
              memory_efficient: bool | None = None, *, dilation: int | Sequence[int] = 1) -> ResNet:
     """ResNet-50 v1 (3, 4, 6, 3 bottleneck blocks)."""
-    return build_network(ResNet, (3, 4, 6, 3), bottleneck=True, bn_mode=bn_mode, activation=activation,
+    return build_family(ResNet, (3, 4, 6, 3), bottleneck=True, bn_mode=bn_mode, activation=activation,
                          activation_param=activation_param, num_classes=num_classes, backend=backend,
                          features_only=features_only, memory_efficient=memory_efficient, dilation=dilation)
 
@@ -114,7 +114,7 @@ def resnet101(bn_mode: str = "inplace", activation: str = "leaky_relu", activati
               num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
               memory_efficient: bool | None = None, *, dilation: int | Sequence[int] = 1) -> ResNet:
     """ResNet-101 v1 (3, 4, 23, 3 bottleneck blocks)."""
-    return build_network(ResNet, (3, 4, 23, 3), bottleneck=True, bn_mode=bn_mode, activation=activation,
+    return build_family(ResNet, (3, 4, 23, 3), bottleneck=True, bn_mode=bn_mode, activation=activation,
                          activation_param=activation_param, num_classes=num_classes, backend=backend,
                          features_only=features_only, memory_efficient=memory_efficient, dilation=dilation)
 
@@ -124,6 +124,6 @@ def resnet152(bn_mode: str = "inplace", activation: str = "leaky_relu", activati
               num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
               memory_efficient: bool | None = None, *, dilation: int | Sequence[int] = 1) -> ResNet:
     """ResNet-152 v1 (3, 8, 36, 3 bottleneck blocks)."""
-    return build_network(ResNet, (3, 8, 36, 3), bottleneck=True, bn_mode=bn_mode, activation=activation,
+    return build_family(ResNet, (3, 8, 36, 3), bottleneck=True, bn_mode=bn_mode, activation=activation,
                          activation_param=activation_param, num_classes=num_classes, backend=backend,
                          features_only=features_only, memory_efficient=memory_efficient, dilation=dilation)

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from ..errors import InvalidArgumentError
 from ._base import FeatureInfo, ZooNet
-from ._blocks import IdentityResidualBlock, NormAct, build_network, input_stem, run_stages
+from ._blocks import IdentityResidualBlock, NormAct, build_family, input_stem, run_stages
 from ._registry import register_arch
 
 Dilation = int | Sequence[int | Sequence[int]]
@@ -83,7 +83,7 @@ def resnext50(bn_mode: str = "inplace", activation: str = "leaky_relu", activati
               memory_efficient: bool | None = None, *, input_3x3: bool = True, dilation: Dilation = 1,
               groups: int = 64) -> ResNeXt:
     """ResNeXt-50 (3, 4, 6, 3 blocks), 64 groups; input_3x3 stem by default as in the published models."""
-    return build_network(ResNeXt, (3, 4, 6, 3),
+    return build_family(ResNeXt, (3, 4, 6, 3),
                          bn_mode=bn_mode, activation=activation, activation_param=activation_param,
                          num_classes=num_classes, backend=backend, features_only=features_only,
                          memory_efficient=memory_efficient, input_3x3=input_3x3, dilation=dilation, groups=groups)
@@ -95,7 +95,7 @@ def resnext101(bn_mode: str = "inplace", activation: str = "leaky_relu", activat
                memory_efficient: bool | None = None, *, input_3x3: bool = True, dilation: Dilation = 1,
                groups: int = 64) -> ResNeXt:
     """ResNeXt-101 (3, 4, 23, 3 blocks), 64 groups; input_3x3 stem by default as in the published models."""
-    return build_network(ResNeXt, (3, 4, 23, 3),
+    return build_family(ResNeXt, (3, 4, 23, 3),
                          bn_mode=bn_mode, activation=activation, activation_param=activation_param,
                          num_classes=num_classes, backend=backend, features_only=features_only,
                          memory_efficient=memory_efficient, input_3x3=input_3x3, dilation=dilation, groups=groups)
@@ -107,7 +107,7 @@ def resnext152(bn_mode: str = "inplace", activation: str = "leaky_relu", activat
                memory_efficient: bool | None = None, *, input_3x3: bool = True, dilation: Dilation = 1,
                groups: int = 64) -> ResNeXt:
     """ResNeXt-152 (3, 8, 36, 3 blocks), 64 groups; input_3x3 stem by default as in the published models."""
-    return build_network(ResNeXt, (3, 8, 36, 3),
+    return build_family(ResNeXt, (3, 8, 36, 3),
                          bn_mode=bn_mode, activation=activation, activation_param=activation_param,
                          num_classes=num_classes, backend=backend, features_only=features_only,
                          memory_efficient=memory_efficient, input_3x3=input_3x3, dilation=dilation, groups=groups)

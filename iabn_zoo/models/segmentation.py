@@ -13,13 +13,13 @@ import torch
 import torch.nn as nn
 
 from ..errors import InvalidArgumentError
-from ..layers.norm_act import make_norm_act
-from ._base import FastEvalModule, FeatureInfo, ZooNet, check_num_classes
+from ..layers import make_norm_act
+from ._base import FeatureInfo, ZooModule, ZooNet, check_num_classes
 from ._registry import register_arch
 from .deeplab import DeepLabV3Head, pooling_window
 
 
-class SegmentationNet(FastEvalModule):
+class SegmentationNet(ZooModule):
     """`body` (a ZooNet backbone) -> `head` -> `cls` (1x1 conv with bias); num_classes=0 leaves out `cls`.
 
     With `features_only=True` the forward returns the body's stage maps followed by the head's output.
@@ -42,13 +42,6 @@ class SegmentationNet(FastEvalModule):
         if num_classes > 0 and not self.features_only:
             self.cls = nn.Conv2d(self.head.out_channels, num_classes, 1)
         self.num_classes = num_classes if not self.features_only else 0
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace `cls` by a freshly initialised one with `num_classes` outputs (0: none), on the model's device."""
-        reference = next(self.head.parameters())
-        self.make_classifier(num_classes)
-        if hasattr(self, "cls"):
-            self.cls.to(device=reference.device, dtype=reference.dtype)
 
     def get_classifier(self) -> nn.Module:
         """The 1x1 classifier convolution, or `nn.Identity()` when there is none."""

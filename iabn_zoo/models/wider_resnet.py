@@ -16,9 +16,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import InvalidArgumentError
-from ..layers.pooling import max_pool
+from ..layers import max_pool
 from ._base import FeatureInfo, ZooNet
-from ._blocks import IdentityResidualBlock, NormAct, build_network, run_stages
+from ._blocks import IdentityResidualBlock, NormAct, build_family, run_stages
 from ._registry import register_arch
 
 # Inner channels of the blocks of mod2..mod7 (two values: basic blocks, three: bottleneck blocks).
@@ -99,7 +99,7 @@ def wider_resnet16(bn_mode: str = "inplace", activation: str = "leaky_relu", act
                    num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
                    memory_efficient: bool | None = None) -> WiderResNet:
     """Wide ResNet-16 (one block per module), down-sampling by max pooling before mod2..mod6."""
-    return build_network(WiderResNet, (1, 1, 1, 1, 1, 1), bn_mode=bn_mode, activation=activation,
+    return build_family(WiderResNet, (1, 1, 1, 1, 1, 1), bn_mode=bn_mode, activation=activation,
                          activation_param=activation_param, num_classes=num_classes, backend=backend,
                          features_only=features_only, memory_efficient=memory_efficient, a2=False)
 
@@ -109,7 +109,7 @@ def wider_resnet20(bn_mode: str = "inplace", activation: str = "leaky_relu", act
                    num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
                    memory_efficient: bool | None = None) -> WiderResNet:
     """Wide ResNet-20 (1, 1, 1, 3, 1, 1 blocks), down-sampling by max pooling before mod2..mod6."""
-    return build_network(WiderResNet, (1, 1, 1, 3, 1, 1), bn_mode=bn_mode, activation=activation,
+    return build_family(WiderResNet, (1, 1, 1, 3, 1, 1), bn_mode=bn_mode, activation=activation,
                          activation_param=activation_param, num_classes=num_classes, backend=backend,
                          features_only=features_only, memory_efficient=memory_efficient, a2=False)
 
@@ -119,7 +119,7 @@ def wider_resnet38(bn_mode: str = "inplace", activation: str = "leaky_relu", act
                    num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
                    memory_efficient: bool | None = None) -> WiderResNet:
     """Wide ResNet-38 (3, 3, 6, 3, 1, 1 blocks), down-sampling by max pooling before mod2..mod6."""
-    return build_network(WiderResNet, (3, 3, 6, 3, 1, 1), bn_mode=bn_mode, activation=activation,
+    return build_family(WiderResNet, (3, 3, 6, 3, 1, 1), bn_mode=bn_mode, activation=activation,
                          activation_param=activation_param, num_classes=num_classes, backend=backend,
                          features_only=features_only, memory_efficient=memory_efficient, a2=False)
 
@@ -129,7 +129,7 @@ def wider_resnet16_a2(bn_mode: str = "inplace", activation: str = "leaky_relu", 
                       num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
                       memory_efficient: bool | None = None, *, dilation: bool = False) -> WiderResNet:
     """Wide ResNet-16 A2: pooling before mod2, mod3, strided blocks after, dropout in mod6, mod7; `dilation`: OS 8."""
-    return build_network(WiderResNet, (1, 1, 1, 1, 1, 1), bn_mode=bn_mode, activation=activation,
+    return build_family(WiderResNet, (1, 1, 1, 1, 1, 1), bn_mode=bn_mode, activation=activation,
                          activation_param=activation_param, num_classes=num_classes, backend=backend,
                          features_only=features_only, memory_efficient=memory_efficient, a2=True,
                          dilation=_check_dilation(dilation))
@@ -140,7 +140,7 @@ def wider_resnet20_a2(bn_mode: str = "inplace", activation: str = "leaky_relu", 
                       num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
                       memory_efficient: bool | None = None, *, dilation: bool = False) -> WiderResNet:
     """Wide ResNet-20 A2: pooling before mod2, mod3, strided blocks after, dropout in mod6, mod7; `dilation`: OS 8."""
-    return build_network(WiderResNet, (1, 1, 1, 3, 1, 1), bn_mode=bn_mode, activation=activation,
+    return build_family(WiderResNet, (1, 1, 1, 3, 1, 1), bn_mode=bn_mode, activation=activation,
                          activation_param=activation_param, num_classes=num_classes, backend=backend,
                          features_only=features_only, memory_efficient=memory_efficient, a2=True,
                          dilation=_check_dilation(dilation))
@@ -152,7 +152,7 @@ def wider_resnet38_a2(bn_mode: str = "inplace", activation: str = "leaky_relu", 
                       memory_efficient: bool | None = None, *, dilation: bool = False) -> WiderResNet:
     """Wide ResNet-38 A2: pooling before mod2, mod3, strided blocks after, dropout in mod6, mod7; `dilation`: OS 8
     (the Vistas segmentation body, built with num_classes=0)."""
-    return build_network(WiderResNet, (3, 3, 6, 3, 1, 1), bn_mode=bn_mode, activation=activation,
+    return build_family(WiderResNet, (3, 3, 6, 3, 1, 1), bn_mode=bn_mode, activation=activation,
                          activation_param=activation_param, num_classes=num_classes, backend=backend,
                          features_only=features_only, memory_efficient=memory_efficient, a2=True,
                          dilation=_check_dilation(dilation))

@@ -17,45 +17,13 @@ import torch
 import torch.nn as nn
 
 from ..data.folders import ImageFolder, find_classes
+from ..data.labels import BUILTIN_LABELS, read_class_csv
 from ..data.transforms import eval_transform
 from ..errors import DataError, InvalidArgumentError
-
-TOPK = 5
-
-
-@dataclass
-class Tally:
-    """Running sums of loss, top-1 and top-5 hits over a number of images."""
-
-    loss_sum: float = 0.0
-    top1: int = 0
-    top5: int = 0
-    images: int = 0
-
-    def add(self, loss_sum: float, top1: int, top5: int, images: int) -> None:
-        self.loss_sum += loss_sum
-        self.top1 += top1
-        self.top5 += top5
-        self.images += images
-
-    @property
-    def loss(self) -> float:
-        return self.loss_sum / max(self.images, 1)
-
-    @property
-    def top1_percent(self) -> float:
-        return 100.0 * self.top1 / max(self.images, 1)
-
-    @property
-    def top5_percent(self) -> float:
-        return 100.0 * self.top5 / max(self.images, 1)
-
-
-def count_correct(logits: torch.Tensor, targets: torch.Tensor, k: int = TOPK) -> tuple[int, int]:
-    """How many rows have their target as the top prediction, and among the top `k` (k capped at the classes)."""
-    topk = logits.topk(min(k, logits.shape[1]), dim=1).indices
-    hits = topk.eq(targets.view(-1, 1))
-    return int(hits[:, 0].sum().item()), int(hits.any(dim=1).sum().item())
+from ..factory import create_model, load_run, resolve_weights
+from ..weights.catalog import default_weights_for
+from ..weights.run_reader import is_run_dir, read_run
+from .accuracy import Tally, count_correct
 
 
 @dataclass(frozen=True)
@@ -70,13 +38,9 @@ class Evaluable:
 
 def load_evaluable(model: str | os.PathLike[str]) -> Evaluable:
     """The network `model` names: a run directory, or a weights or architecture name (published weights)."""
-    from ..train.runs import is_run_dir, load_run, read_run
-
     if is_run_dir(model):
         info = read_run(model)
         return Evaluable(load_run(model), list(info.classes), [{name} for name in info.classes], info.preprocessing)
-    from ..factory import create_model, default_weights_for, resolve_weights
-
     weights = resolve_weights(str(model)) or default_weights_for(str(model))
     network = create_model(weights.name, pretrained=True).eval()
     return Evaluable(network, None, label_aliases(weights.labels, weights.num_classes), dict(weights.preprocessing))
@@ -86,8 +50,6 @@ def label_aliases(labels: str | None, num_classes: int) -> list[set[str]]:
     """Per output, the names a folder may use for it: every column of the label CSV (synset id, name, ...)."""
     if labels is None:
         return [set() for _ in range(num_classes)]
-    from ..data.labels import BUILTIN_LABELS, read_class_csv
-
     rows = read_class_csv(BUILTIN_LABELS.get(labels, labels))
     return [{value for key, value in row.items() if key != "index" and value} for row in rows]
 

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import InvalidArgumentError
+from ..factory import create_model
+from ..system.devices import resolve_device
 
 MEASURED_MODES = ("standard", "inplace")
 MIB = 2 ** 20
@@ -117,22 +119,9 @@ def check_step_size(batch: int, size: int) -> None:
         raise InvalidArgumentError(f"size must be an integer >= 32 pixels, got {size!r}")
 
 
-def resolve_device(device: str) -> torch.device:
-    """A torch device from its name, with a clear error for unknown or unavailable ones."""
-    try:
-        target = torch.device(device)
-    except RuntimeError:
-        raise InvalidArgumentError(f"unknown device {device!r}; use cpu or cuda") from None
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidArgumentError("device cuda asked for, but no CUDA device is available; use --device cpu")
-    return target
-
-
 def model_and_inputs(name: str, bn_mode: str, *, batch: int, size: int, device: torch.device,
                      seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
     """Model `name` built in `bn_mode` (its default form for that mode) and a random batch, both seeded."""
-    from ..factory import create_model
-
     torch.manual_seed(seed)
     model = create_model(name, bn_mode=bn_mode).to(device).train()
     inputs = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)

@@ -17,9 +17,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import InvalidArgumentError, RegistryError, UnknownNameError
+from ..layers.norm_act import BN_MODES
 
 TASKS = ("classification", "segmentation")
-BN_MODES = ("standard", "inplace", "sync")
 REGISTRY_ENV = "IABN_ZOO_REGISTRY"
 REGISTRY_SOURCE = "iabn_zoo/weights/registry"  # how error messages name the shipped files
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
@@ -297,6 +297,20 @@ def get_weights(name: str) -> Weights:
 def is_weights(name: str) -> bool:
     """Whether `name` is a registered weights name."""
     return isinstance(name, str) and name in _all_entries()
+
+
+def weights_for_arch(arch: str) -> list[Weights]:
+    """Every registered entry whose checkpoint was trained for architecture `arch`, by name."""
+    return [weights for _, weights in sorted(_all_entries().items()) if weights.arch == arch]
+
+
+def default_weights_for(arch: str) -> Weights:
+    """The best published weights (highest top-1, else mIoU) of an architecture, what `pretrained=True` takes."""
+    candidates = weights_for_arch(arch)
+    if not candidates:
+        raise InvalidArgumentError(
+            f"architecture {arch!r} has no published weights; `iabn-zoo list --pretrained` shows the ones that do")
+    return max(candidates, key=lambda w: float(w.metrics.get("top1", w.metrics.get("miou", 0.0))))
 
 
 def find_weights_by_md5(md5: str) -> list[Weights]:

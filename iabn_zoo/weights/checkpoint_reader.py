@@ -1,10 +1,9 @@
-"""Reading checkpoints safely: the published files as the authors wrote them, normalised to our modules' keys.
+"""Reading checkpoint files safely: the published files as the authors wrote them, normalised to our modules' keys.
 
 Files are unpickled with `torch.load(weights_only=True)` only, so a file that needs arbitrary code is refused, never
 run. Normalising means: take `state_dict` (dropping the training extras), flatten the Vistas `body`/`head`/`cls`
 dicts into dotted keys, strip `module.` prefixes, undo the 2017 wrapped-bn layout and fill missing
-`num_batches_tracked`. After the first verified load of a registered file its tensors are kept as safetensors (with
-the source file and md5 in the metadata) and later loads read that copy, memory-mapped, without unpickling.
+`num_batches_tracked`.
 """
 
 from __future__ import annotations
@@ -13,61 +12,19 @@ import os
 import pickle
 import re
 import sys
-import tempfile
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import CheckpointError, UnknownNameError
+from ..errors import CheckpointError
+from ..system.tensor_files import read_safetensors
 
 # Keys under which training scripts keep the model's tensors; the authors' scripts use the first.
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 DATA_PARALLEL_PREFIX = "module."
 WRAPPED_NORM_SEGMENT = "bn"
-CONVERTED_FORMAT = "iabn-zoo-state-dict/1"
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin", ".safetensors")
-
-
-def load_state_dict(name_or_path: Any) -> dict[str, torch.Tensor]:
-    """The tensors of a weights name, a `Weights` entry or a checkpoint file, with normalised keys (see module doc)."""
-    from .catalog import Weights, get_weights, is_weights, list_weights
-
-    if isinstance(name_or_path, Weights):
-        return load_weights_state_dict(name_or_path)
-    if isinstance(name_or_path, (str, os.PathLike)) and Path(name_or_path).is_file():
-        return read_checkpoint(name_or_path)
-    if isinstance(name_or_path, str) and is_weights(name_or_path):
-        return load_weights_state_dict(get_weights(name_or_path))
-    if isinstance(name_or_path, os.PathLike) or _looks_like_path(str(name_or_path)):
-        raise CheckpointError(f"{name_or_path} is not a file; check the path, or pass a weights name "
-                              "(`iabn-zoo list --pretrained` shows them).")
-    raise UnknownNameError("weights name (nor an existing checkpoint file)", str(name_or_path), list_weights())
-
-
-def _looks_like_path(text: str) -> bool:
-    return os.sep in text or Path(text).suffix in CHECKPOINT_SUFFIXES
-
-
-def load_weights_state_dict(weights: Any, *, progress: bool = True) -> dict[str, torch.Tensor]:
-    """A registered checkpoint's normalised tensors: from the safetensors copy when valid, else download and convert."""
-    from .cache import converted_path, writer_lock
-    from .downloader import download
-
-    converted = converted_path(weights)
-    cached = read_converted(converted, md5=weights.md5)
-    if cached is not None:
-        return cached
-    source = download(weights, progress=progress)
-    with writer_lock(converted):  # concurrent first uses: one process converts, the others read its copy
-        cached = read_converted(converted, md5=weights.md5)
-        if cached is not None:
-            return cached
-        state_dict = read_checkpoint(source)
-        write_converted(state_dict, converted, source=source.name, md5=weights.md5)
-    return state_dict
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -192,69 +149,3 @@ def fill_num_batches_tracked(tensors: dict[str, torch.Tensor]) -> dict[str, torc
     for layer in norm_layers(tensors):
         tensors.setdefault(f"{layer}.num_batches_tracked", torch.tensor(0, dtype=torch.long))
     return tensors
-
-
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors file's tensors, memory-mapped; unreadable files raise CheckpointError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({error}); delete it and recreate it.") \
-            from None
-
-
-def read_converted(path: Path, *, md5: str) -> dict[str, torch.Tensor] | None:
-    """The cached safetensors copy when it exists and was made from the file with `md5`; None otherwise."""
-    from safetensors import SafetensorError, safe_open
-
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(path, framework="pt", device="cpu") as handle:
-            metadata = handle.metadata() or {}
-            if metadata.get("md5") != md5 or metadata.get("format") != CONVERTED_FORMAT:
-                return None
-            return {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError, ValueError):
-        return None  # a damaged copy is rebuilt from the verified checkpoint
-
-
-def write_converted(tensors: Mapping[str, torch.Tensor], path: Path, *, source: str, md5: str) -> bool:
-    """Write the safetensors copy atomically (temporary file, then rename); False when the cache is not writable."""
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file
-
-    metadata = {"format": CONVERTED_FORMAT, "source": source, "md5": md5}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            save_file(_unshared(tensors), temporary, metadata=metadata)
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-    except (OSError, SafetensorError) as error:  # safetensors reports a full disk as its own error
-        warnings.warn(f"could not keep a safetensors copy in {path.parent} ({error}); every load will read the "
-                      "original checkpoint until the cache is writable", stacklevel=3)
-        return False
-    return True
-
-
-def _unshared(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Contiguous tensors with no two sharing memory, as safetensors requires (legacy files may hold views)."""
-    seen: set[int] = set()
-    result = {}
-    for key, value in tensors.items():
-        value = value.contiguous()
-        pointer = value.untyped_storage().data_ptr() if value.numel() else None
-        if pointer is not None and pointer in seen:
-            value = value.clone()
-        elif pointer is not None:
-            seen.add(pointer)
-        result[key] = value
-    return result

@@ -23,13 +23,13 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import CacheWriteError, ChecksumError, DownloadError
+from ..system.hashing import file_md5
 from .cache import (
     HOME_ENV,
     OFFLINE_ENV,
     checkpoint_path,
     ensure_directory,
     file_lock,
-    file_md5,
     has_valid_stamp,
     install_verified,
     is_offline,

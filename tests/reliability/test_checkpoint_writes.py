@@ -1,6 +1,6 @@
 """Fine-tuning runs SIGKILLed while they write a checkpoint: the previous checkpoint stays loadable, --resume works.
 
-The run directory's writes go through temporary names (`.NAME.tmp-PID`), so the test watches for one to appear
+The run directory's writes go through temporary names (`.NAME.PID.RANDOM.tmp`), so the test watches for one to appear
 after the first checkpoint is committed and kills the process then, at a few offsets; a temporary file left behind
 proves that the kill landed mid-write. The killed run is resumed by a new process, which is killed mid-write in
 turn, and a third process finishes the run.
@@ -13,9 +13,12 @@ import subprocess
 import time
 from pathlib import Path
 
+from iabn_zoo.factory import load_run
+from iabn_zoo.system.tensor_files import read_safetensors
+from iabn_zoo.train.run_writer import load_resume_point
+from iabn_zoo.weights.run_reader import read_metrics
 from reliability_support import PYTHON, wait_for
 
-from iabn_zoo.train.runs import load_checkpoint, load_run, load_tensors, read_metrics
 from tests.image_folders import write_colour_dataset
 
 FINETUNE = ["--batch-size", "6", "--image-size", "16", "--augment", "none", "--num-workers", "0", "--no-progress",
@@ -23,7 +26,7 @@ FINETUNE = ["--batch-size", "6", "--image-size", "16", "--augment", "none", "--n
 
 
 def temporaries(run: Path) -> list[str]:
-    return sorted(path.name for path in run.glob(".*.tmp-*"))
+    return sorted(path.name for path in run.glob(".*.tmp"))
 
 
 def kill_mid_write(process: subprocess.Popen, run: Path, prefix: str, offset: float) -> list[str]:
@@ -33,7 +36,7 @@ def kill_mid_write(process: subprocess.Popen, run: Path, prefix: str, offset: fl
 
     def writing() -> bool:
         fresh = [name for name in temporaries(run) if name.startswith(prefix) and name not in stale]
-        return bool(fresh) and (run / "checkpoint.json").exists()
+        return bool(fresh) and (run / "resume.json").exists()
 
     try:
         wait_for(lambda: process.poll() is not None or writing(), 180, f"a write of {prefix}*", interval=0.001)
@@ -47,10 +50,10 @@ def kill_mid_write(process: subprocess.Popen, run: Path, prefix: str, offset: fl
 
 def assert_loadable(run: Path) -> int:
     """The committed checkpoint, its tensor file, the latest weights and the metrics agree and load."""
-    state = load_checkpoint(run)
+    state = load_resume_point(run)
     assert state.epoch >= 1 and state.model
     assert [record["epoch"] for record in read_metrics(run)][: state.epoch] == list(range(1, state.epoch + 1))
-    weights = load_tensors(run / "model.safetensors")
+    weights = read_safetensors(run / "model.safetensors")
     assert weights.keys() == state.model.keys()
     assert load_run(run).classes == ["blue", "green", "red"]
     return state.epoch
@@ -64,7 +67,7 @@ def test_checkpoint_writes_killed_mid_write_keep_the_previous_one(tmp_path, proc
     landed = []
     first = subprocess.Popen(start + ["--epochs", "30", *FINETUNE], env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
-    landed.append(kill_mid_write(first, run, ".state-epoch", 0.0))
+    landed.append(kill_mid_write(first, run, ".resume-epoch", 0.0))
     epoch = assert_loadable(run)
 
     second = subprocess.Popen(start + ["--resume"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -16,12 +16,12 @@ import pytest
 import torch
 from loopback_server import loopback_server, md5_of, random_payload  # noqa: F401 (fixture)
 
-from iabn_zoo.errors import DownloadError
-from iabn_zoo.weights.cache import checkpoint_path, converted_path, import_file
+from iabn_zoo.errors import CacheWriteError, DownloadError
+from iabn_zoo.weights.cache import checkpoint_path, converted_path
+from iabn_zoo.weights.cache_admin import import_file
 from iabn_zoo.weights.catalog import Weights, register_weights, unregister_weights
-from iabn_zoo.weights.checkpoint_reader import load_state_dict
-from iabn_zoo.errors import CacheWriteError
 from iabn_zoo.weights.downloader import DownloadPolicy, download
+from iabn_zoo.weights.loading import load_state_dict
 
 PAYLOAD = random_payload(3 << 20, seed=5)
 FAST = DownloadPolicy(connect_timeout=2.0, read_timeout=2.0, retries=1, backoff=0.01, chunk_size=64 << 10)

@@ -1,0 +1,122 @@
+"""Every option of a fine-tuning run, checked up front, and the configuration a resumed run continues with."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ..data.folders import ON_ERROR
+from ..data.transforms import AUGMENT_PRESETS
+from ..errors import InvalidArgumentError
+from ..factory import resolve_weights
+from ..layers import BN_MODES
+from ..weights.run_reader import CONFIG_FILE, read_json
+from .run_writer import has_resume_point
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "linear", "step")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+MIN_IMAGE_SIZE = 8
+RESUMABLE_CHANGES = frozenset({"epochs", "num_workers", "progress", "device", "on_error"})
+
+
+@dataclass
+class FinetuneConfig:
+    """Every option of a fine-tuning run; stored in RUN/config.json. `batch_size` is per process."""
+
+    model: str
+    data_dir: str
+    out_dir: str
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 0.01
+    image_size: int = 224
+    augment: str = "imagenet"
+    pretrained: bool | None = None  # None: True for a weights name, False for a bare architecture
+    bn_mode: str | None = None  # None: the weights' mode (sync becomes inplace on one process), else inplace
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    classifier_lr_mult: float = 1.0
+    schedule: str = "cosine"
+    step_epochs: int | None = None  # step schedule: decay every this many epochs (default epochs // 3)
+    gamma: float = 0.1
+    freeze_stages: int = 0
+    clip_grad_norm: float = 0.0  # 0: no clipping
+    precision: str = "auto"  # auto: fp16/bf16 autocast on CUDA, fp32 on CPU
+    sync_bn: bool = True  # under torchrun, make InPlace-ABN layers synchronised
+    seed: int = 0
+    num_workers: int = 2
+    on_error: str = "skip"  # unreadable images: skip with a warning, or raise
+    device: str | None = None
+    progress: bool | None = None  # None: a progress bar when stderr is a terminal
+
+    def __post_init__(self) -> None:
+        check_config(self)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise InvalidArgumentError(message)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_config(cfg: FinetuneConfig) -> None:
+    """Refuse out-of-range options with a message naming the option and what it accepts."""
+    _check(_is_int(cfg.epochs) and cfg.epochs >= 1, f"epochs must be an integer >= 1, got {cfg.epochs!r}")
+    _check(_is_int(cfg.batch_size) and cfg.batch_size >= 2,
+           f"batch_size must be an integer >= 2 (batch statistics need two images), got {cfg.batch_size!r}")
+    _check(isinstance(cfg.lr, (int, float)) and math.isfinite(cfg.lr) and cfg.lr > 0,
+           f"lr must be a positive number, got {cfg.lr!r}")
+    _check(_is_int(cfg.image_size) and cfg.image_size >= MIN_IMAGE_SIZE,
+           f"image_size must be an integer >= {MIN_IMAGE_SIZE}, got {cfg.image_size!r}")
+    _check(cfg.augment in AUGMENT_PRESETS, f"augment must be one of {', '.join(AUGMENT_PRESETS)}, got {cfg.augment!r}")
+    _check(cfg.bn_mode is None or cfg.bn_mode in BN_MODES,
+           f"bn_mode must be one of {', '.join(BN_MODES)}, got {cfg.bn_mode!r}")
+    _check(cfg.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
+    _check(cfg.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    _check(cfg.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    _check(cfg.on_error in ON_ERROR, f"on_error must be one of {', '.join(ON_ERROR)}, got {cfg.on_error!r}")
+    _check(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay!r}")
+    _check(cfg.classifier_lr_mult > 0, f"classifier_lr_mult must be > 0, got {cfg.classifier_lr_mult!r}")
+    _check(0 <= cfg.momentum < 1, f"momentum must be in [0, 1), got {cfg.momentum!r}")
+    _check(0 < cfg.gamma <= 1, f"gamma must be in (0, 1], got {cfg.gamma!r}")
+    _check(cfg.step_epochs is None or (_is_int(cfg.step_epochs) and cfg.step_epochs >= 1),
+           f"step_epochs must be an integer >= 1, got {cfg.step_epochs!r}")
+    _check(_is_int(cfg.freeze_stages) and cfg.freeze_stages >= 0,
+           f"freeze_stages must be an integer >= 0, got {cfg.freeze_stages!r}")
+    _check(cfg.clip_grad_norm >= 0, f"clip_grad_norm must be >= 0 (0: off), got {cfg.clip_grad_norm!r}")
+    _check(_is_int(cfg.num_workers) and cfg.num_workers >= 0,
+           f"num_workers must be an integer >= 0, got {cfg.num_workers!r}")
+
+
+def resolve_config(model: str, data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], resume: bool,
+                   options: dict[str, Any]) -> FinetuneConfig:
+    """The run's configuration: the given options, or on resume the stored ones (checked to agree)."""
+    known = {f.name for f in fields(FinetuneConfig)} - {"model", "data_dir", "out_dir"}
+    unknown = sorted(set(options) - known)
+    _check(not unknown, f"unknown fine-tuning option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    run_dir = Path(out_dir)
+    resolve_weights(model)  # an unknown name fails here, before anything is read or written
+    requested = FinetuneConfig(model=model, data_dir=str(data_dir), out_dir=str(run_dir), **options)
+    if not has_resume_point(run_dir):
+        return requested  # nothing finished yet: (re)start from the beginning
+    if not resume:
+        raise InvalidArgumentError(f"{run_dir} already holds a run with a resume point; pass --resume (resume=True) to "
+                                   "continue it, or choose another --out")
+    stored = read_json(run_dir / CONFIG_FILE)["config"]
+    stored.update({"data_dir": str(data_dir), "out_dir": str(run_dir)})
+    changed = sorted(k for k, v in options.items() if k not in RESUMABLE_CHANGES and stored.get(k) != v)
+    changed += ["model"] if stored["model"] != model else []
+    _check(not changed, f"cannot resume {run_dir} with different option(s): "
+                        + ", ".join(f"{k} (run: {stored.get(k)!r})" for k in changed)
+                        + "; drop them or start another run")
+    stored.update({k: v for k, v in options.items() if k in RESUMABLE_CHANGES})
+    return FinetuneConfig(**stored)

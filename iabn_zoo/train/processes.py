@@ -1,0 +1,74 @@
+"""This process's place in a fine-tuning job: torchrun ranks, the device it trains on, mixed precision, and sums
+over ranks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..errors import InvalidArgumentError
+from ..tasks.accuracy import Tally
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place in the job: rank, world size and the device it trains on."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_writer(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+@contextmanager
+def process_group(device: str | None) -> Iterator[Processes]:
+    """Join the torchrun job when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU), and leave it afterwards."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    target = torch.device(f"cuda:{local_rank}" if use_cuda and device in (None, "cuda") else (device or "cpu"))
+    if target.type == "cuda":
+        torch.cuda.set_device(target)
+    started_here = world_size > 1 and not dist.is_initialized()
+    if started_here:
+        dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
+    try:
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        yield Processes(rank=rank, world_size=dist.get_world_size() if dist.is_initialized() else 1, device=target)
+    finally:
+        if started_here:
+            dist.destroy_process_group()
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`; None for full fp32."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "fp16" and device.type != "cuda":
+        raise InvalidArgumentError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def all_reduce_tally(tally: Tally, procs: Processes) -> Tally:
+    """The sum of every rank's tally."""
+    if not procs.distributed:
+        return tally
+    packed = torch.tensor([tally.loss_sum, tally.top1, tally.top5, tally.images], dtype=torch.float64,
+                          device=procs.device if procs.device.type == "cuda" else "cpu")
+    dist.all_reduce(packed)
+    loss_sum, top1, top5, images = packed.tolist()
+    return Tally(loss_sum=loss_sum, top1=int(top1), top5=int(top5), images=int(images))
