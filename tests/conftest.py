@@ -1,7 +1,15 @@
-"""Shared fixtures: every test gets its own empty zoo cache and no user registry files."""
+"""Shared fixtures: every test gets its own empty zoo cache and no user registry files; the loopback HTTP server
+(`loopback_server`) is available to every test. The helpers every folder shares live in `support/`."""
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import support.x` from every folder
+
+from support.loopback_server import loopback_server  # noqa: E402,F401  (fixture)
 
 torch.set_num_threads(1)
 

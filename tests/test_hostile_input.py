@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from authors_checkpoints import publish
-from loopback_server import loopback_server  # noqa: F401 (fixture)
+from support.authors_checkpoints import publish
 
 from iabn_zoo import cli
 from iabn_zoo.cli.exit_codes import exit_code
@@ -299,7 +298,7 @@ def test_image_bomb_is_refused_by_predict(loopback_server, tmp_path, capsys):
 
 
 def test_image_bomb_is_refused_by_segment(tmp_path, capsys):
-    from segmentation_fixtures import TINY_WEIGHTS, served_tiny_vistas
+    from support.segmentation_fixtures import TINY_WEIGHTS, served_tiny_vistas
 
     bomb = png_bomb(tmp_path / "bomb.png", bomb_side())
     out = tmp_path / "out"

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from authors_checkpoints import publish, write_imagenet_checkpoint
-from loopback_server import loopback_server  # noqa: F401  (fixture)
+from support.authors_checkpoints import publish, write_imagenet_checkpoint
 
 import iabn_zoo as zoo
 from iabn_zoo.models._registry import list_archs

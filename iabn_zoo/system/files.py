@@ -28,6 +28,11 @@ def temporary_sibling(target: Path) -> Path:
             continue
 
 
+def is_temporary(path: Path) -> bool:
+    """Whether `path` is a write in progress made by `temporary_sibling` (listings and clean-ups leave it alone)."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
 def fsync_file(path: Path) -> None:
     """Flush a file's data to disk."""
     with open(path, "rb+") as handle:

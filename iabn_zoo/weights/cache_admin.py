@@ -10,6 +10,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from ..errors import ChecksumError, DownloadError, InvalidArgumentError
+from ..system.files import is_temporary
 from ..system.hashing import file_md5
 from .cache import (
     HOME_ENV,
@@ -123,15 +124,15 @@ def cached_files(root: Path | None = None) -> list[CachedFile]:
 
 
 def _listing(directory: Path) -> list[tuple[Path, int]]:
-    """(path, size) of the regular files in `directory`, lock files left out; files that vanish while listing
-    (a download renaming its partial file, another process removing one) are skipped, not an error."""
+    """(path, size) of the regular files in `directory`, lock files and writes in progress left out; files that
+    vanish while listing (a download renaming its partial file, another process removing one) are skipped."""
     try:
         entries = list(directory.iterdir())
     except (FileNotFoundError, NotADirectoryError):
         return []
     found = []
     for path in entries:
-        if path.name.endswith(LOCK_SUFFIX):
+        if path.name.endswith(LOCK_SUFFIX) or is_temporary(path):
             continue
         try:
             info = path.stat()
@@ -192,5 +193,5 @@ def _remove_stale_stamps(checkpoints: Path) -> None:
     if not stamps.is_dir():
         return
     for stamp in stamps.iterdir():
-        if not (checkpoints / stamp.name.removesuffix(".json")).exists():
+        if stamp.name.endswith(".json") and not (checkpoints / stamp.name.removesuffix(".json")).exists():
             remove_quietly(stamp)

@@ -11,8 +11,8 @@ import json
 import subprocess
 
 import pytest
-from loopback_server import loopback_server, md5_of, random_payload  # noqa: F401 (fixture)
-from reliability_support import PYTHON, registry_entry, wait_for
+from support.loopback_server import md5_of, random_payload
+from support.processes import PYTHON, registry_entry, wait_for
 
 from iabn_zoo.weights.cache import has_valid_stamp
 

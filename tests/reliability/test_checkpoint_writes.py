@@ -13,13 +13,13 @@ import subprocess
 import time
 from pathlib import Path
 
+from support.image_folders import write_colour_dataset
+from support.processes import PYTHON, wait_for
+
 from iabn_zoo.factory import load_run
 from iabn_zoo.system.tensor_files import read_safetensors
 from iabn_zoo.train.run_writer import load_resume_point
 from iabn_zoo.weights.run_reader import read_metrics
-from reliability_support import PYTHON, wait_for
-
-from tests.image_folders import write_colour_dataset
 
 FINETUNE = ["--batch-size", "6", "--image-size", "16", "--augment", "none", "--num-workers", "0", "--no-progress",
             "--lr", "0.01"]

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from authors_checkpoints import write_imagenet_checkpoint
-from loopback_server import loopback_server, md5_of  # noqa: F401 (fixture)
-from reliability_support import PYTHON, registry_entry, wait_for
+from support.authors_checkpoints import write_imagenet_checkpoint
+from support.loopback_server import md5_of
+from support.processes import PYTHON, registry_entry, wait_for
 
 import iabn_zoo as zoo
 

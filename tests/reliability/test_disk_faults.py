@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from loopback_server import loopback_server, md5_of, random_payload  # noqa: F401 (fixture)
+from support.loopback_server import md5_of, random_payload
 
 from iabn_zoo.errors import CacheWriteError, DownloadError
 from iabn_zoo.weights.cache import checkpoint_path, converted_path

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from loopback_server import Fault, loopback_server, md5_of, random_payload  # noqa: F401 (fixture)
+from support.loopback_server import Fault, md5_of, random_payload
 
 from iabn_zoo.errors import ChecksumError, DownloadError, UnknownNameError
 from iabn_zoo.weights.cache import checkpoint_path, has_valid_stamp, part_path

@@ -8,9 +8,8 @@ import sys
 
 import pytest
 import torch
-from authors_checkpoints import publish, write_imagenet_checkpoint
-from loopback_server import loopback_server  # noqa: F401  (fixture)
 from PIL import Image
+from support.authors_checkpoints import publish, write_imagenet_checkpoint
 
 import iabn_zoo as zoo
 from iabn_zoo.cli.exit_codes import exit_code

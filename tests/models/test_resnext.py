@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 import torch.nn as nn
-from network_checks import assert_close_scaled, train_step
+from support.numerics import assert_close_scaled, train_step
 
 from iabn_zoo.errors import InvalidArgumentError, UnknownNameError
 from iabn_zoo.factory import create_model, list_models

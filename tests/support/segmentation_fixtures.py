@@ -18,8 +18,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from authors_checkpoints import write_vistas_checkpoint
-from loopback_server import LoopbackServer
 
 from iabn_zoo.layers import make_norm_act
 from iabn_zoo.models._base import FeatureInfo, ZooNet
@@ -28,6 +26,8 @@ from iabn_zoo.models._registry import is_arch, register_arch, unregister_arch
 from iabn_zoo.models.deeplab import DeepLabV3Head
 from iabn_zoo.models.segmentation import SegmentationNet
 from iabn_zoo.weights.catalog import Weights, get_weights, register_weights, unregister_weights
+from support.authors_checkpoints import write_vistas_checkpoint
+from support.loopback_server import LoopbackServer
 
 TINY_WEIGHTS = "tiny_vistas_deeplab3_test"
 TINY_LONG_SIDE = 64

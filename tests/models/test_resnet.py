@@ -4,7 +4,7 @@
 import pytest
 import torch
 import torch.nn as nn
-from network_checks import train_step
+from support.numerics import train_step
 
 from iabn_zoo.errors import InvalidArgumentError, UnknownNameError
 from iabn_zoo.factory import create_model, list_models

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from filelock import FileLock
-from loopback_server import Fault, loopback_server, md5_of, random_payload  # noqa: F401 (fixture)
+from support.loopback_server import Fault, md5_of, random_payload
 
 from iabn_zoo.cli.main import main
 from iabn_zoo.weights.cache import checkpoint_path, converted_path, lock_path, part_path

@@ -11,25 +11,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from iabn_zoo.factory import load_run
-from iabn_zoo.system.tensor_files import read_safetensors
-from iabn_zoo.train.run_writer import load_resume_point
-from iabn_zoo.weights.run_reader import read_metrics, read_run, run_weights
 from PIL import Image
+from support.image_folders import write_colour_dataset
+from support.loopback_server import LoopbackServer
 
 from iabn_zoo import cli
 from iabn_zoo.cli.exit_codes import exit_code
 from iabn_zoo.data.labels import class_names
 from iabn_zoo.errors import DataError, InvalidArgumentError, UnknownNameError
-from iabn_zoo.factory import create_model
+from iabn_zoo.factory import create_model, load_run
+from iabn_zoo.system.tensor_files import read_safetensors
 from iabn_zoo.train.config import FinetuneConfig
 from iabn_zoo.train.finetune import finetune
 from iabn_zoo.train.optim import lr_factor, parameter_groups
+from iabn_zoo.train.run_writer import load_resume_point
 from iabn_zoo.weights.catalog import register_weights, unregister_weights
-from tests.image_folders import write_colour_dataset
-from tests.loopback_server import LoopbackServer
+from iabn_zoo.weights.run_reader import read_metrics, read_run, run_weights
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAST = dict(batch_size=6, image_size=16, augment="light", num_workers=0, progress=False)
 CHANCE = 100 / 3
 

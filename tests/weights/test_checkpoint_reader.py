@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from authors_checkpoints import (
+from support.authors_checkpoints import (
     to_2017_layout,
     with_module_prefix,
     without_num_batches_tracked,

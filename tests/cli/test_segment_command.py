@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from segmentation_fixtures import TINY_WEIGHTS, served_tiny_vistas
+from support.segmentation_fixtures import TINY_WEIGHTS, served_tiny_vistas
 
 import iabn_zoo as zoo
 from iabn_zoo.cli.main import main
@@ -190,7 +190,7 @@ def test_command_runs_as_a_process_with_a_progress_bar(tmp_path):
 
 # The child process must know the test-only architecture: it imports the fixtures module, then runs the CLI.
 PLUGIN_RUNNER = (
-    f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import segmentation_fixtures as fixtures; "
+    f"import sys; sys.path.insert(0, {str(Path(__file__).parents[1])!r}); import support.segmentation_fixtures as fixtures; "
     "from iabn_zoo.cli.main import main\nwith fixtures.tiny_arch_registered(): sys.exit(main(sys.argv[1:]))"
 )
 

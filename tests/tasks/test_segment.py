@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
-from segmentation_fixtures import TINY_LONG_SIDE, TINY_WEIGHTS, served_tiny_vistas
+from support.segmentation_fixtures import TINY_LONG_SIDE, TINY_WEIGHTS, served_tiny_vistas
 
 import iabn_zoo as zoo
 import iabn_zoo.tasks.segment as seg_predict

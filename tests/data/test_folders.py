@@ -5,11 +5,11 @@ import warnings
 import pytest
 import torch
 from PIL import Image
+from support.image_folders import write_colour_dataset, write_colour_split
 
 from iabn_zoo.data.folders import ImageFolder, load_splits
 from iabn_zoo.data.transforms import ToTensor, train_transform
 from iabn_zoo.errors import DataError, InvalidArgumentError
-from tests.image_folders import write_colour_dataset, write_colour_split
 
 
 def save(path, image):

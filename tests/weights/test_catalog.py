@@ -24,7 +24,7 @@ from iabn_zoo.weights.catalog import (
 )
 from iabn_zoo.weights.gdrive import direct_url, file_id
 
-REGISTRY_DIR = Path(__file__).resolve().parents[1] / "iabn_zoo" / "weights" / "registry"
+REGISTRY_DIR = Path(__file__).resolve().parents[2] / "iabn_zoo" / "weights" / "registry"
 IMAGENET_METRICS = {"top1", "top5", "top1_10crop", "top5_10crop", "top1_320", "top5_320"}
 # (name, md5, Drive id) as published in the authors' README (DESIGN.md table)
 PUBLISHED = [

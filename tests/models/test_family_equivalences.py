@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from network_checks import assert_same_function, assert_within_noise, noise_floor, train_step
+from support.numerics import assert_same_function, assert_within_noise, noise_floor, train_step
 
 from iabn_zoo.factory import create_model
 from iabn_zoo.layers import InPlaceABN, convert_norm

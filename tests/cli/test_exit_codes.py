@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from authors_checkpoints import publish
-from loopback_server import loopback_server  # noqa: F401 (fixture)
+from support.authors_checkpoints import publish
 
 from iabn_zoo import cli, errors
 from iabn_zoo.cli import exit_codes
 from iabn_zoo.weights.catalog import unregister_weights
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KINDS = {errors.ZooError: 1, errors.InvalidArgumentError: 2, errors.UnknownNameError: 3, errors.RegistryError: 4,
          errors.DownloadError: 5, errors.ChecksumError: 6, errors.CheckpointError: 7, errors.DataError: 8}
 

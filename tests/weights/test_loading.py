@@ -4,8 +4,7 @@ import hashlib
 
 import pytest
 import torch
-from authors_checkpoints import publish, to_2017_layout, write_imagenet_checkpoint, write_malicious_checkpoint
-from loopback_server import loopback_server  # noqa: F401  (fixture)
+from support.authors_checkpoints import publish, to_2017_layout, write_imagenet_checkpoint, write_malicious_checkpoint
 
 import iabn_zoo as zoo
 from iabn_zoo.errors import CheckpointError

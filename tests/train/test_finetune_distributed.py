@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.image_folders import write_colour_dataset
+
 from iabn_zoo.system.tensor_files import read_safetensors
 from iabn_zoo.weights.run_reader import read_metrics
 
-from tests.image_folders import write_colour_dataset
-
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Each rank fine-tunes into its own would-be run folder (rank 0: run, rank 1: run_rank1) and reports its final
 # state outside them, so the test can see what every rank holds and that only rank 0 wrote a run.

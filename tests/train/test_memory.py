@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from network_checks import assert_close_scaled
+from support.numerics import assert_close_scaled
 
 from iabn_zoo.cli import memory as memory_command
 from iabn_zoo.cli.exit_codes import exit_code
