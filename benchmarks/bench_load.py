@@ -43,8 +43,8 @@ def _measure(quick: bool, tmp: Path) -> list[dict[str, Any]]:
     from iabn_zoo.system.tensor_files import read_safetensors
     from iabn_zoo.weights.cache import converted_path
     from iabn_zoo.weights.catalog import get_weights, unregister_weights
-    from tests.authors_checkpoints import publish, write_imagenet_checkpoint
-    from tests.loopback_server import LoopbackServer
+    from tests.support.authors_checkpoints import publish, write_imagenet_checkpoint
+    from tests.support.loopback_server import LoopbackServer
 
     reference = get_weights(REFERENCE_WEIGHTS[quick])
     kwargs = {**reference.arch_kwargs, "bn_mode": "inplace"}

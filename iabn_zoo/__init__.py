@@ -34,6 +34,7 @@ _EXPORTS = {
     "enable_fast_eval": "models._fast_eval",
     "disable_fast_eval": "models._fast_eval",
     "load_run": "factory",
+    "finetune": "train.finetune",
     "run_weights": "weights.run_reader",
     "CacheWriteError": "errors",
 }

@@ -1,10 +1,14 @@
-"""The public names of DESIGN.md resolve to what they promise, whatever was imported before them."""
+"""The public names the README documents resolve to what they promise, whatever was imported before them."""
 
+import re
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import iabn_zoo as zoo
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 CONTRACT = ("list_models", "list_weights", "get_weights", "register_weights", "create_model", "download",
             "load_state_dict", "Weights", "ZooError", "DownloadError", "ChecksumError", "CheckpointError",
@@ -26,6 +30,23 @@ def test_contract_names_are_exported():
         assert name in zoo.__all__
         assert not isinstance(getattr(zoo, name), types.ModuleType)
     assert issubclass(zoo.ChecksumError, zoo.ZooError) and issubclass(zoo.CheckpointError, zoo.ZooError)
+
+
+def test_every_name_the_readme_uses_is_exported():
+    used = set(re.findall(r"\bzoo\.([A-Za-z_]\w*)", README))
+    assert {"create_model", "run_weights", "load_run", "finetune", "convert_norm"} <= used, used
+    missing = sorted(name for name in used if name not in zoo.__all__)
+    assert not missing, f"the README uses zoo.{missing}, which iabn_zoo does not export"
+    for name in used:
+        assert callable(getattr(zoo, name)) and not isinstance(getattr(zoo, name), types.ModuleType), name
+
+
+def test_every_error_the_readme_lists_is_a_zoo_error():
+    listed = re.search(r"Errors are typed \(([^)]*)\)", README).group(1)
+    names = re.findall(r"`(?:zoo\.)?(\w+Error)`", listed)
+    assert "ZooError" in names and len(names) >= 8, names
+    for name in names:
+        assert issubclass(getattr(zoo, name), zoo.ZooError), name
 
 
 def test_no_export_is_shadowed_by_a_submodule_of_the_same_name():

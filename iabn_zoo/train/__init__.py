@@ -1,1 +1,3 @@
-"""train"""
+"""Fine-tuning: configuration, processes (torchrun), data loaders, the network to train, optimisation, the loop,
+writing run directories; and measuring the memory of a training step. May import: the front door (`factory`),
+models, layers, weights, data, tasks.accuracy, system, errors."""

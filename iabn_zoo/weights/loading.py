@@ -103,10 +103,8 @@ def load_pretrained(model: nn.Module, weights: Any, progress: bool = True) -> nn
 def build_pretrained(build: Callable[[], nn.Module], weights: Any, progress: bool = True) -> nn.Module:
     """`build()` a network and load `weights` into it, without the random initialisation the weights replace.
     The caller has imported whatever `build` needs: module-level tensors must not land on the meta device."""
-    from ..models._registry import list_archs
     weights = _as_weights(weights)
     state_dict = load_weights_state_dict(weights, progress=progress)
-    list_archs()  # import the family modules now: module-level tensors must not land on the meta device
     try:
         with torch.device("meta"):
             model = build()

@@ -1,7 +1,7 @@
 """Write the key/shape manifests of the published ImageNet configurations from the authors' own model code.
 
 Run once, by hand, with the path of an extracted copy of the authors' `scripts` folder (mapillary/inplace_abn):
-    python tests/manifests/generate_manifests.py /tmp/authors/scripts [weights_name ...]
+    python tests/models/manifests/generate_manifests.py /tmp/authors/scripts [weights_name ...]
 Nothing of the authors' code is kept here: their modules are imported from that path, their experiment files
 (scripts/experiments/*.json) give each configuration, and only the resulting state_dict layout is written.
 """
