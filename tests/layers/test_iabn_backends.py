@@ -1,16 +1,40 @@
-"""Both InPlace-ABN backends against a float64 reference written with plain autograd, and what backward keeps."""
+"""Both InPlace-ABN backends against a float64 reference written with plain autograd, and what backward keeps.
+
+Exactness is judged in float64 (the compiled kernels within FLOAT64_TOL, the torch backend within
+PURE_FLOAT64_TOL); float32 against the noise floor of standard BN measured in the same test."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.numerics import (
+    FLOAT64_TOL,
+    PURE_FLOAT64_TOL,
+    assert_as_close_as_standard,
+    assert_same_function,
+    inversion_condition,
+)
 
 from iabn_zoo.layers import ABN, make_norm_act, native_kernels
 
 BACKENDS = ["torch"] + (["native"] if native_kernels() is not None else [])
 ACTIVATIONS = [("leaky_relu", 0.01), ("elu", 1.0), ("identity", 0.0), ("leaky_relu", 0.3), ("elu", 0.5)]
-TOL = dict(rtol=1e-6, atol=1e-8)
+GRADIENT_NAMES = ("input gradient", "weight gradient", "bias gradient", "residual gradient")
+
+
+def float64_tol(backend):
+    """The compiled kernels keep activation_param, eps and momentum in float32 (~1e-8 here); the torch backend is
+    float64 throughout."""
+    return FLOAT64_TOL if backend == "native" else PURE_FLOAT64_TOL
+
+
+def activate(z, activation, param):
+    if activation == "leaky_relu":
+        return F.leaky_relu(z, param)
+    if activation == "elu":
+        return F.elu(z, param)
+    return z
 
 
 def reference(x, weight, bias, mean, var, activation, param, eps=1e-5, residual=None):
@@ -20,11 +44,7 @@ def reference(x, weight, bias, mean, var, activation, param, eps=1e-5, residual=
     z = xhat * (weight.abs() + eps).view(shape) + bias.view(shape)
     if residual is not None:
         z = z + residual
-    if activation == "leaky_relu":
-        return F.leaky_relu(z, param)
-    if activation == "elu":
-        return F.elu(z, param)
-    return z
+    return activate(z, activation, param)
 
 
 def batch_stats(x):
@@ -66,6 +86,18 @@ def run_reference(layer, x, g, training, residual=None):
     return y.detach(), grads
 
 
+def run_standard(layer, x, g):
+    """The same function the standard way: F.batch_norm (batch statistics) with weight |w| + eps, then the
+    activation; output and the gradients of input, weight and bias of sum(y * g)."""
+    x = x.clone().requires_grad_()
+    weight = layer.weight.detach().clone().requires_grad_()
+    bias = layer.bias.detach().clone().requires_grad_()
+    z = F.batch_norm(x, None, None, weight.abs() + layer.eps, bias, True, 0.0, layer.eps)
+    y = activate(z, layer.activation, layer.activation_param)
+    (y * g).sum().backward()
+    return y.detach(), [x.grad, weight.grad, bias.grad]
+
+
 shapes = st.lists(st.integers(1, 5), min_size=0, max_size=3).flatmap(
     lambda spatial: st.tuples(st.integers(1, 4), st.integers(1, 5), st.just(tuple(spatial))))
 
@@ -87,17 +119,19 @@ def test_matches_reference_on_random_shapes(backend, shape, act, training, use_r
     mean0, var0 = layer.running_mean.clone(), layer.running_var.clone()
     expected_y, expected_grads = run_reference(layer, x, g, training, residual)
     y, grads = run_layer(layer, x, g, residual)
-    torch.testing.assert_close(y, expected_y, **TOL)
-    for got, want in zip(grads, expected_grads):
-        torch.testing.assert_close(got, want, **TOL)
+    tol = float64_tol(backend)
+    assert_same_function(y, expected_y, "output", tol)
+    for got, want, name in zip(grads, expected_grads, GRADIENT_NAMES):
+        assert_same_function(got, want, name, tol)
     if training:
         count = x.numel() // c
         mean, var = batch_stats(x)
-        torch.testing.assert_close(layer.running_mean, 0.9 * mean0 + 0.1 * mean, **TOL)
-        torch.testing.assert_close(layer.running_var, 0.9 * var0 + 0.1 * var * count / (count - 1), **TOL)
+        assert_same_function(layer.running_mean, 0.9 * mean0 + 0.1 * mean, "running_mean", tol)
+        assert_same_function(layer.running_var, 0.9 * var0 + 0.1 * var * count / (count - 1), "running_var", tol)
         assert int(layer.num_batches_tracked) == 1
     else:
-        assert torch.equal(layer.running_mean, mean0) and torch.equal(layer.running_var, var0)
+        assert torch.equal(layer.running_mean, mean0) and torch.equal(layer.running_var, var0), (
+            "eval mode changed the running statistics")
         assert int(layer.num_batches_tracked) == 0
 
 
@@ -105,6 +139,9 @@ def test_matches_reference_on_random_shapes(backend, shape, act, training, use_r
 @pytest.mark.parametrize("shape", [(7, 3), (1, 4, 9), (3, 2, 5, 7), (1, 3, 3, 5), (2, 2, 3, 1, 5)],
                          ids=["2d", "3d-batch1", "4d-odd", "4d-batch1", "5d"])
 def test_float32_close_to_float64_reference(backend, shape):
+    """As close to float64 as float32 standard BN, measured here. Every result rests on per-channel sums over the
+    batch (their rounding depends on the summation order), and the gradients on xhat recovered from the output
+    (whose rounding the division by |w| + eps amplifies: `inversion_condition`)."""
     gen = torch.Generator().manual_seed(sum(shape))
     layer = random_layer(backend, shape[1], "leaky_relu", 0.01, dtype=torch.float32, generator=gen)
     x = torch.randn(shape, generator=gen)
@@ -112,11 +149,14 @@ def test_float32_close_to_float64_reference(backend, shape):
     reference_layer = random_layer(backend, shape[1], "leaky_relu", 0.01)
     reference_layer.load_state_dict(layer.state_dict())
     expected_y, expected_grads = run_reference(reference_layer, x.double(), g.double(), True)
+    standard_y, standard_grads = run_standard(layer, x, g)
     y, grads = run_layer(layer, x, g)
     assert y.dtype == torch.float32
-    torch.testing.assert_close(y.double(), expected_y, rtol=1e-4, atol=1e-4)
-    for got, want in zip(grads, expected_grads):
-        torch.testing.assert_close(got.double(), want, rtol=1e-3, atol=1e-3)
+    count = x.numel() // shape[1]
+    assert_as_close_as_standard(y, standard_y, expected_y, "float32 output", terms=count)
+    condition = inversion_condition(layer.weight, layer.bias, layer.eps)
+    for got, standard, want, name in zip(grads, standard_grads, expected_grads, GRADIENT_NAMES):
+        assert_as_close_as_standard(got, standard, want, f"float32 {name}", factor=8 * condition, terms=count)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -146,11 +186,13 @@ def test_fused_residual_equals_plain_formulation(backend, activation):
     x2, r2 = x.clone().requires_grad_(), r.clone().requires_grad_()
     y_plain = act[activation](plain(x2 * 1.0) + r2)
     (y_plain * g).sum().backward()
-    torch.testing.assert_close(y_fused, y_plain, **TOL)
-    for a, b in [(x1.grad, x2.grad), (r1.grad, r2.grad), (fused.weight.grad, plain.weight.grad),
-                 (fused.bias.grad, plain.bias.grad)]:
-        torch.testing.assert_close(a, b, **TOL)
-    torch.testing.assert_close(fused.running_var, plain.running_var, **TOL)
+    tol = float64_tol(backend)
+    assert_same_function(y_fused, y_plain, "output", tol)
+    for a, b, name in [(x1.grad, x2.grad, "input gradient"), (r1.grad, r2.grad, "residual gradient"),
+                       (fused.weight.grad, plain.weight.grad, "weight gradient"),
+                       (fused.bias.grad, plain.bias.grad, "bias gradient")]:
+        assert_same_function(a, b, name, tol)
+    assert_same_function(fused.running_var, plain.running_var, "running_var", tol)
     assert torch.equal(r, r1.detach()), "the residual must be left untouched"
 
 
@@ -158,7 +200,7 @@ def test_standard_mode_residual_matches_plain_formulation():
     layer = ABN(4, activation="relu").double()
     x, r = torch.randn(2, 4, 3, 3, dtype=torch.float64), torch.randn(2, 4, 3, 3, dtype=torch.float64)
     expected = F.relu(F.batch_norm(x, None, None, layer.weight, layer.bias, True, 0.1, layer.eps) + r)
-    torch.testing.assert_close(layer(x.clone(), r), expected, **TOL)
+    assert_same_function(layer(x.clone(), r), expected, "output", PURE_FLOAT64_TOL)
 
 
 def saved_bytes(fn):
@@ -217,6 +259,6 @@ def test_backward_twice_with_retained_graph_gives_same_gradients(backend, activa
     kept = y.detach().clone()
     first = torch.autograd.grad(y, [x, layer.weight], torch.ones_like(y), retain_graph=True)
     second = torch.autograd.grad(y, [x, layer.weight], torch.ones_like(y) * 1.0)
-    assert torch.equal(y.detach(), kept)
-    for a, b in zip(first, second):
+    assert torch.equal(y.detach(), kept), "backward wrote over the output it recomputes from"
+    for a, b in zip(first, second):  # the same computation on the same saved tensors: bit for bit
         torch.testing.assert_close(a, b, rtol=0, atol=0)

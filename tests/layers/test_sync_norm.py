@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from support.numerics import PURE_FLOAT64_TOL, assert_differs, assert_same_function
 
 from iabn_zoo.layers import InPlaceABN, InPlaceABNSync, native_kernels
 
@@ -90,14 +91,15 @@ def test_two_ranks_match_one_process_on_whole_batch(rank_results, backend, name,
     key = (backend, name) if group is None else (backend, name, group)
     whole = run_case(make_layer(InPlaceABN, name, backend), name, slice(None))
     ranks = [results[key] for results in rank_results]
-    close = dict(rtol=1e-9, atol=1e-10)
+    # float64, one backend on both sides (its float32 scalars alike): only the order of the sums differs
     for field in ("y", "dx") + (("dresidual",) if whole["dresidual"] is not None else ()):
-        torch.testing.assert_close(torch.cat([r[field] for r in ranks]), whole[field], **close)
+        assert_same_function(torch.cat([r[field] for r in ranks]), whole[field], field, PURE_FLOAT64_TOL)
     for field in ("dweight", "dbias"):  # local sums, as DistributedDataParallel expects: they add up
-        torch.testing.assert_close(sum(r[field] for r in ranks), whole[field], **close)
+        assert_same_function(sum(r[field] for r in ranks), whole[field], f"sum of {field} over ranks",
+                             PURE_FLOAT64_TOL)
     for field in ("running_mean", "running_var"):
-        for r in ranks:
-            torch.testing.assert_close(r[field], whole[field], **close)
+        for rank, r in enumerate(ranks):
+            assert_same_function(r[field], whole[field], f"{field} of rank {rank}", PURE_FLOAT64_TOL)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -106,5 +108,7 @@ def test_unsynchronised_ranks_differ_from_whole_batch(rank_results, backend):
     name = "4d_leaky"
     whole = run_case(make_layer(InPlaceABN, name, backend), name, slice(None))
     unsynced = [results[(backend, name, "unsynced")] for results in rank_results]
-    assert not torch.allclose(torch.cat([r["y"] for r in unsynced]), whole["y"])
-    assert not torch.allclose(unsynced[0]["running_var"], unsynced[1]["running_var"])
+    # margins far above the 1e-10 the synchronised ranks are held to: batch statistics of 3 or 5 rows, not 8
+    assert_differs(torch.cat([r["y"] for r in unsynced]), whole["y"], 1e-2,
+                   "unsynchronised outputs and the whole batch's")
+    assert_differs(unsynced[0]["running_var"], unsynced[1]["running_var"], 1e-2, "the two ranks' running_var")

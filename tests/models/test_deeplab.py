@@ -1,9 +1,11 @@
 """DeepLabV3 head: authors' module names, output shapes, the global-pooling branch (whole-map mean in training,
-clipped sliding window with replicate padding at inference) against a direct computation, and bad input."""
+clipped sliding window with replicate padding at inference) against a direct computation, and bad input.
+The head's computations are judged against the direct ones in float64 (convolution and pooling: float64 PyTorch)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
+from support.numerics import PURE_FLOAT64_TOL, assert_differs, assert_same_function, float64_tol
 
 from iabn_zoo.errors import InvalidArgumentError
 from iabn_zoo.layers import make_norm_act, native_kernels
@@ -57,53 +59,54 @@ def test_output_shape_and_backward_in_train_and_eval(bn_mode, backend):
 
 @pytest.mark.parametrize("window", [(5, 4), (4, 5), (3, 3), (6, 2)])
 def test_inference_pooling_equals_the_direct_window_average(window):
-    head = make_head(pooling_size=window).eval()
-    x = torch.randn(2, 12, 13, 11)
+    head = make_head(pooling_size=window).eval().double()
+    x = torch.randn(2, 12, 13, 11).double()
     with torch.no_grad():
         ours = head.pooled_context(x)
         expected = head.global_pooling_conv(direct_window_average(x, window))
     assert ours.shape == (2, 4, 13, 11)
-    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
-    assert ours[:, :, 0, 0].sub(ours[:, :, 6, 5]).abs().max() > 1e-3, "a large map gets a varying context"
+    assert_same_function(ours, expected, "pooled context", PURE_FLOAT64_TOL)
+    assert_differs(ours[:, :, 0, 0], ours[:, :, 6, 5], 1e-3, "a large map's context at two pixels")
 
 
 def test_sliding_average_matches_direct_average_on_large_windows():
-    x = torch.rand(1, 3, 40, 30) * 10
-    torch.testing.assert_close(sliding_average(x, (21, 8)), direct_window_average(x, (21, 8)), rtol=1e-5, atol=1e-5)
+    x = torch.rand(1, 3, 40, 30, dtype=torch.float64) * 10
+    assert_same_function(sliding_average(x, (21, 8)), direct_window_average(x, (21, 8)), "sliding average",
+                         PURE_FLOAT64_TOL)
 
 
 def test_window_larger_than_the_map_is_the_global_mean():
-    head = make_head(pooling_size=84).eval()
-    x = torch.randn(2, 12, 5, 7)
+    head = make_head(pooling_size=84).eval().double()
+    x = torch.randn(2, 12, 5, 7).double()
     with torch.no_grad():
         ours = head.pooled_context(x)
         expected = head.global_pooling_conv(x.mean(dim=(2, 3), keepdim=True)).expand_as(ours)
-        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
-        unset = make_head(pooling_size=None).eval()
-        torch.testing.assert_close(head(x.clone()), unset(x.clone()), rtol=1e-5, atol=1e-5)
+        assert_same_function(ours, expected, "pooled context", PURE_FLOAT64_TOL)
+        unset = make_head(pooling_size=None).eval().double()
+        assert_same_function(head(x.clone()), unset(x.clone()), "head output", float64_tol(head))
 
 
 def test_training_and_no_pooling_size_use_the_whole_map_mean():
-    x = torch.randn(2, 12, 13, 11)
+    x = torch.randn(2, 12, 13, 11).double()
     expected_input = x.mean(dim=(2, 3), keepdim=True)
-    for head in (make_head(pooling_size=3).train(), make_head(pooling_size=None).eval()):
+    for head in (make_head(pooling_size=3).train().double(), make_head(pooling_size=None).eval().double()):
         with torch.no_grad():
             ours = head.pooled_context(x)
-            torch.testing.assert_close(ours, head.global_pooling_conv(expected_input))
+            assert_same_function(ours, head.global_pooling_conv(expected_input), "pooled context", PURE_FLOAT64_TOL)
         assert ours.shape == (2, 4, 1, 1)
 
 
 def test_head_output_is_red_bn_of_the_branch_sum():
     """Wiring: map branch and pooling branch are summed before `red_bn` (standard layers, out of place)."""
-    head = make_head(pooling_size=(4, 3), bn_mode="standard").eval()
-    x = torch.randn(1, 12, 10, 9)
+    head = make_head(pooling_size=(4, 3), bn_mode="standard").eval().double()
+    x = torch.randn(1, 12, 10, 9).double()
     with torch.no_grad():
         branches = head.red_conv(head.map_bn(torch.cat([conv(x) for conv in head.map_convs], dim=1)))
         context = head.pool_red_conv(head.global_pooling_bn(head.global_pooling_conv(direct_window_average(x, (4, 3)))))
-        torch.testing.assert_close(head(x), head.red_bn(branches + context), rtol=1e-5, atol=1e-5)
+        assert_same_function(head(x), head.red_bn(branches + context), "head output", PURE_FLOAT64_TOL)
         varying = head(x)
         head.set_pooling_size(None)
-        assert (head(x) - varying).abs().max() > 1e-4, "the pooling size changes the inference output"
+        assert_differs(head(x), varying, 1e-4, "inference outputs with and without a pooling size")
 
 
 @pytest.mark.parametrize("pooling_size", [0, -3, (84,), (0, 5), (2.5, 3), True, "84"])

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
+from support.numerics import assert_same_function, float64_tol
 
 from iabn_zoo.errors import InvalidArgumentError
 from iabn_zoo.factory import create_model
@@ -100,29 +101,32 @@ def test_small_forward_backward_in_train_and_eval(bn_mode, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("bn_mode", ["standard", "inplace"])
 def test_memory_efficient_layers_compute_the_plain_function(bn_mode, backend):
-    """Outputs, input and parameter gradients, and running statistics (updated once) agree with the plain net."""
+    """Outputs, input and parameter gradients, and running statistics (updated once) agree with the plain net, in
+    float64."""
     torch.manual_seed(1)
-    plain = create_model("densenet121", bn_mode=bn_mode, backend=backend, memory_efficient=False, **SMALL)
-    lean = create_model("densenet121", bn_mode=bn_mode, backend=backend, memory_efficient=True, **SMALL)
+    plain = create_model("densenet121", bn_mode=bn_mode, backend=backend, memory_efficient=False, **SMALL).double()
+    lean = create_model("densenet121", bn_mode=bn_mode, backend=backend, memory_efficient=True, **SMALL).double()
     lean.load_state_dict(plain.state_dict())
     assert lean.mod3.memory_efficient and not plain.mod3.memory_efficient
+    tol = float64_tol(plain)
     for training in (True, False):
-        x = torch.randn(3, 3, 40, 40)
+        x = torch.randn(3, 3, 40, 40).double()
         results = []
         for model in (plain, lean):
             model.train(training)
             model.zero_grad()
             inputs = x.clone().requires_grad_()
             out = model(inputs)
-            (out * torch.linspace(-1, 1, 7)).sum().backward()
+            (out * torch.linspace(-1, 1, 7, dtype=torch.float64)).sum().backward()
             results.append((out, inputs.grad, {n: p.grad for n, p in model.named_parameters()}, norm_buffers(model)))
         (out_p, dx_p, grads_p, buffers_p), (out_l, dx_l, grads_l, buffers_l) = results
-        torch.testing.assert_close(out_l, out_p, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(dx_l, dx_p, rtol=1e-4, atol=1e-6)
+        assert_same_function(out_l.detach(), out_p.detach(), "output", tol)
+        assert_same_function(dx_l, dx_p, "input gradient", tol)
         for name in grads_p:
-            torch.testing.assert_close(grads_l[name], grads_p[name], rtol=1e-4, atol=1e-6, msg=name)
-        for name in buffers_p:  # the recomputation must not count the batch a second time
-            torch.testing.assert_close(buffers_l[name], buffers_p[name], rtol=0, atol=0, msg=name)
+            assert_same_function(grads_l[name], grads_p[name], f"gradient of {name}", tol)
+        for name in buffers_p:  # the forward runs as in the plain net; the recomputation must not count it again
+            assert torch.equal(buffers_l[name], buffers_p[name]), (
+                f"{name}: {buffers_l[name].double().sub(buffers_p[name].double()).abs().max():.3g} from the plain net")
     assert int(buffers_l["mod4.convs1.0.bn.num_batches_tracked"]) == 1
 
 
@@ -167,20 +171,20 @@ def test_running_stats_kept_restores_every_buffer():
 
 def test_features_only_gives_normalised_stages_with_channels_and_strides():
     torch.manual_seed(2)
-    model = create_model("densenet121", features_only=True, **SMALL)  # train mode: batch statistics
+    model = create_model("densenet121", features_only=True, **SMALL).double()  # train mode: batch statistics
     reference = convert_norm(copy.deepcopy(model), "standard")  # out of place: its stages cannot be overwritten
     assert not hasattr(model, "classifier") and model.num_classes == 0
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 64, 64).double()
     with torch.no_grad():
         stages, expected = model(x), reference(x)
     assert [tuple(s.shape) for s in stages] == [(2, info.channels, 64 // info.stride, 64 // info.stride)
                                                for info in model.feature_info]
     assert [info.stride for info in model.feature_info] == [4, 8, 16, 32]
-    for ours, theirs in zip(stages, expected):  # no later in-place layer has overwritten a returned stage
-        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4 * float(theirs.abs().max()))
+    for index, (ours, theirs) in enumerate(zip(stages, expected, strict=True)):  # no later in-place layer has
+        assert_same_function(ours, theirs, f"stage {index}", float64_tol(model))  # overwritten a returned stage
     with torch.no_grad():
         final = model.forward_features(x)
-    torch.testing.assert_close(final, stages[-1], rtol=1e-4, atol=1e-4 * float(final.abs().max()))
+    assert_same_function(final, stages[-1], "forward_features against the last stage", float64_tol(model))
 
 
 def test_dilation_keeps_resolution_and_skips_transition_pooling():

@@ -11,6 +11,7 @@ from collections import OrderedDict
 import pytest
 import torch
 import torch.nn as nn
+from support.numerics import assert_as_close_as_standard, assert_differs, assert_same_function, float64_tol
 
 import iabn_zoo
 from iabn_zoo.errors import InvalidArgumentError
@@ -27,7 +28,6 @@ from iabn_zoo.models._fast_eval import (
 )
 
 BACKENDS = ("native", "torch")
-TOLERANCE = 1e-4
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -44,8 +44,39 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((ours - reference).abs().max() / reference.abs().max())
+def as_list(outputs) -> list[torch.Tensor]:
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def fresh(t: torch.Tensor) -> torch.Tensor:
+    """A copy of `t` with its strides (a strided view stays strided), for a forward that may write over it."""
+    return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype).copy_(t)
+
+
+def float64_run(module: nn.Module, *inputs: torch.Tensor) -> list[torch.Tensor]:
+    """`module`'s outputs in float64, from a float64 copy (the original keeps its float32 caches)."""
+    with torch.no_grad():
+        return as_list(copy.deepcopy(module).double()(*(t.double() for t in inputs)))
+
+
+def assert_matches_reference(model: nn.Module, reference: nn.Module, *inputs: torch.Tensor):
+    """The fast path computes the layers' own eval function: in float64 (folded, never packed) up to rounding, and in
+    float32 (packed oneDNN convolutions, float32 only) as close to float64 as the layers' own float32 forward is.
+    Returns the float32 output, and the layers' float32 and float64 outputs for further calls."""
+    with torch.no_grad():
+        expected = as_list(reference(*(fresh(t) for t in inputs)))
+        outputs = model(*(fresh(t) for t in inputs))
+    expected64 = float64_run(reference, *inputs)
+    for index, (ours64, theirs64) in enumerate(zip(float64_run(model, *inputs), expected64, strict=True)):
+        assert_same_function(ours64, theirs64, f"float64 output {index}", float64_tol(model, reference))
+    assert_within_layers_noise(outputs, expected, expected64)
+    return outputs, expected, expected64
+
+
+def assert_within_layers_noise(outputs, expected: list[torch.Tensor], expected64: list[torch.Tensor]) -> None:
+    """float32 fast-path outputs against the float64 reference, with the layers' own float32 forward as the floor."""
+    for index, (ours, theirs, theirs64) in enumerate(zip(as_list(outputs), expected, expected64, strict=True)):
+        assert_as_close_as_standard(ours, theirs, theirs64, f"float32 output {index}")
 
 
 def reference_copy(model: nn.Module) -> nn.Module:
@@ -98,10 +129,7 @@ def test_stack_matches_layers_in_eval(bn_mode, backend, activation, param):
     reference = reference_copy(model)
     enable_fast_eval(model)
     x = torch.randn(2, 3, 12, 12)
-    with torch.no_grad():
-        expected = reference(x.clone())
-        out = model(x.clone())
-    assert relative_error(out, expected) < TOLERANCE
+    out, _, _ = assert_matches_reference(model, reference, x)
     assert out.is_contiguous()
     pairs = [p for m, p in fast_eval_state(model).overridden if isinstance(getattr(p, "__self__", None), FoldedPair)]
     assert {pair.__self__.conv_name for pair in pairs} == {"conv1", "conv2", "conv4"}
@@ -119,9 +147,8 @@ def test_packing_falls_back_to_the_folded_path(no_packing, monkeypatch):
     else:
         enable_fast_eval(model, channels_last=False)
     x = torch.randn(2, 3, 12, 12)
-    with torch.no_grad():
-        expected, out = reference(x.clone()), model(x.clone())
-    assert relative_error(out, expected) < TOLERANCE and out.is_contiguous()
+    out, _, _ = assert_matches_reference(model, reference, x)
+    assert out.is_contiguous()
     assert packed_convs(model) == (0, 0) and len(fast_path_caches(model)) > 0
 
 
@@ -134,8 +161,7 @@ def test_packed_weights_follow_input_size_and_weight_changes():
                 model.conv3.weight.mul_(-2)
                 model.conv4.weight.add_(0.5)
             x = torch.randn(2, 3, size, size)
-            out, expected = model(x.clone()), reference_copy(model)(x.clone())
-            assert relative_error(out, expected) < TOLERANCE
+            assert_matches_reference(model, reference_copy(model), x)
             assert packed_convs(model) == (2, 1)
 
 
@@ -182,11 +208,8 @@ def test_every_family_matches_inplace_abn_in_eval(arch, options, size, folded_pa
     reference = reference_copy(model)
     model.eval()
     assert is_fast_eval_enabled(model)
-    x = torch.randn(2, 3, size, size)
-    with torch.no_grad():
-        expected = reference(x.clone())
-        out = model(x.clone())
-    assert relative_error(out, expected) < TOLERANCE
+    x = torch.randn(1, 3, size, size)  # one image: eval mode, and the float64 runs of the wide nets cost seconds
+    assert_matches_reference(model, reference, x)
     assert len(fast_path_caches(model)) > 0
     folded, lone = packed_convs(model)
     assert lone > 0 and (folded > 0) == folded_packed
@@ -208,18 +231,15 @@ def test_segmentation_network_matches_in_eval(backend):
     disable_fast_eval(reference.body)
     model.eval()
     x = torch.randn(1, 3, 48, 48)
-    with torch.no_grad():
-        expected = reference(x.clone())
-        out = model(x.clone())
+    out, expected, expected64 = assert_matches_reference(model, reference, x)
     assert out.shape == (1, 5, 6, 6)
-    assert relative_error(out, expected) < TOLERANCE
     assert "forward" in model.head.red_bn.__dict__  # eval() put the head on the fast path, the body stays its own
     assert all(m is not model.body.bn_out for m, _ in fast_eval_state(model).overridden)
     with torch.no_grad():
-        assert relative_error(model(x.clone()), expected) < TOLERANCE
+        assert_within_layers_noise(model(x.clone()), expected, expected64)
         model.train()
         model.eval()
-        assert relative_error(model(x.clone()), expected) < TOLERANCE
+        assert_within_layers_noise(model(x.clone()), expected, expected64)
 
 
 def test_features_only_outputs_match_and_are_contiguous():
@@ -227,12 +247,9 @@ def test_features_only_outputs_match_and_are_contiguous():
     reference = reference_copy(model)
     model.eval()
     x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        expected, outputs = reference(x.clone()), model(x.clone())
+    outputs, expected, _ = assert_matches_reference(model, reference, x)
     assert len(outputs) == len(expected) == 4
-    for out, ref in zip(outputs, expected):
-        assert out.is_contiguous()
-        assert relative_error(out, ref) < TOLERANCE
+    assert all(out.is_contiguous() for out in outputs)
 
 
 def test_train_restores_memory_saving_layers_with_same_parameters():
@@ -259,12 +276,16 @@ def test_train_restores_memory_saving_layers_with_same_parameters():
         assert "forward" not in layer.__dict__, name
         if name in norm_layers:
             assert layer is norm_layers[name] and type(layer) is InPlaceABN
-    for net, opt in ((model, optimizer), (twin, twin_optimizer)):
+    for net, opt in ((model, optimizer), (twin, twin_optimizer)):  # the step in float64: judged as the same function
+        net.double()
         opt.zero_grad()
-        nn.functional.cross_entropy(net(x.clone()), target).backward()
+        nn.functional.cross_entropy(net(x.double()), target).backward()
         opt.step()
     for (name, ours), theirs in zip(model.state_dict().items(), twin.state_dict().values()):
-        torch.testing.assert_close(ours, theirs, msg=name)
+        if ours.is_floating_point():
+            assert_same_function(ours, theirs, name, float64_tol(model))
+        else:
+            assert torch.equal(ours, theirs), f"{name}: {ours.tolist()} != {theirs.tolist()}"
     assert model.mod2.block1.convs.bn1.num_batches_tracked.item() == 1
 
 
@@ -275,11 +296,8 @@ def test_eval_sees_parameter_changes_made_after_a_forward():
         before = model(x.clone())
     new_state = randomize(copy.deepcopy(model), seed=7).state_dict()
     model.load_state_dict(new_state)  # in eval mode, in place: the folded copies must follow
-    reference = reference_copy(model)
-    with torch.no_grad():
-        expected, out = reference(x.clone()), model(x.clone())
-    assert relative_error(out, expected) < TOLERANCE
-    assert relative_error(out, before) > 1e-2
+    out, _, _ = assert_matches_reference(model, reference_copy(model), x)
+    assert_differs(out, before, 1e-2, "outputs before and after the new parameters")
 
 
 def test_replaced_layers_in_eval_mode_are_not_folded_twice():
@@ -288,9 +306,7 @@ def test_replaced_layers_in_eval_mode_are_not_folded_twice():
     with torch.no_grad():
         model(x.clone())
         convert_norm(model, "standard")  # new layers, without re-entering eval()
-        expected = reference_copy(model)(x.clone())
-        out = model(x.clone())
-    assert relative_error(out, expected) < TOLERANCE
+    assert_matches_reference(model, reference_copy(model), x)
 
 
 def test_gradients_in_eval_mode_come_from_the_layers():
@@ -303,8 +319,8 @@ def test_gradients_in_eval_mode_come_from_the_layers():
         inp = x.clone().requires_grad_()
         net(inp).square().sum().backward()
         grads.append((inp.grad, net.conv1.weight.grad, net.bn1.weight.grad))
-    for ours, theirs in zip(*grads):
-        torch.testing.assert_close(ours, theirs)
+    for ours, theirs, name in zip(*grads, ("input", "conv1.weight", "bn1.weight")):  # the same layers ran
+        assert torch.equal(ours, theirs), f"gradient of {name} differs by {(ours - theirs).abs().max():.3g}"
     assert packed_convs(model) == (0, 0)
 
 
@@ -316,10 +332,14 @@ def test_hooks_see_the_convolution_output_not_a_folded_one():
     for net in (model, reference):
         net.conv1.register_forward_hook(lambda module, args, out: seen.append(out.clone()))
     x = torch.randn(1, 3, 12, 12)
+    assert_matches_reference(model, reference, x)
+    # the hooked convolution runs unfolded in both (on channels-last input in the fast path, NCHW in the reference)
+    seen64 = []
+    twin64 = copy.deepcopy(reference).double()
+    twin64.conv1.register_forward_hook(lambda module, args, out: seen64.append(out.clone()))
     with torch.no_grad():
-        out, expected = model(x.clone()), reference(x.clone())
-    torch.testing.assert_close(seen[0], seen[1])
-    assert relative_error(out, expected) < TOLERANCE
+        twin64(x.double())
+    assert_as_close_as_standard(seen[0], seen[1], seen64[0], "float32 conv1 output seen by the hook")
 
 
 def test_disable_lasts_over_train_and_eval():
@@ -337,12 +357,12 @@ def test_disable_lasts_over_train_and_eval():
 def test_copies_and_pickles_of_an_eval_model_compute_the_same():
     model = randomize(iabn_zoo.create_model("resnet18", num_classes=3, backend="torch")).eval()
     x = torch.randn(1, 3, 32, 32)
+    _, expected, expected64 = assert_matches_reference(model, reference_copy(model), x)
     with torch.no_grad():
-        expected = model(x.clone())
         with pytest.raises(InvalidArgumentError):
             model(torch.randn(1, 3, 32, 32)[:, :2])  # fails between the input and output hooks
         for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-            assert relative_error(other(x.clone()), expected) < TOLERANCE
+            assert_within_layers_noise(other(x.clone()), expected, expected64)
             other.train()
             assert not any("forward" in m.__dict__ for m in other.modules())
 
@@ -378,10 +398,8 @@ def test_folded_norm_with_residual_matches_and_checks_the_residual(backend):
     reference = reference_copy(block)
     enable_fast_eval(block)
     x, shortcut = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6)
+    assert_matches_reference(block, reference, x, shortcut)
     with torch.no_grad():
-        expected = reference(x.clone(), shortcut.clone())
-        out = block(x.clone(), shortcut)
-        assert relative_error(out, expected) < TOLERANCE
         with pytest.raises(InvalidArgumentError, match="residual"):
             block(x.clone(), torch.randn(2, 4, 3, 3))
 
@@ -391,7 +409,11 @@ def test_strided_input_to_a_lone_inplace_layer():
     reference = reference_copy(layer)
     enable_fast_eval(layer)
     x = torch.randn(2, 4, 6, 6)
+    assert_matches_reference(layer, reference, x[:, :, ::2])
+    expanded = torch.randn(1, 4, 1, 1).expand(2, 4, 3, 3)  # elements share memory: must not be written over
+    before = expanded.clone()
     with torch.no_grad():
-        assert relative_error(layer(x.clone()[:, :, ::2]), reference(x.clone()[:, :, ::2])) < TOLERANCE
-        expanded = torch.randn(1, 4, 1, 1).expand(2, 4, 3, 3)  # elements share memory: must not be written over
-        assert relative_error(layer(expanded), reference(expanded.contiguous())) < TOLERANCE
+        out, expected = layer(expanded), reference(expanded.contiguous())
+    assert torch.equal(expanded, before), "the expanded input was written over"
+    expected64 = float64_run(reference, expanded.contiguous())
+    assert_within_layers_noise(out, [expected], expected64)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.numerics import assert_differs, assert_same_function, float64_tol
 
 from iabn_zoo.errors import InvalidArgumentError
 from iabn_zoo.factory import create_model
@@ -67,24 +68,26 @@ def test_small_network_trains_and_predicts(bn_mode, backend):
 
 
 def test_inference_pooling_window_changes_the_context_only_on_large_maps():
-    model = small_net(pooling_size=3).eval()
+    model = small_net(pooling_size=3).eval().double()
     global_pool = copy.deepcopy(model)
     global_pool.head.set_pooling_size(None)
     with torch.no_grad():
-        large = torch.randn(1, 3, 64, 64)  # 8x8 map: 3x3 windows differ from the whole-map mean
-        assert (model(large) - global_pool(large)).abs().max() > 1e-4
-        small = torch.randn(1, 3, 24, 24)  # 3x3 map: the window covers it
-        torch.testing.assert_close(model(small), global_pool(small), rtol=1e-5, atol=1e-5)
+        large = torch.randn(1, 3, 64, 64).double()  # 8x8 map: 3x3 windows differ from the whole-map mean
+        assert_differs(model(large), global_pool(large), 1e-4, "logits of 3x3 windows and of the whole-map mean")
+        small = torch.randn(1, 3, 24, 24).double()  # 3x3 map: the window covers it
+        assert_same_function(model(small), global_pool(small), "logits on a map the window covers",
+                             float64_tol(model))
 
 
 def test_converted_to_standard_bn_computes_the_same_logits():
-    model = small_net("inplace")
+    model = small_net("inplace").double()  # judged in float64, converted there too
     standard = convert_norm(copy.deepcopy(model), "standard")
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 32, 32).double()
     for training in (True, False):
         model.train(training), standard.train(training)
         with torch.no_grad():
-            torch.testing.assert_close(model(x), standard(x), rtol=1e-4, atol=1e-4)
+            assert_same_function(model(x), standard(x), f"logits ({'training' if training else 'eval'})",
+                                 float64_tol(model))
 
 
 def test_reset_and_get_classifier():

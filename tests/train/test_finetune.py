@@ -1,5 +1,6 @@
 """Fine-tuning end to end on generated colour classes: accuracy, run files, exact resume, crash safety, bad input."""
 
+import copy
 import json
 import os
 import random
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 from support.image_folders import write_colour_dataset
 from support.loopback_server import LoopbackServer
+from support.numerics import assert_as_close_as_standard
 
 from iabn_zoo import cli
 from iabn_zoo.cli.exit_codes import exit_code
@@ -84,8 +86,9 @@ def test_create_model_loads_a_run_directory(trained):
         assert torch.equal(model(x), result.model.eval()(x))
     assert create_model(result.run_dir, pretrained=True, num_classes=5).get_classifier().out_features == 5
     standard = create_model(result.run_dir, pretrained=True, bn_mode="standard").eval()
-    with torch.no_grad():
-        assert torch.allclose(standard(x), model(x), atol=1e-4)
+    with torch.no_grad():  # converted at load time in the run's float32: judged against the float64 network
+        reference = copy.deepcopy(model).double()(x.double())
+        assert_as_close_as_standard(standard(x), model(x), reference, "float32 logits of the standard-BN model")
 
 
 def test_a_published_run_registers_and_loads_through_the_download_manager(trained):

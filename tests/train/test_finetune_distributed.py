@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from support.image_folders import write_colour_dataset
+from support.numerics import assert_differs
 
 from iabn_zoo.system.tensor_files import read_safetensors
 from iabn_zoo.weights.run_reader import read_metrics
@@ -67,7 +68,10 @@ def test_two_ranks_train_with_synchronised_statistics_and_rank0_alone_writes(tmp
     rank0 = torch.load(tmp_path / "state_rank0.pt")
     rank1 = torch.load(tmp_path / "state_rank1.pt")
     stats0, stats1 = running_stats(rank0), running_stats(rank1)
-    assert stats0 and all(torch.allclose(stats0[k], stats1[k], rtol=1e-5, atol=1e-7) for k in stats0)
+    # every rank reduces the same gathered per-rank statistics in the same order (sync_stats.reduce_statistics), so
+    # the ranks hold the same bits, on any machine: nothing to allow for
+    unequal = {k: float((stats0[k] - stats1[k]).abs().max()) for k in stats0 if not torch.equal(stats0[k], stats1[k])}
+    assert stats0 and not unequal, f"the ranks' synchronised statistics differ (max |diff|): {unequal}"
     assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in stats0.items() if k.endswith("running_mean"))
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0 if k not in stats0)  # DDP keeps weights equal
     saved = read_safetensors(tmp_path / "run" / "model.safetensors")
@@ -85,4 +89,5 @@ def test_without_sync_each_rank_keeps_its_own_statistics(tmp_path, data):
     assert "InPlaceABNSync" not in done.stdout
     stats0 = running_stats(torch.load(tmp_path / "state_rank0.pt"))
     stats1 = running_stats(torch.load(tmp_path / "state_rank1.pt"))
-    assert any(not torch.allclose(stats0[k], stats1[k], rtol=1e-5, atol=1e-7) for k in stats0)
+    assert_differs(torch.cat([stats0[k].flatten() for k in stats0]), torch.cat([stats1[k].flatten() for k in stats0]),
+                   1e-2, "the two ranks' running statistics (each of its own 11 images)")

@@ -1,5 +1,5 @@
-"""Memory tricks and their measurement: exactness of each trick against the plain formulation, bytes kept for
-backward (on small inputs), and the `iabn-zoo memory` command."""
+"""Memory tricks and their measurement: exactness of each trick against the plain formulation (in float64), bytes
+kept for backward (on small inputs), and the `iabn-zoo memory` command."""
 
 import argparse
 import copy
@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.numerics import assert_close_scaled
+from support.numerics import PURE_FLOAT64_TOL, assert_same_function, assert_same_step, float64_tol
 
 from iabn_zoo.cli import memory as memory_command
 from iabn_zoo.cli.exit_codes import exit_code
@@ -34,19 +34,6 @@ def grads_of(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor | None =
     return out.detach(), x.grad, {name: p.grad.clone() for name, p in module.named_parameters()}
 
 
-
-
-def assert_same_function(a, b, tol=1e-5):
-    """Same outputs, input gradient and parameter gradients (float32 tolerance)."""
-    out_a, dx_a, dp_a = a
-    out_b, dx_b, dp_b = b
-    assert_close_scaled(out_a, out_b, tol, "output")
-    assert_close_scaled(dx_a, dx_b, tol, "input gradient")
-    assert dp_a.keys() == dp_b.keys()
-    for name in dp_a:
-        assert_close_scaled(dp_a[name], dp_b[name], tol, name)
-
-
 # --- lean max pooling -------------------------------------------------------------------------------------------
 
 @settings(max_examples=25, deadline=None)
@@ -56,12 +43,12 @@ def test_lean_max_pool_matches_max_pool_outputs_and_gradients(kernel, stride, he
     padding = data.draw(st.integers(0, kernel // 2))
     generator = torch.Generator().manual_seed(kernel * 100 + stride * 10 + height)
     # Integer-valued inputs make ties common: the gradient must go where nn.MaxPool2d sends it.
-    x = torch.randint(-3, 4, (2, 3, height, width), generator=generator).float()
+    x = torch.randint(-3, 4, (2, 3, height, width), generator=generator).double()
     grad = torch.randn(2, 3, (height + 2 * padding - kernel) // stride + 1,
-                       (width + 2 * padding - kernel) // stride + 1, generator=generator)
+                       (width + 2 * padding - kernel) // stride + 1, generator=generator, dtype=torch.float64)
     lean = grads_of(LeanMaxPool2d(kernel, stride, padding), x, grad)
     plain = grads_of(nn.MaxPool2d(kernel, stride, padding), x, grad)
-    assert_same_function(lean, plain, tol=1e-6)
+    assert_same_step(lean, plain, PURE_FLOAT64_TOL)
 
 
 def test_lean_max_pool_keeps_one_byte_per_output_and_not_its_input():
@@ -76,11 +63,11 @@ def test_lean_max_pool_keeps_one_byte_per_output_and_not_its_input():
 
 def test_lean_max_pool_output_may_be_overwritten_in_place():
     """The next in-place norm-act writes over the pooled tensor; backward must not need it."""
-    x = torch.randn(2, 4, 9, 9)
-    norm = make_norm_act("inplace")(4)
+    x = torch.randn(2, 4, 9, 9).double()
+    norm = make_norm_act("inplace")(4).double()
     lean = grads_of(nn.Sequential(LeanMaxPool2d(3, 2, 1), norm), x)
     plain = grads_of(nn.Sequential(nn.MaxPool2d(3, 2, 1), convert_norm(copy.deepcopy(norm), "standard")), x)
-    assert_same_function(lean, plain)
+    assert_same_step(lean, plain, float64_tol(norm))
 
 
 @pytest.mark.parametrize("options", [dict(kernel_size=12, stride=2), dict(kernel_size=3, stride=0),
@@ -118,11 +105,11 @@ def paired_blocks(bn_mode: str, backend: str, channels, stride: int, in_channels
 @pytest.mark.parametrize("channels,stride,in_channels", [((8, 8, 16), 1, 16), ((8, 8, 16), 2, 8), ((8, 8), 1, 8)])
 def test_fused_residual_block_computes_the_plain_block(backend, training, channels, stride, in_channels):
     fused, plain = paired_blocks("inplace", backend, channels, stride, in_channels)
-    fused.train(training)
-    plain.train(training)
-    x = torch.randn(3, in_channels, 10, 10)
-    assert_same_function(grads_of(fused, x), grads_of(plain, x))
-    torch.testing.assert_close(fused.convs[-1].running_var, plain.convs[-1].running_var)
+    fused.double().train(training)
+    plain.double().train(training)
+    x = torch.randn(3, in_channels, 10, 10).double()
+    assert_same_step(grads_of(fused, x), grads_of(plain, x), float64_tol(fused))
+    assert_same_function(fused.convs[-1].running_var, plain.convs[-1].running_var, "running_var", float64_tol(fused))
 
 
 def large_storages(ledger: SavedTensorLedger, threshold: int) -> set[int]:
@@ -153,10 +140,10 @@ def test_identity_block_keeps_nothing_but_its_inplace_outputs(in_channels, strid
 def test_identity_block_inplace_equals_standard(in_channels):
     """The in-place block (which copies its shortcut before bn1 overwrites it) computes the standard block."""
     torch.manual_seed(1)
-    inplace = IdentityResidualBlock(in_channels, (8, 8, 16), make_norm_act("inplace"), groups=2)
+    inplace = IdentityResidualBlock(in_channels, (8, 8, 16), make_norm_act("inplace"), groups=2).double()
     standard = convert_norm(copy.deepcopy(inplace), "standard")
-    x = torch.randn(2, in_channels, 8, 8)
-    assert_same_function(grads_of(inplace, x), grads_of(standard, x))
+    x = torch.randn(2, in_channels, 8, 8).double()
+    assert_same_step(grads_of(inplace, x), grads_of(standard, x), float64_tol(inplace))
 
 
 # --- whole networks -------------------------------------------------------------------------------------------
@@ -189,7 +176,7 @@ def test_memory_efficient_networks_compute_the_plain_networks(arch, size):
     plain = create_model(arch, bn_mode="inplace", memory_efficient=False, num_classes=5).double()
     plain.load_state_dict(lean.state_dict())
     x = torch.randn(2, 3, size, size, dtype=torch.float64)
-    assert_same_function(grads_of(lean, x), grads_of(plain, x), tol=1e-5)
+    assert_same_step(grads_of(lean, x), grads_of(plain, x), float64_tol(lean, plain))
 
 
 def test_report_rows_give_ratios_to_standard():

@@ -1,10 +1,12 @@
 """Pretrained models end to end: authors' files served from a real loopback server, registered, downloaded, loaded."""
 
+import copy
 import hashlib
 
 import pytest
 import torch
 from support.authors_checkpoints import publish, to_2017_layout, write_imagenet_checkpoint, write_malicious_checkpoint
+from support.numerics import assert_as_close_as_standard
 
 import iabn_zoo as zoo
 from iabn_zoo.errors import CheckpointError
@@ -47,10 +49,10 @@ def serve(server, registered, tmp_path, state, *, name=NAME, bn_mode="inplace", 
                                                                  "activation_param": 0.01}, num_classes=10)
 
 
-def outputs(model, seed=1):
+def outputs(model, seed=1, dtype=torch.float32):
     torch.manual_seed(seed)
     with torch.no_grad():
-        return model.eval()(torch.randn(2, 3, 32, 32))
+        return model.eval()(torch.randn(2, 3, 32, 32).to(dtype))
 
 
 def file_md5(path):
@@ -153,7 +155,13 @@ def test_bn_mode_override_converts_exactly(loopback_server, registered, tmp_path
     serve(loopback_server, registered, tmp_path, source.state_dict())
     model = zoo.create_model(NAME, pretrained=True, bn_mode="standard", progress=False)
     assert all(type(m) is ABN for m in model.modules() if isinstance(m, ABN))
-    torch.testing.assert_close(outputs(model), outputs(source), rtol=1e-4, atol=1e-5)
+    ours, theirs = dict(model.named_modules()), dict(source.named_modules())
+    for name in (name for name, m in theirs.items() if isinstance(m, InPlaceABN)):  # w' = |w| + eps, in float32
+        assert torch.equal(ours[name].weight, theirs[name].weight.abs() + theirs[name].eps), f"{name}.weight"
+    # converted at load time in the checkpoint's float32: judged against the float64 source network, with the
+    # float32 source network's own distance from it as the floor
+    reference = outputs(copy.deepcopy(source).double(), dtype=torch.float64)
+    assert_as_close_as_standard(outputs(model), outputs(source), reference, "float32 logits of the converted model")
 
 
 def test_2017_layout_file_loads(loopback_server, registered, tmp_path):
