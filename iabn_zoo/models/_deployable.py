@@ -149,10 +149,31 @@ def replace_leftovers(model: nn.Module, dtype: torch.dtype) -> None:
             parent.memory_efficient = False  # no recomputation: the copy never runs backward
 
 
+class Float32Head(nn.Module):
+    """A classifier run in float32 inside a half-precision copy: the pooling and the last layer cost little, and
+    rounding the logits themselves to bf16 would cost up to 4e-3 of their scale."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.float())
+
+
+def keep_head_in_float32(model: nn.Module) -> None:
+    """Wrap a zoo network's classifier (`classifier` = pooling + fc, or the segmentation `cls`) in `Float32Head`."""
+    for name in ("classifier", "cls"):
+        head = model._modules.get(name)
+        if head is not None:
+            model._modules[name] = Float32Head(head)
+            return
+
+
 def deployable_copy(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """A copy of `model` in eval mode made of standard modules that computes its eval-mode function (in `dtype`,
-    default the model's own): convolutions and the norm-act layers they feed folded, the rest affine +
-    activation. The model itself is left as it was."""
+    default the model's own; in a half type the classifier stays float32): convolutions and the norm-act layers
+    they feed folded, the rest affine + activation. The model itself is left as it was."""
     check_deployable(model)
     reference = next(model.parameters(), None)
     dtype = dtype or (reference.dtype if reference is not None else torch.float32)
@@ -166,6 +187,8 @@ def deployable_copy(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Mo
         parent._modules[norm_name] = activation_after_fold(norm)
     replace_leftovers(deployable, dtype)
     deployable.to(dtype)
+    if dtype.itemsize < 4:
+        keep_head_in_float32(deployable)
     deployable.eval()
     deployable.requires_grad_(False)
     return deployable
