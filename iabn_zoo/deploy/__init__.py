@@ -5,7 +5,6 @@ runtime after writing. May import: the front door (factory) and below, tasks."""
 
 from ..models._deployable import deployable_copy
 from .exporter import FORMATS, ExportReport, export, export_with_report
-from .geometry import DYNAMIC_SIZE_NOTE, network_geometry
+from .geometry import network_geometry
 
-__all__ = ["DYNAMIC_SIZE_NOTE", "FORMATS", "ExportReport", "deployable_copy", "export", "export_with_report",
-           "network_geometry"]
+__all__ = ["FORMATS", "ExportReport", "deployable_copy", "export", "export_with_report", "network_geometry"]

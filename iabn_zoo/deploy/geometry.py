@@ -19,10 +19,6 @@ import torch.nn as nn
 from ..errors import InvalidArgumentError
 from ..models.deeplab import DeepLabV3Head
 
-DYNAMIC_SIZE_NOTE = ("dynamic height and width: every classifier from twice its output stride (64 px) up, the "
-                     "Vistas network from 672 px (its 84-pixel pooling window at stride 8)")
-
-
 @dataclass(frozen=True)
 class Geometry:
     """The output stride of a network and the smallest (height, width) of a dynamic-size export."""

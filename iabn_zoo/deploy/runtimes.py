@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
 
 from ..errors import ExportError
 
@@ -53,6 +54,20 @@ def run_exported_program(path: str | Path, images: torch.Tensor) -> torch.Tensor
 
 
 RUNNERS = {"onnx": run_onnx, "exported-program": run_exported_program}
+
+
+class OnnxModule(nn.Module):
+    """An ONNX file run in onnxruntime behind a module's call: float32 image batch in, its first output out (as a
+    CPU tensor), so code written for a network (evaluation loops, benchmarks) runs the exported file unchanged."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        super().__init__()
+        self.session = onnx_session(path, threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.detach().cpu().float().contiguous()
+        return torch.from_numpy(self.session.run(None, {self.input_name: images.numpy()})[0])
 
 
 def onnx_metadata(path: str | Path) -> dict[str, Any]:
