@@ -14,7 +14,7 @@ DESCRIPTION = (
     "float32 image batch (N, 3, H, W) and returns float32 logits (the Vistas network: at 1/8 of the input). The "
     "batch is dynamic unless --static-batch; height and width are fixed at --image-size unless --dynamic-size, "
     "which every zoo network allows from a minimum up: the classifiers from twice their output stride (64 px), "
-    "the Vistas network from 672 px (its 84-pixel pooling window at stride 8). After writing, the file runs once in its own runtime (onnxruntime or torch.export.load) on a random "
+    "the Vistas network from 680 px (its 84-pixel pooling window + 1, at stride 8). After writing, the file runs once in its own runtime (onnxruntime or torch.export.load) on a random "
     "batch of another size and is compared with the eager network; above 1e-4 relative (1e-2 in fp16/bf16) the "
     "command fails with exit code 9 and leaves PATH as it was.")
 
@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="batch of the exported example (default 1)")
     parser.add_argument("--static-batch", action="store_true", help="fix the batch at --batch-size")
     parser.add_argument("--dynamic-size", action="store_true",
-                        help="dynamic height and width (from 64 px for the classifiers, 672 px for Vistas)")
+                        help="dynamic height and width (from 64 px for the classifiers, 680 px for Vistas)")
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                         help="weights and activations inside the graph (bf16: .pt2 only; default fp32)")
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,

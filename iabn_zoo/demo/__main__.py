@@ -71,30 +71,17 @@ def deployed_accuracies(run_dir: Path, val_dir: Path, image_size: int) -> None:
     onnxruntime and of the eager network in bf16."""
     from ..deploy import export_with_report
     from ..deploy.runtimes import OnnxModule
-    from ..tasks.evaluate import evaluate, evaluate_model
+    from ..tasks.evaluate import evaluate, evaluate_model, evaluation_set, load_evaluable
 
     report = export_with_report(run_dir, run_dir / "digits.onnx", image_size=image_size)
     print(f"exported the run to {report.path} ({report.file_size / 2**20:.1f} MiB); checked in onnxruntime: max "
           f"difference {report.max_difference:.1e} relative to the eager network")
     eager = evaluate(run_dir, val_dir, num_workers=0, device="cpu")
     bf16 = evaluate(run_dir, val_dir, num_workers=0, device="cpu", precision="bf16")
-    dataset = evaluation_dataset(run_dir, val_dir)
+    dataset = evaluation_set(load_evaluable(run_dir), val_dir)
     onnx = evaluate_model(OnnxModule(report.path), dataset, batch_size=32)
     print(f"held-out digits, top-1: eager PyTorch {eager['top1']:.2f}%   onnxruntime {onnx['top1']:.2f}%   "
           f"eager bf16 {bf16['top1']:.2f}%   ({eager['images']} images)")
-
-
-def evaluation_dataset(run_dir: Path, val_dir: Path):
-    """The held-out digits as `iabn-zoo evaluate RUN` reads them: the run's classes and preprocessing."""
-    from ..data.folders import ImageFolder
-    from ..data.transforms import eval_transform
-    from ..weights.run_reader import read_run
-
-    info = read_run(run_dir)
-    prep = info.preprocessing
-    transform = eval_transform(int(prep["crop"]), int(prep["resize"]), mean=tuple(prep["mean"]),
-                               std=tuple(prep["std"]), interpolation=prep.get("interpolation", "bilinear"))
-    return ImageFolder(val_dir, transform, class_to_idx={name: i for i, name in enumerate(info.classes)})
 
 
 def main(argv: list[str] | None = None) -> int:

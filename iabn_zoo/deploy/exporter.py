@@ -32,7 +32,7 @@ from ..errors import ExportError, InvalidArgumentError
 from ..models._deployable import deployable_copy
 from ..system.files import atomic_path, write_atomic
 from ..tasks.precision import DTYPES, check_precision, to_float32
-from .geometry import Geometry, network_geometry, parse_image_size
+from .geometry import Geometry, check_takes, network_geometry, parse_image_size
 from .runtimes import RUNNERS, TOLERANCES, relative_difference
 from .source import resolve_source
 
@@ -79,7 +79,7 @@ class ExportedNetwork(nn.Module):
         self.dtype = dtype
 
     def forward(self, images: torch.Tensor) -> Any:
-        if self.dtype is torch.float32:
+        if self.dtype.itemsize >= 4:  # float32 (and float64, which tests export) runs as given
             return self.network(images)
         return to_float32(self.network(images.to(self.dtype)))
 
@@ -219,6 +219,58 @@ def export_metadata(facts: dict[str, Any], request: ExportRequest, geometry: Geo
             "dynamic_minimum": list(geometry.dynamic_minimum) if request.dynamic_size else None}
 
 
+@dataclass(frozen=True)
+class Traced:
+    """A network traced once, with the batch its files are checked on and the eager output they must match: what
+    `write_checked` writes in either format."""
+
+    program: torch.export.ExportedProgram
+    outputs: list[str]
+    facts: dict[str, Any]
+    geometry: Geometry
+    images: torch.Tensor
+    expected: Any
+
+
+def trace_network(model: nn.Module, request: ExportRequest, geometry: Geometry, facts: dict[str, Any]) -> Traced:
+    """The deployable copy of `model` (in eval mode) at the request's precision, traced; the eager float32 output
+    of the check batch."""
+    dtype = DTYPES[request.precision]
+    network = ExportedNetwork(deployable_copy(model, dtype), dtype).eval()
+    example_batch = max(request.batch_size, 2) if request.dynamic_batch else request.batch_size  # 1 specialises
+    example = torch.randn(example_batch, 3, *request.size, generator=torch.Generator().manual_seed(CHECK_SEED))
+    program = trace(network, example, dynamic_shapes(request, geometry))
+    images = check_batch(request, geometry)
+    with torch.no_grad():
+        expected = model(images.clone())
+    return Traced(program, output_names(model), facts, geometry, images, expected)
+
+
+def write_checked(traced: Traced, request: ExportRequest, started: float | None = None) -> ExportReport:
+    """Write the traced network in the request's format next to the target, check it in that format's runtime,
+    then replace the target (and write the metadata beside an exported program)."""
+    started = time.perf_counter() if started is None else started
+    metadata = export_metadata(traced.facts, request, traced.geometry, traced.outputs)
+    tolerance = TOLERANCES[request.precision]
+    with atomic_path(request.path) as temporary:
+        if request.format == "onnx":
+            write_onnx(traced.program, temporary, metadata, traced.outputs)
+        else:
+            write_program(traced.program, temporary, metadata)
+        difference = largest_difference(RUNNERS[request.format](temporary, traced.images), traced.expected)
+        if not difference <= tolerance:
+            raise ExportError(f"the exported {request.format} differs from the eager network by {difference:.3g} "
+                              f"(relative, batch of {tuple(traced.images.shape)}), above the {tolerance:g} allowed "
+                              f"at {request.precision}; nothing was written to {request.path}", difference=difference)
+        file_size = temporary.stat().st_size
+    metadata_path = None
+    if request.format == "exported-program":
+        metadata_path = sidecar_path(request.path)
+        write_atomic(metadata_path, (json.dumps(metadata, indent=2) + "\n").encode())
+    return ExportReport(request.path, request.format, request.precision, file_size, difference, tolerance,
+                        tuple(traced.images.shape), time.perf_counter() - started, metadata, metadata_path)
+
+
 def export_with_report(model_or_name: nn.Module | str | os.PathLike[str], path: str | os.PathLike[str], *,
                        format: str | None = None, image_size: int | Sequence[int] = 224, batch_size: int = 1,
                        dynamic_batch: bool = True, dynamic_size: bool = False, precision: str = "fp32",
@@ -228,48 +280,19 @@ def export_with_report(model_or_name: nn.Module | str | os.PathLike[str], path: 
     request = check_request(path, format=format, image_size=image_size, batch_size=batch_size,
                             dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, precision=precision)
     source = resolve_source(model_or_name, pretrained=pretrained, progress=progress)
-    geometry = network_geometry(source.blueprint())
-    geometry.check_dynamic(request.size) if request.dynamic_size else geometry.check_fixed(request.size)
+    blueprint = source.blueprint()
+    geometry = network_geometry(blueprint)
+    if request.dynamic_size:
+        geometry.check_dynamic(request.size)
+    check_takes(blueprint, request.size)
+    del blueprint
     model = source.build()
     was_training = model.training
     model.eval()
     try:
-        return write_checked(model, request, geometry, source.facts, started)
+        return write_checked(trace_network(model, request, geometry, source.facts), request, started)
     finally:
         model.train(was_training)
-
-
-def write_checked(model: nn.Module, request: ExportRequest, geometry: Geometry, facts: dict[str, Any],
-                  started: float) -> ExportReport:
-    """Trace, write next to the target, check in the format's runtime, then replace the target."""
-    dtype = DTYPES[request.precision]
-    network = ExportedNetwork(deployable_copy(model, dtype), dtype).eval()
-    example_batch = max(request.batch_size, 2) if request.dynamic_batch else request.batch_size  # 1 specialises
-    example = torch.randn(example_batch, 3, *request.size, generator=torch.Generator().manual_seed(CHECK_SEED))
-    program = trace(network, example, dynamic_shapes(request, geometry))
-    outputs = output_names(model)
-    metadata = export_metadata(facts, request, geometry, outputs)
-    images = check_batch(request, geometry)
-    with torch.no_grad():
-        expected = model(images.clone())
-    tolerance = TOLERANCES[request.precision]
-    with atomic_path(request.path) as temporary:
-        if request.format == "onnx":
-            write_onnx(program, temporary, metadata, outputs)
-        else:
-            write_program(program, temporary, metadata)
-        difference = largest_difference(RUNNERS[request.format](temporary, images), expected)
-        if not difference <= tolerance:
-            raise ExportError(f"the exported {request.format} differs from the eager network by {difference:.3g} "
-                              f"(relative, batch of {tuple(images.shape)}), above the {tolerance:g} allowed at "
-                              f"{request.precision}; nothing was written to {request.path}", difference=difference)
-        file_size = temporary.stat().st_size
-    metadata_path = None
-    if request.format == "exported-program":
-        metadata_path = sidecar_path(request.path)
-        write_atomic(metadata_path, (json.dumps(metadata, indent=2) + "\n").encode())
-    return ExportReport(request.path, request.format, request.precision, file_size, difference, tolerance,
-                        tuple(images.shape), time.perf_counter() - started, metadata, metadata_path)
 
 
 def export(model_or_name: nn.Module | str | os.PathLike[str], path: str | os.PathLike[str], *,

@@ -1,12 +1,12 @@
-"""Which input sizes a network takes, fixed or dynamic, read from its structure (a meta-device blueprint will do).
+"""Which input sizes a network takes, fixed or dynamic, found on a meta-device blueprint (no weights, no compute).
 
-Every zoo network takes any size from its output stride up (32 for the classifiers, 8 for the Vistas network:
-DenseNet's 2x2 average poolings need it, the others would return maps of under one pixel per stride). A dynamic
-height and width export as one graph for every size from a minimum up: twice the output stride for the classifiers
-(below it the last map is one pixel and the exporter specialises the graph to it), and for a network with a
-DeepLabV3 head (the Vistas model) as many strides as its inference pooling window (84 feature pixels: 672 px),
-since below that the window is clipped to the map, which changes the graph. A module that is no zoo network is
-taken at any size and exported dynamic only if the exporter succeeds.
+A fixed size is tried on the blueprint: the ResNet, ResNeXt and Wide ResNet families take any size, DenseNet needs
+about 29 px for its 2x2 average poolings, and an error names what fails. A dynamic height and width export as one
+graph for every size from a minimum up: twice the output stride for the classifiers (64 px; at one pixel the last
+map is broadcast, and the exporter specialises the graph to it), and for a network with a DeepLabV3 head (the Vistas
+model) one stride more than its inference pooling window (84 + 1 feature pixels: 680 px), since below that the
+window is clipped to the map or pools it to one pixel, which changes the graph. A module that is no zoo network is
+taken as stride 1 and not probed.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 
 from ..errors import InvalidArgumentError
+from ..models import ZooModule
 from ..models.deeplab import DeepLabV3Head
 
 @dataclass(frozen=True)
@@ -25,12 +27,6 @@ class Geometry:
 
     stride: int
     dynamic_minimum: tuple[int, int]
-
-    def check_fixed(self, size: tuple[int, int]) -> None:
-        """Reject a size the network cannot take, naming the smallest it can."""
-        if min(size) < self.stride:
-            raise InvalidArgumentError(f"image size {size[0]}x{size[1]} is below this network's output stride "
-                                       f"({self.stride} px); use --image-size {self.stride} or more")
 
     def check_dynamic(self, size: tuple[int, int]) -> None:
         """Reject an example size below the smallest size a dynamic-size export covers."""
@@ -41,6 +37,22 @@ class Geometry:
                                        f"export at a fixed size")
 
 
+def check_takes(blueprint: nn.Module, size: tuple[int, int]) -> None:
+    """Run the meta-device `blueprint` of a zoo network in eval mode on one image of `size`: a size it cannot take
+    is an InvalidArgumentError naming what failed. Other modules may build tensors of their own off the meta
+    device: they are left to the exporter."""
+    if not isinstance(blueprint, ZooModule):
+        return
+    probe = torch.empty(1, 3, *size, device="meta")
+    try:
+        with torch.no_grad():
+            blueprint.eval()(probe)
+    except (RuntimeError, ValueError, IndexError) as error:  # the layers' own shape errors
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InvalidArgumentError(f"the network cannot take {size[0]}x{size[1]} images ({reason}); use a larger "
+                                   f"--image-size") from None
+
+
 def network_geometry(network: nn.Module) -> Geometry:
     """The geometry of `network` (a zoo network, or any module: stride 1, dynamic from 2 px)."""
     info = getattr(network, "feature_info", None)
@@ -49,7 +61,7 @@ def network_geometry(network: nn.Module) -> Geometry:
     for module in network.modules():
         if isinstance(module, DeepLabV3Head) and module.pooling_size is not None:
             window = module.pooling_size
-            low = (max(low[0], window[0] * stride), max(low[1], window[1] * stride))
+            low = (max(low[0], (window[0] + 1) * stride), max(low[1], (window[1] + 1) * stride))
     return Geometry(stride, low)
 
 

@@ -7,6 +7,7 @@ exported file records about where its weights came from.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,7 +60,12 @@ def module_source(model: nn.Module) -> Source:
     facts: dict[str, Any] = {"weights": None, "arch": type(model).__name__}
     if isinstance(getattr(model, "classes", None), (list, tuple)):
         facts["class_names"] = list(model.classes)
-    return Source(lambda: model, lambda: model, facts)
+    return Source(lambda: model, lambda: meta_twin(model), facts)
+
+
+def meta_twin(model: nn.Module) -> nn.Module:
+    """A copy of `model` on the meta device: its structure, for shape checks that must not touch its state."""
+    return copy.deepcopy(model).to("meta")
 
 
 def run_source(run_dir: str | os.PathLike[str]) -> Source:

@@ -113,9 +113,19 @@ def evaluate(model: str | os.PathLike[str], data_dir: str | os.PathLike[str], *,
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_precision(precision, device)
     network = load_evaluable(model)
+    dataset = evaluation_set(network, data_dir, ten_crops=ten_crops, scale=scale, crop=crop, on_error=on_error)
+    scores = evaluate_model(network.model, dataset, ten_crops=ten_crops, batch_size=batch_size,
+                            num_workers=num_workers, device=device, precision=precision)
+    return {"model": str(model), "data": str(dataset.root), **scores, "ten_crops": ten_crops,
+            "scale": dataset.scale, "crop": dataset.crop, "skipped": len(dataset.skipped), "precision": precision}
+
+
+def evaluation_set(network: Evaluable, data_dir: str | os.PathLike[str], *, ten_crops: bool = False,
+                   scale: int | None = None, crop: int | None = None, on_error: str = "skip") -> ImageFolder:
+    """The images of `data_dir` as `network` is scored on them: its classes mapped to folders, its preprocessing
+    (`scale` and `crop` override it); the folder gets `scale` and `crop` attributes saying what was used."""
     root = evaluation_root(data_dir)
-    folders = find_classes(root)
-    mapping = class_index_map(folders, network.aliases, root)
+    mapping = class_index_map(find_classes(root), network.aliases, root)
     prep = network.preprocessing
     crop = crop if crop is not None else int(prep.get("crop", 224))
     scale = scale if scale is not None else int(prep.get("resize", round(crop * 256 / 224)))
@@ -123,7 +133,5 @@ def evaluate(model: str | os.PathLike[str], data_dir: str | os.PathLike[str], *,
                                std=prep.get("std", (0.229, 0.224, 0.225)),
                                interpolation=prep.get("interpolation", "bilinear"))
     dataset = ImageFolder(root, transform, class_to_idx=mapping, on_error=on_error)
-    scores = evaluate_model(network.model, dataset, ten_crops=ten_crops, batch_size=batch_size,
-                            num_workers=num_workers, device=device, precision=precision)
-    return {"model": str(model), "data": str(root), **scores, "ten_crops": ten_crops, "scale": scale, "crop": crop,
-            "skipped": len(dataset.skipped), "precision": precision}
+    dataset.scale, dataset.crop = scale, crop
+    return dataset
