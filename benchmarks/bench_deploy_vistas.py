@@ -36,7 +36,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
     authors.eval()
     bf16 = inference_model(fast, "bf16")
     image = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
-    calls = {"bf16": lambda: bf16(image), "fast": lambda: fast(image.clone()), "authors": lambda: authors(image.clone())}
+    calls = {"bf16": lambda: bf16(image), "fast": lambda: fast(image.clone()),
+             "authors": lambda: authors(image.clone())}
     with torch.no_grad():
         errors = {name: call() for name, call in calls.items()}  # the first calls warm every side up
         reference = deployable_copy(fast, torch.float64)(image.double())

@@ -14,9 +14,10 @@ DESCRIPTION = (
     "float32 image batch (N, 3, H, W) and returns float32 logits (the Vistas network: at 1/8 of the input). The "
     "batch is dynamic unless --static-batch; height and width are fixed at --image-size unless --dynamic-size, "
     "which every zoo network allows from a minimum up: the classifiers from twice their output stride (64 px), "
-    "the Vistas network from 680 px (its 84-pixel pooling window + 1, at stride 8). After writing, the file runs once in its own runtime (onnxruntime or torch.export.load) on a random "
-    "batch of another size and is compared with the eager network; above 1e-4 relative (1e-2 in fp16/bf16) the "
-    "command fails with exit code 9 and leaves PATH as it was.")
+    "the Vistas network from 680 px (its 84-pixel pooling window + 1, at stride 8). After writing, the file runs "
+    "once in its own runtime (onnxruntime or torch.export.load) on a random batch of another size and is compared "
+    "with the eager network; above 1e-4 relative (1e-2 in fp16/bf16) the command fails with exit code 9 and leaves "
+    "PATH as it was.")
 
 
 def register(subparsers: Any) -> None:

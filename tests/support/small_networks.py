@@ -99,7 +99,6 @@ SMALL_FAMILIES: dict[str, Callable[[], nn.Module]] = {
                                                       param=0.0),
     "resnext_sync_elu": lambda: resnext("sync", activation="elu", param=1.0),
     "wider_resnet_a2_inplace": lambda: wider_resnet("inplace"),
-    "wider_resnet_standard": lambda: wider_resnet("standard", a2=False),
     "densenet_inplace_identity": lambda: densenet("inplace", activation="identity", param=0.0),
     "segmentation_inplace": lambda: segmentation("inplace"),
 }
