@@ -37,6 +37,9 @@ _EXPORTS = {
     "finetune": "train.finetune",
     "run_weights": "weights.run_reader",
     "CacheWriteError": "errors",
+    "ExportError": "errors",
+    "export": "deploy.exporter",
+    "deployable_copy": "models._deployable",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

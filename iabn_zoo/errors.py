@@ -66,3 +66,11 @@ class CheckpointError(ZooError):
 class DataError(ZooError):
     """An input image or data set is missing, unreadable or inconsistent; the message names the path."""
 
+
+class ExportError(ZooError):
+    """A network could not be exported, or the exported file does not compute what the eager network computes
+    (the message gives the difference measured after writing)."""
+
+    def __init__(self, message: str, *, difference: float | None = None):
+        self.difference = difference
+        super().__init__(message)

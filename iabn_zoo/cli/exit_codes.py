@@ -1,8 +1,8 @@
 """The command line's exit codes, one per kind of error (the table lives here, with the CLI, not in the library).
 
 Exit codes: 0 success, 1 other zoo error, 2 bad usage or option, 3 unknown name, 4 malformed registry,
-5 download failed, 6 checksum mismatch, 7 unreadable checkpoint, 8 bad image or data set,
-70 internal error (a bug: run with --debug and report it), 130 interrupted.
+5 download failed, 6 checksum mismatch, 7 unreadable checkpoint, 8 bad image or data set, 9 export failed or
+differs from the eager network, 70 internal error (a bug: run with --debug and report it), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from ..errors import (
     ChecksumError,
     DataError,
     DownloadError,
+    ExportError,
     InvalidArgumentError,
     RegistryError,
     UnknownNameError,
@@ -32,6 +33,7 @@ ERROR_CODES: tuple[tuple[type[ZooError], int], ...] = (
     (RegistryError, 4),
     (CheckpointError, 7),
     (DataError, 8),
+    (ExportError, 9),
     (ZooError, 1),
 )
 

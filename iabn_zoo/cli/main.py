@@ -13,7 +13,7 @@ from ..errors import ZooError
 from .exit_codes import EXIT_INTERNAL, EXIT_INTERRUPTED, exit_code
 
 # Each module of this package (iabn_zoo/cli) defines `register(subparsers)` for the sub-commands of one concern.
-COMMAND_MODULES = ("models", "weights", "predict", "segment", "train", "memory")
+COMMAND_MODULES = ("models", "weights", "predict", "segment", "train", "memory", "export")
 
 
 

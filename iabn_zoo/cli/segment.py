@@ -38,6 +38,8 @@ def register(subparsers) -> None:
                         help="resize the longest side to this many pixels first (default: the registry's, 2048)")
     parser.add_argument("--prob-bits", type=int, default=8, choices=(8, 16), help="bits of --output prob images")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda if available)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                        help="weights and activations: fp32 (default), bf16 (fast on CPUs with AMX), fp16 (CUDA)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     add_json_flag(parser)
@@ -47,18 +49,21 @@ def register(subparsers) -> None:
 def check_options(args: argparse.Namespace) -> tuple[tuple[float, ...], str]:
     """Validate the options before anything is loaded; returns the parsed scales and the device."""
     from ..system.devices import resolve_device
+    from ..tasks.precision import check_precision
     from ..tasks.segment import parse_scales
 
     if args.long_side is not None and args.long_side <= 0:
         raise InvalidArgumentError(f"--long-side must be a positive number of pixels, got {args.long_side}")
-    return parse_scales(args.scales), str(resolve_device(args.device))
+    device = str(resolve_device(args.device))
+    check_precision(args.precision, device)
+    return parse_scales(args.scales), device
 
 
 def build_predictor(args: argparse.Namespace, scales: tuple[float, ...], device: str):
     """The predictor for --weights with the command's options, on `device`."""
     from ..tasks.segment import SegmentationPredictor
 
-    options = {"scales": scales, "flip": args.flip, "fusion": args.fusion}
+    options = {"scales": scales, "flip": args.flip, "fusion": args.fusion, "precision": args.precision}
     if args.long_side is not None:
         options["long_side"] = args.long_side
     predictor = SegmentationPredictor.from_weights(args.weights, progress=not args.no_progress, **options)

@@ -82,6 +82,8 @@ def add_evaluate(subparsers: Any) -> None:
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
     parser.add_argument("--on-error", choices=("skip", "raise"), default="skip",
                         help="unreadable images: skip (default) or fail")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                        help="weights and activations: fp32 (default), bf16 (fast on CPUs with AMX), fp16 (CUDA)")
     add_json_flag(parser)
     parser.set_defaults(func=run_evaluate)
 
@@ -116,7 +118,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     scores = evaluate(args.model, args.data, ten_crops=args.ten_crops, scale=args.scale, crop=args.crop,
                       batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
-                      on_error=args.on_error)
+                      on_error=args.on_error, precision=args.precision)
     emit(scores, as_json=args.json)
     if scores["skipped"]:
         print(f"iabn-zoo: {scores['skipped']} unreadable image(s) skipped", file=sys.stderr)

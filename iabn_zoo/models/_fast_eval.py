@@ -35,11 +35,14 @@ STATE_ATTR = "_iabn_fast_eval"
 PACKING_AVAILABLE = hasattr(torch.ops.mkldnn, "_convolution_pointwise") and torch.backends.mkldnn.is_available()
 
 
-def eval_affine(layer: ABN) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (scale, shift) of a norm-act layer in eval mode: its output is act(x * scale + shift)."""
-    weight = layer.weight if layer.bn_mode == "standard" else layer.weight.abs() + layer.eps
-    scale = weight / torch.sqrt(layer.running_var + layer.eps)
-    return scale, layer.bias - layer.running_mean * scale
+def eval_affine(layer: ABN, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (scale, shift) of a norm-act layer in eval mode: its output is act(x * scale + shift).
+    Computed in `dtype`, by default the layer's own but never below float32 (half types lose ~1e-2 here)."""
+    dtype = dtype or torch.promote_types(layer.weight.dtype, torch.float32)
+    weight, bias = layer.weight.to(dtype), layer.bias.to(dtype)
+    weight = weight if layer.bn_mode == "standard" else weight.abs() + layer.eps
+    scale = weight / torch.sqrt(layer.running_var.to(dtype) + layer.eps)
+    return scale, bias - layer.running_mean.to(dtype) * scale
 
 
 def tensors_key(*tensors: torch.Tensor | None) -> tuple:
@@ -151,7 +154,7 @@ class FastNorm(CachedForward):
                                                        layer.running_var)
         if self.cache is None or self.cache[0] != key:
             with torch.inference_mode(False), torch.no_grad():
-                self.cache = (key, *eval_affine(layer))
+                self.cache = (key, *(t.to(layer.weight.dtype) for t in eval_affine(layer)))
         return self.cache[1], self.cache[2]
 
 
@@ -205,9 +208,10 @@ class FoldedPair(CachedForward):
         if self.cache is None or self.cache[0] != key:
             self.cache = None  # free the stale copy before building the new one
             with torch.inference_mode(False), torch.no_grad():
-                scale, shift = eval_affine(norm)
-                weight = (conv.weight * scale.view(-1, 1, 1, 1)).contiguous(memory_format=memory_format)
-                bias = shift if conv.bias is None else conv.bias * scale + shift
+                scale, shift = eval_affine(norm)  # folded in float32 at least, then cast once
+                weight = (conv.weight * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype)
+                weight = weight.contiguous(memory_format=memory_format)
+                bias = (shift if conv.bias is None else conv.bias * scale + shift).to(conv.weight.dtype)
                 if packed_for is not None:
                     weight = pack_weight(conv, weight, packed_for)
                 self.cache = (key, weight, bias)

@@ -24,6 +24,7 @@ from ..factory import create_model, load_run, resolve_weights
 from ..weights.catalog import default_weights_for
 from ..weights.run_reader import is_run_dir, read_run
 from .accuracy import Tally, count_correct
+from .precision import check_precision, inference_model
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,13 @@ def evaluation_root(data_dir: str | os.PathLike[str]) -> Path:
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, dataset: torch.utils.data.Dataset, *, ten_crops: bool = False,
-                   batch_size: int = 32, num_workers: int = 0, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Top-1/top-5 (percent) of `model` over `dataset`; with `ten_crops` the dataset yields (10, C, H, W)
-    stacks and the logits of the ten crops are averaged, as in the authors' test script."""
-    model = model.to(device).eval()
+                   batch_size: int = 32, num_workers: int = 0, device: str | torch.device = "cpu",
+                   precision: str = "fp32") -> dict[str, Any]:
+    """Top-1/top-5 (percent) of `model` over `dataset` at `precision` (fp32, bf16, fp16 on CUDA); with
+    `ten_crops` the dataset yields (10, C, H, W) stacks and the logits of the ten crops are averaged, as in the
+    authors' test script."""
+    check_precision(precision, device)
+    model = inference_model(model.to(device), precision)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     tally = Tally()
     for images, targets in loader:
@@ -98,17 +102,30 @@ def evaluate_model(model: nn.Module, dataset: torch.utils.data.Dataset, *, ten_c
 
 def evaluate(model: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, ten_crops: bool = False,
              scale: int | None = None, crop: int | None = None, batch_size: int = 32, num_workers: int = 2,
-             device: str | None = None, on_error: str = "skip") -> dict[str, Any]:
+             device: str | None = None, on_error: str = "skip", precision: str = "fp32") -> dict[str, Any]:
     """Top-1/top-5 (percent) and image count of `model` (name or RUN directory) over the folder `data_dir`.
 
-    `scale` (shorter side) and `crop` default to the network's preprocessing (ImageNet: 256 and 224)."""
+    `scale` (shorter side) and `crop` default to the network's preprocessing (ImageNet: 256 and 224);
+    `precision` is fp32, bf16 or fp16 (CUDA only)."""
     if not isinstance(batch_size, int) or batch_size < 1 or not isinstance(num_workers, int) or num_workers < 0:
         raise InvalidArgumentError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size!r} and "
                                    f"{num_workers!r}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_precision(precision, device)
     network = load_evaluable(model)
+    dataset = evaluation_set(network, data_dir, ten_crops=ten_crops, scale=scale, crop=crop, on_error=on_error)
+    scores = evaluate_model(network.model, dataset, ten_crops=ten_crops, batch_size=batch_size,
+                            num_workers=num_workers, device=device, precision=precision)
+    return {"model": str(model), "data": str(dataset.root), **scores, "ten_crops": ten_crops,
+            "scale": dataset.scale, "crop": dataset.crop, "skipped": len(dataset.skipped), "precision": precision}
+
+
+def evaluation_set(network: Evaluable, data_dir: str | os.PathLike[str], *, ten_crops: bool = False,
+                   scale: int | None = None, crop: int | None = None, on_error: str = "skip") -> ImageFolder:
+    """The images of `data_dir` as `network` is scored on them: its classes mapped to folders, its preprocessing
+    (`scale` and `crop` override it); the folder gets `scale` and `crop` attributes saying what was used."""
     root = evaluation_root(data_dir)
-    folders = find_classes(root)
-    mapping = class_index_map(folders, network.aliases, root)
+    mapping = class_index_map(find_classes(root), network.aliases, root)
     prep = network.preprocessing
     crop = crop if crop is not None else int(prep.get("crop", 224))
     scale = scale if scale is not None else int(prep.get("resize", round(crop * 256 / 224)))
@@ -116,8 +133,5 @@ def evaluate(model: str | os.PathLike[str], data_dir: str | os.PathLike[str], *,
                                std=prep.get("std", (0.229, 0.224, 0.225)),
                                interpolation=prep.get("interpolation", "bilinear"))
     dataset = ImageFolder(root, transform, class_to_idx=mapping, on_error=on_error)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    scores = evaluate_model(network.model, dataset, ten_crops=ten_crops, batch_size=batch_size,
-                            num_workers=num_workers, device=device)
-    return {"model": str(model), "data": str(root), **scores, "ten_crops": ten_crops, "scale": scale, "crop": crop,
-            "skipped": len(dataset.skipped)}
+    dataset.scale, dataset.crop = scale, crop
+    return dataset

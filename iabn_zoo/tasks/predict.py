@@ -64,13 +64,17 @@ def top_classes(logits: torch.Tensor, names: Sequence[str], topk: int) -> list[t
 
 
 def predict_images(model: nn.Module, paths: Sequence[str | os.PathLike], *, names: Sequence[str],
-                   preprocessing: Mapping | None = None, topk: int = 5,
-                   batch_size: int = 8) -> list[ImagePrediction]:
-    """Classify every file of `paths` (in order); unreadable images get a result with `error` set."""
+                   preprocessing: Mapping | None = None, topk: int = 5, batch_size: int = 8,
+                   precision: str = "fp32") -> list[ImagePrediction]:
+    """Classify every file of `paths` (in order); unreadable images get a result with `error` set. `precision`
+    (fp32, bf16, fp16 on CUDA) is that of the weights and activations; probabilities are float32 either way."""
     from ..data.images import open_rgb
+    from .precision import check_precision, inference_model
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    check_precision(precision, next(model.parameters()).device)
+    model = inference_model(model, precision)
     transform = preprocessing_transform(preprocessing)
     results: dict[int, ImagePrediction] = {}
     ready: list[tuple[int, torch.Tensor]] = []

@@ -23,6 +23,7 @@ from PIL import Image
 
 from ..data.transforms import resample_filter, to_tensor
 from ..errors import InvalidArgumentError
+from .precision import check_precision, inference_model
 
 FUSION_MODES = ("mean", "voting", "max")
 DEFAULT_WEIGHTS = "wider_resnet38_deeplab3_vistas"
@@ -183,7 +184,8 @@ FUSIONS = {"mean": MeanFusion, "voting": VotingFusion, "max": MaxFusion}
 
 class SegmentationPredictor:
     """Runs a segmentation network (image -> logits at any stride) with multi-scale, flipped test-time
-    augmentation; the network is an argument so that any module with that call contract can be used."""
+    augmentation; the network is an argument so that any module with that call contract can be used.
+    `precision` bf16 (or fp16, CUDA only) runs a folded half-precision copy of it; fusion stays in float32."""
 
     def __init__(
         self,
@@ -196,6 +198,7 @@ class SegmentationPredictor:
         flip: bool = False,
         fusion: str = "mean",
         interpolation: str = "bilinear",
+        precision: str = "fp32",
     ):
         if long_side is not None and (not isinstance(long_side, int) or long_side <= 0):
             raise InvalidArgumentError(f"long_side must be a positive integer (or None: keep size), got {long_side!r}")
@@ -208,7 +211,9 @@ class SegmentationPredictor:
         self.flip = bool(flip)
         self.fusion = check_fusion(fusion)
         self.resample = resample_filter(interpolation)
-        self.model = model.eval()  # the head's evaluation-time pooling, frozen norm statistics
+        self.precision = check_precision(precision)
+        # eval mode: the head's evaluation-time pooling, frozen norm statistics; bf16/fp16: a folded copy
+        self.model = inference_model(model, precision)
 
     @classmethod
     def from_weights(cls, weights: str = DEFAULT_WEIGHTS, *, progress: bool = True, **options: Any):
