@@ -11,7 +11,7 @@ from support.loopback_server import Fault, md5_of, random_payload
 
 from iabn_zoo.cli.main import main
 from iabn_zoo.weights.cache import checkpoint_path, converted_path, lock_path, part_path
-from iabn_zoo.weights.catalog import get_weights
+from iabn_zoo.weights.catalog import get_weights, list_weights
 
 ALPHA = random_payload(300_000, seed=1)
 BETA = random_payload(200_000, seed=2)
@@ -76,10 +76,13 @@ def test_download_command_exit_code_of_a_checksum_failure(entries, capsys, zoo_h
     assert not checkpoint_path(get_weights("alpha")).exists()
 
 
-def test_download_all_offline_touches_no_network(entries, capsys, monkeypatch):
+def test_download_all_offline_touches_no_network_and_reports_every_name(entries, capsys, monkeypatch):
     monkeypatch.setenv("IABN_ZOO_OFFLINE", "1")
-    code, _, err = run(capsys, "download", "--all", "--no-progress")
+    code, out, err = run(capsys, "download", "--all", "--no-progress", "--json")
     assert code == 5 and "IABN_ZOO_OFFLINE" in err
+    rows = json.loads(out)
+    assert {row["name"] for row in rows} == set(list_weights()) and {row["status"] for row in rows} == {"failed"}
+    assert f"{len(rows)} of {len(rows)} download(s) failed" in err
     assert entries.requests == []
 
 
@@ -110,7 +113,7 @@ def test_import_of_an_unknown_or_missing_file(entries, capsys, tmp_path, zoo_hom
     assert run_json(capsys, "cache", "list") == []
 
 
-def test_verify_finds_and_removes_a_damaged_file(entries, capsys):
+def test_verify_reports_a_damaged_file_and_deletes_it_only_when_asked(entries, capsys):
     run(capsys, "download", "alpha", "beta", "--no-progress")
     target = checkpoint_path(get_weights("alpha"))
     damaged = bytearray(target.read_bytes())
@@ -119,7 +122,10 @@ def test_verify_finds_and_removes_a_damaged_file(entries, capsys):
     code, out, err = run(capsys, "verify", "--json")
     states = {row["name"]: row["state"] for row in json.loads(out)}
     assert code == 6 and states == {"alpha": "mismatch", "beta": "verified"}
-    assert "iabn-zoo download alpha" in err and not target.exists()
+    assert "is kept" in err and "--delete-mismatched" in err and target.read_bytes() == bytes(damaged)
+    code, out, err = run(capsys, "verify", "alpha", "--delete-mismatched", "--json")
+    assert code == 6 and json.loads(out)[0]["state"] == "removed" and not target.exists()
+    assert "iabn-zoo download alpha" in err
     assert run(capsys, "verify", "alpha")[0] == 5  # now missing
     assert run(capsys, "verify", "alhpa")[0] == 3
     assert run(capsys, "download", "alpha", "--no-progress")[0] == 0 and target.read_bytes() == ALPHA
@@ -168,9 +174,12 @@ def test_cache_prune_keeps_verified_files_and_busy_partials(entries, capsys):
     (folder / "old_model.pth").write_bytes(b"orphan")
     part_path(checkpoint_path(beta)).write_bytes(BETA[:100])
     with FileLock(str(lock_path(checkpoint_path(beta)))):  # a download of beta is running
-        assert run_json(capsys, "cache", "prune") == [
-            {"name": None, "kind": "orphan", "size": 6, "path": str(folder / "old_model.pth")}]
-    pruned = run_json(capsys, "cache", "prune")
-    assert [(row["name"], row["kind"]) for row in pruned] == [("beta", "partial")]
+        pruned = run_json(capsys, "cache", "prune", "--yes")
+        assert [(row["name"], row["kind"], row["path"]) for row in pruned if row["kind"] != "lock"] == [
+            (None, "orphan", str(folder / "old_model.pth"))]
+        assert lock_path(checkpoint_path(beta)).exists()  # held: never deleted
+    pruned = run_json(capsys, "cache", "prune", "--yes")
+    assert [(row["name"], row["kind"]) for row in pruned if row["kind"] != "lock"] == [("beta", "partial")]
     assert checkpoint_path(alpha).read_bytes() == ALPHA
     assert {row["state"] for row in run_json(capsys, "cache", "list")} == {"verified"}
+    assert not list(folder.glob("*.lock"))
