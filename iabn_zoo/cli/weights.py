@@ -197,6 +197,8 @@ def run_cache_prune(args: argparse.Namespace) -> int:
     from ..weights.cache_admin import prune, prune_candidates
 
     candidates = prune_candidates(include_unregistered=args.include_unregistered)
+    if not args.include_unregistered:
+        say_what_is_kept()
     if not candidates:
         if args.json:
             emit([], as_json=True)
@@ -220,6 +222,18 @@ def run_cache_prune(args: argparse.Namespace) -> int:
         emit(gone, as_json=args.json, columns=PRUNE_COLUMNS)
     print(f"iabn-zoo: deleted {len(gone)} file(s), freed {total_size(gone)}", file=sys.stderr)
     return 0
+
+
+def say_what_is_kept() -> None:
+    """Name the files prune keeps because this process does not know their weights (the one way it could be wrong)."""
+    from ..weights.cache_admin import cached_files
+
+    kept = [item for item in cached_files() if item.kind == "unregistered"]
+    if kept:
+        print(f"iabn-zoo: keeping {len(kept)} file(s), {total_size(file_rows(kept))}, that iabn-zoo verified or "
+              "converted for weights this process does not know (registered from Python, or from a registry file "
+              "not in IABN_ZOO_REGISTRY now): " + ", ".join(item.path.name for item in kept)
+              + "; --include-unregistered deletes them too", file=sys.stderr)
 
 
 def file_rows(items: list) -> list[dict]:

@@ -67,9 +67,9 @@ def check_fits(needed: int, device: torch.device, *, what: str, lower: Sequence[
     `lower` names the parameters that shrink it."""
     total = total_memory(device)
     if total is not None and needed > total:
-        raise ResourceLimitError(
-            f"{what} needs at least {format_bytes(needed)} of memory, and this {device.type} has "
-            f"{format_bytes(total)} in all; lower {_alternatives(lower)}", parameters=lower)
+        holder = "this machine has" if device.type == "cpu" else f"{device} has"
+        raise ResourceLimitError(f"{what} needs at least {format_bytes(needed)} of memory, and {holder} "
+                                 f"{format_bytes(total)} in all; lower {_alternatives(lower)}", parameters=lower)
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -7,6 +7,7 @@ coloured map blended on the photo, with a legend of the classes present.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Sequence
 
 import torch
@@ -36,7 +37,8 @@ def check_output_mode(mode: str) -> str:
 def tensor_to_image(values: torch.Tensor, mode: str) -> Image.Image:
     """An (H, W) tensor already in the pixel type of `mode` ('L', 'P': uint8; 'I;16': uint16) as a PIL image."""
     height, width = values.shape
-    data = bytes(values.clone(memory_format=torch.contiguous_format).untyped_storage())
+    values = values.detach().cpu().contiguous()
+    data = ctypes.string_at(values.data_ptr(), values.numel() * values.element_size())  # bytes(storage) is per byte
     return Image.frombytes(mode, (width, height), data)
 
 

@@ -64,7 +64,8 @@ def _entry_for_import(source: Path, actual: str, name: str | None) -> Weights:
     if name is not None:
         weights = get_weights(name)
         if weights.md5 != actual:
-            raise ChecksumError(f"{source} has md5 {actual} but {name} expects {weights.md5}: it is another file "
+            meant = weights.name if weights.name == name else f"{weights.name} (the default weights of {name})"
+            raise ChecksumError(f"{source} has md5 {actual} but {meant} expects {weights.md5}: it is another file "
                                 "or a damaged download; download it again", expected=weights.md5, actual=actual,
                                 source=str(source))
         return weights
