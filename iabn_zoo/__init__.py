@@ -37,6 +37,7 @@ _EXPORTS = {
     "finetune": "train.finetune",
     "run_weights": "weights.run_reader",
     "CacheWriteError": "errors",
+    "ResourceLimitError": "errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

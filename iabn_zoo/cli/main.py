@@ -43,6 +43,15 @@ def show_warning_line(message, category, filename, lineno, file=None, line=None)
     print(f"iabn-zoo: warning: {text}", file=sys.stderr if file is None else file)
 
 
+def without_worker_traceback(message: str) -> str:
+    """The original message of an error a DataLoader worker raised (torch re-raises it with the worker's traceback
+    as its text), or `message` itself."""
+    if "\nOriginal Traceback" not in message:
+        return message
+    last = [line for line in message.splitlines() if line.strip()][-1]
+    return last.split(": ", 1)[1] if last.startswith("iabn_zoo.errors.") else last
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit code instead of raising."""
     parser = build_parser()
@@ -59,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.debug:
                 traceback.print_exc()
             message = error.render(lambda name: spell_option(command_parser, name))
-            print(f"iabn-zoo: error: {message}", file=sys.stderr)
+            print(f"iabn-zoo: error: {message if args.debug else without_worker_traceback(message)}",
+                  file=sys.stderr)
             return exit_code(error)
         except KeyboardInterrupt:
             print("iabn-zoo: interrupted", file=sys.stderr)

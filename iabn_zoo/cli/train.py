@@ -119,8 +119,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     from ..train.finetune import finetune
 
     options = {name: getattr(args, name) for name in FINETUNE_OPTIONS if getattr(args, name) is not None}
-    if not progress_allowed(args):
-        options["progress"] = False
+    options["progress"] = progress_allowed(args)  # a preference of this invocation, never the run's
     printing = is_main_process() and not args.json
 
     def report(record: dict[str, Any]) -> None:

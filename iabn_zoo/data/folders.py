@@ -136,6 +136,8 @@ class ImageFolder(torch.utils.data.Dataset):
         path = self.samples[index][0]
         try:
             return open_rgb(path)
+        except DataError:
+            raise  # it names the file already
         except DECODE_ERRORS as error:
             raise DataError(f"cannot decode image {path}: {error}; remove or replace it") from error
 
@@ -148,7 +150,7 @@ class ImageFolder(torch.utils.data.Dataset):
             except DataError as error:
                 if self.on_error == "raise":
                     raise
-                warnings.warn(f"{error}; using another image in its place", stacklevel=3)
+                warnings.warn(f"{error} Another image takes its place.", stacklevel=3)
         raise DataError(f"no image under {self.root} could be decoded")
 
     def __getitem__(self, index: int) -> tuple[Any, int]:

@@ -109,6 +109,8 @@ def check_segmentation_fits(weights_name: str, images: Sequence[Path], *, long_s
                             scales: Sequence[float], fusion: str, device: torch.device) -> None:
     """Refuse, before any work, images whose working size cannot fit `device`: the network's activations at the
     largest scale, the fusion buffers and the image itself (a lower bound, from image headers only)."""
+    if not images:
+        return
     weights = get_weights(weights_name)
     footprint = NetworkFootprint(weights.name)
     needs: dict[tuple[int, int], int] = {}

@@ -5,6 +5,7 @@ failed tries leave are deleted by `cache remove` and `cache prune` (never one a 
 from __future__ import annotations
 
 import json
+import re
 import socket
 
 from filelock import FileLock
@@ -84,3 +85,15 @@ def test_lock_files_of_failed_tries_are_deleted_by_remove_and_prune_unless_held(
     assert pruned.returncode == 0, pruned.stderr
     assert [(row["kind"], row["path"]) for row in json.loads(pruned.stdout)] == [("lock", str(held))]
     assert list(checkpoints.iterdir()) == []
+
+
+def test_download_draws_a_bar_at_a_terminal_only(tmp_path, loopback_server):
+    url = loopback_server.add("/alpha.pth", ALPHA, chunk_size=16 << 10, chunk_delay=0.01)
+    env = environment(tmp_path, {"alpha": entry(url, ALPHA, "alpha.pth")})
+    at_terminal = run_cli("download", "alpha", env=env, tty=True)
+    assert at_terminal.returncode == 0, at_terminal.stderr
+    assert re.search(r"alpha\.pth: +\d+%\|", at_terminal.stderr)
+    again = run_cli("download", "alpha", "--force", env=env)
+    assert again.returncode == 0 and again.stderr == ""
+    quiet = run_cli("download", "alpha", "--force", "--no-progress", env=env, tty=True)
+    assert quiet.returncode == 0 and "alpha.pth:" not in quiet.stderr

@@ -159,3 +159,24 @@ def test_out_of_memory_during_training_is_a_resource_limit(colour_run, tmp_path)
     assert done.returncode == 10, done.stderr
     assert "out of memory while training at 1024 px with a batch of 8" in done.stderr
     assert "lower --image-size or --batch-size" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_worker_s_decode_failure_is_one_line_whether_skipped_or_fatal(colour_run, tmp_path):
+    """An image that passes the scan but fails to decode inside a DataLoader worker: a warning line when skipped,
+    an error line when fatal, never the worker's traceback."""
+    data, run, _ = colour_run
+    broken = shutil.copytree(data / "val", tmp_path / "val")
+    Image.effect_noise((64, 64), 50).convert("RGB").save(tmp_path / "whole.jpg")  # its header survives the cut
+    whole = (tmp_path / "whole.jpg").read_bytes()
+    (broken / "red" / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    skipped = run_cli("evaluate", run, broken, "--num-workers", "1")
+    assert skipped.returncode == 0, skipped.stderr
+    lines = [line for line in skipped.stderr.splitlines() if "truncated.jpg" in line]
+    assert len(lines) == 1 and lines[0].startswith("iabn-zoo: warning: ") and \
+        lines[0].endswith("the file is probably truncated or damaged. Another image takes its place.")
+    fatal = run_cli("evaluate", run, broken, "--num-workers", "1", "--on-error", "raise")
+    assert fatal.returncode == 8, fatal.stderr
+    bad = broken / "red" / "truncated.jpg"
+    assert re.fullmatch(rf"iabn-zoo: error: {re.escape(str(bad))}: the image cannot be decoded \(image file is "
+                        r"truncated \(\d+ bytes not processed\)\); the file is probably truncated or damaged.\n",
+                        fatal.stderr), fatal.stderr
