@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..errors import InvalidArgumentError
 from ..factory import create_model
 from ..system.resources import check_fits
 
@@ -34,7 +35,10 @@ class NetworkFootprint:
 
     def __init__(self, model: str | os.PathLike[str]):
         with torch.device("meta"):
-            self.network = create_model(str(model)).train()
+            try:  # standard norm layers: the same shapes, and no synchronisation across ranks to attempt
+                self.network = create_model(str(model), bn_mode="standard").train()
+            except InvalidArgumentError:  # an architecture without a bn_mode option
+                self.network = create_model(str(model)).train()
         self.network.requires_grad_(False)
 
     def per_image(self, height: int, width: int) -> ImageFootprint:
