@@ -40,6 +40,7 @@ _EXPORTS = {
     "ExportError": "errors",
     "export": "deploy.exporter",
     "deployable_copy": "models._deployable",
+    "ResourceLimitError": "errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

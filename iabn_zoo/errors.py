@@ -7,7 +7,7 @@ The command line maps each class to an exit code (iabn_zoo.cli.exit_codes).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 def close_matches(name: str, known: Iterable[str]) -> list[str]:
@@ -16,11 +16,47 @@ def close_matches(name: str, known: Iterable[str]) -> list[str]:
 
 
 class ZooError(Exception):
-    """Base class of every error iabn-zoo raises on purpose."""
+    """Base class of every error iabn-zoo raises on purpose.
+
+    A message may name the caller's parameters as `{name}` placeholders, listed in `parameters`: `str(error)` writes
+    the Python name (`batch_size must be ...`), and the command line writes the option instead (`--batch-size must
+    be ...`) through `render`.
+    """
+
+    def __init__(self, message: str = "", *args: object, parameters: Iterable[str] = ()):
+        super().__init__(message, *args)
+        self.parameters = tuple(parameters)
+
+    def render(self, spell: Callable[[str], str]) -> str:
+        """The message with each `{parameter}` placeholder written as `spell(parameter)`."""
+        text = str(self.args[0]) if self.args else ""
+        for name in self.parameters:
+            text = text.replace("{" + name + "}", spell(name))
+        return text
+
+    def __str__(self) -> str:
+        return self.render(str)
+
+    def __reduce__(self):
+        """Pickle every subclass the same way (worker processes send errors back), whatever its __init__ takes."""
+        return _restore_error, (type(self), self.args, self.__dict__)
+
+
+def _restore_error(kind: type[ZooError], args: tuple, state: dict) -> ZooError:
+    error = kind.__new__(kind)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidArgumentError(ZooError, ValueError):
     """An argument or option has a value outside what is allowed (bad bn_mode, negative num_classes, ...)."""
+
+
+def bad_argument(parameter: str, problem: str) -> InvalidArgumentError:
+    """An InvalidArgumentError whose message is the parameter's name followed by `problem` (which may name it again
+    as `{parameter}`), e.g. `bad_argument("batch_size", "must be >= 2, got 1")`."""
+    return InvalidArgumentError(f"{{{parameter}}} {problem}", parameters=(parameter,))
 
 
 class UnknownNameError(ZooError, KeyError):
@@ -74,3 +110,7 @@ class ExportError(ZooError):
     def __init__(self, message: str, *, difference: float | None = None):
         self.difference = difference
         super().__init__(message)
+class ResourceLimitError(ZooError, MemoryError):
+    """The work does not fit this machine (memory of the CPU or the device): the message says how much it needs or
+    where it ran out, and which sizes to lower."""
+

@@ -21,11 +21,13 @@ from .weights.run_reader import RunInfo, is_run_dir, read_run, run_state_dict
 
 
 def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
-    """Architecture and weights names matching `pattern`; with `pretrained=True` only those with published weights."""
+    """Architecture and weights names matching the fnmatch `pattern` (case ignored); with `pretrained=True` only
+    weights names and the architectures that have published weights (which stand for their default weights)."""
     weights_names = list_weights("*")
     archs_with_weights = {get_weights(name).arch for name in weights_names}
     names = set(weights_names) | (archs_with_weights if pretrained else set(list_archs()))
-    return sorted(name for name in names if fnmatch.fnmatch(name, pattern))
+    wanted = pattern.lower()
+    return sorted(name for name in names if fnmatch.fnmatchcase(name.lower(), wanted))
 
 
 def resolve_weights(name: str) -> Weights | None:

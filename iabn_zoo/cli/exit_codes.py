@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 other zoo error, 2 bad usage or option, 3 unknown name, 4 malformed registry,
 5 download failed, 6 checksum mismatch, 7 unreadable checkpoint, 8 bad image or data set, 9 export failed or
-differs from the eager network, 70 internal error (a bug: run with --debug and report it), 130 interrupted.
+differs from the eager network, 10 resource limit (out of memory: lower the sizes the message names),
+70 internal error (a bug: run with --debug and report it), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ..errors import (
     ExportError,
     InvalidArgumentError,
     RegistryError,
+    ResourceLimitError,
     UnknownNameError,
     ZooError,
 )
@@ -34,6 +36,7 @@ ERROR_CODES: tuple[tuple[type[ZooError], int], ...] = (
     (CheckpointError, 7),
     (DataError, 8),
     (ExportError, 9),
+    (ResourceLimitError, 10),
     (ZooError, 1),
 )
 

@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from ..errors import InvalidArgumentError
-from .output import add_json_flag, emit
+from .options import add_batch_size, add_command, add_precision, progress_allowed
+from .output import emit
 
 DESCRIPTION = (
     "Export MODEL (an architecture, a weights name or a fine-tuning RUN directory) to ONNX or a torch.export "
@@ -22,24 +23,22 @@ DESCRIPTION = (
 
 def register(subparsers: Any) -> None:
     """Add the `export` sub-command."""
-    parser = subparsers.add_parser("export", help="export a network to ONNX or a torch.export program (.pt2)",
-                                   description=DESCRIPTION)
+    parser = add_command(subparsers, "export", help="export a network to ONNX or a torch.export program (.pt2)",
+                         description=DESCRIPTION)
     parser.add_argument("model", metavar="MODEL", help="architecture, weights name or RUN directory")
     parser.add_argument("--out", required=True, metavar="PATH", help="file to write (.onnx or .pt2)")
     parser.add_argument("--format", choices=("onnx", "exported-program"),
-                        help="default: from the suffix of PATH (.onnx, .pt2)")
+                        help="default: from the suffix of PATH (.onnx, .pt2)", default=None)
     parser.add_argument("--image-size", default="224", metavar="S|H,W",
-                        help="input side, or height,width (default 224); the example size with --dynamic-size")
-    parser.add_argument("--batch-size", type=int, default=1, help="batch of the exported example (default 1)")
+                        help="input side, or height,width; the example size with --dynamic-size")
+    add_batch_size(parser, default=1, help="batch of the exported example (the batch stays dynamic unless "
+                                           "--static-batch)")
     parser.add_argument("--static-batch", action="store_true", help="fix the batch at --batch-size")
     parser.add_argument("--dynamic-size", action="store_true",
                         help="dynamic height and width (from 64 px for the classifiers, 680 px for Vistas)")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
-                        help="weights and activations inside the graph (bf16: .pt2 only; default fp32)")
+    add_precision(parser, help="weights and activations inside the graph (bf16: .pt2 only)")
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
-                        help="load the published weights (default yes; --no-pretrained: random ones)")
-    parser.add_argument("--no-progress", action="store_true", help="no download progress bar")
-    add_json_flag(parser)
+                        help="load the published weights (--no-pretrained: random ones)")
     parser.set_defaults(func=run_export)
 
 
@@ -63,7 +62,7 @@ def run_export(args: argparse.Namespace) -> int:
     report = export_with_report(args.model, args.out, format=args.format, image_size=parse_size(args.image_size),
                                 batch_size=args.batch_size, dynamic_batch=not args.static_batch,
                                 dynamic_size=args.dynamic_size, precision=args.precision,
-                                pretrained=args.pretrained, progress=not args.no_progress)
+                                pretrained=args.pretrained, progress=progress_allowed(args))
     summary = {"path": str(report.path), "format": report.format, "precision": report.precision,
                "file_size": report.file_size, "max_difference": report.max_difference,
                "tolerance": report.tolerance, "check_shape": list(report.check_shape),

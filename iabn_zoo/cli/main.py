@@ -1,49 +1,85 @@
 """The `iabn-zoo` entry point: build the parser from the command modules, run one command, map its errors to the
-exit codes of `exit_codes`."""
+exit codes of `exit_codes`, with messages that name this command's options."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 
+from .. import __version__
 from ..errors import ZooError
+from ..system.resources import out_of_memory_guard
 from .exit_codes import EXIT_INTERNAL, EXIT_INTERRUPTED, exit_code
+from .options import HelpFormatter, add_shared_flags, merge_global_flags, spell_option
 
 # Each module of this package (iabn_zoo/cli) defines `register(subparsers)` for the sub-commands of one concern.
 COMMAND_MODULES = ("models", "weights", "predict", "segment", "train", "memory", "export")
-
+# Parameters that shrink the memory a command needs, named by an out-of-memory the command's own guards missed.
+SIZE_PARAMETERS = ("batch_size", "image_size", "long_side", "scales")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every sub-command of every command module."""
-    parser = argparse.ArgumentParser(prog="iabn-zoo", description="InPlace-ABN model zoo")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser = argparse.ArgumentParser(
+        prog="iabn-zoo", formatter_class=HelpFormatter,
+        description="The InPlace-ABN model zoo: the paper's networks, their verified checkpoints, fine-tuning, "
+                    "evaluation, prediction and segmentation. `iabn-zoo COMMAND --help` describes each command.")
+    parser.add_argument("--version", action="version", version=f"iabn-zoo {__version__}")
+    add_shared_flags(parser, dest_prefix="global_")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__package__}.{name}").register(subparsers)
     return parser
 
 
+def show_warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each, without the Python file, line and source that `warnings` shows by default."""
+    text = " ".join(str(message).split())
+    print(f"iabn-zoo: warning: {text}", file=sys.stderr if file is None else file)
+
+
+def without_worker_traceback(message: str) -> str:
+    """The original message of an error a DataLoader worker raised (torch re-raises it with the worker's traceback
+    as its text), or `message` itself."""
+    if "\nOriginal Traceback" not in message:
+        return message
+    last = [line for line in message.splitlines() if line.strip()][-1]
+    return last.split(": ", 1)[1] if last.startswith("iabn_zoo.errors.") else last
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit code instead of raising."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except ZooError as error:
-        if args.debug:
-            traceback.print_exc()
-        print(f"iabn-zoo: error: {error}", file=sys.stderr)
-        return exit_code(error)
-    except KeyboardInterrupt:
-        print("iabn-zoo: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as error:  # a bug, not a user error: say so, keep the traceback behind --debug
-        if args.debug:
-            traceback.print_exc()
-        print(f"iabn-zoo: internal error: {type(error).__name__}: {error} (rerun with --debug and report it)",
-              file=sys.stderr)
-        return EXIT_INTERNAL
+    args = merge_global_flags(parser.parse_args(argv))
+    command_parser = getattr(args, "command_parser", parser)
+    with warnings.catch_warnings():
+        if not args.debug:
+            warnings.showwarning = show_warning_line
+        try:
+            lower = [name for name in SIZE_PARAMETERS if spell_option(command_parser, name) != name]
+            with out_of_memory_guard(f"running `{args.command}`", lower or ["the sizes of the input"]):
+                return int(args.func(args) or 0)
+        except ZooError as error:
+            if args.debug:
+                traceback.print_exc()
+            message = error.render(lambda name: spell_option(command_parser, name))
+            print(f"iabn-zoo: error: {message if args.debug else without_worker_traceback(message)}",
+                  file=sys.stderr)
+            return exit_code(error)
+        except KeyboardInterrupt:
+            print("iabn-zoo: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except BrokenPipeError:  # the reader went away (`iabn-zoo list | head`): the command itself succeeded
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        except Exception as error:  # a bug, not a user error: say so, keep the traceback behind --debug
+            if args.debug:
+                traceback.print_exc()
+            print(f"iabn-zoo: internal error: {type(error).__name__}: {error} (rerun with --debug and report it)",
+                  file=sys.stderr)
+            return EXIT_INTERNAL

@@ -4,38 +4,44 @@ from __future__ import annotations
 
 import argparse
 
-from .output import add_json_flag, emit
+from .options import add_batch_size, add_command, add_device, add_image_size
+from .output import emit
 
 COLUMNS = ("bn_mode", "saved_mib", "saved_ratio", "peak_mib", "peak_ratio", "step_seconds", "time_ratio")
 
 
 def register(subparsers) -> None:
     """Add the `memory` sub-command."""
-    parser = subparsers.add_parser(
-        "memory", help="measure the training memory of a network in standard and in-place bn_mode",
+    parser = add_command(
+        subparsers, "memory", help="measure the training memory of a network in standard and in-place bn_mode",
         description="Run training steps of ARCH per bn_mode (after a warm-up) and report the activation bytes kept "
                     "for backward (parameters excluded, each storage once), the peak (CUDA only), the median step "
                     "time and the ratios to standard BN + activation.")
     parser.add_argument("arch", metavar="ARCH", help="architecture or weights name (see `iabn-zoo list`)")
-    parser.add_argument("--batch", type=int, default=4, help="batch size (default 4)")
-    parser.add_argument("--size", type=int, default=224, help="square input size in pixels (default 224)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps per mode, median reported (default 3)")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda; the peak is measured on cuda only")
-    add_json_flag(parser)
+    add_batch_size(parser, "--batch", help="images per training step, as `finetune --batch-size`")
+    add_image_size(parser, "--size", default=224, help="square input side in pixels, as `finetune --image-size`")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per mode, median reported")
+    add_device(parser)
     parser.set_defaults(func=run_memory)
 
 
 def run_memory(args: argparse.Namespace) -> int:
     """Measure and print the table (or JSON rows)."""
-    from ..train.memory import compare_modes, report_rows
+    from ..system.devices import resolve_device
+    from ..tasks.footprint import check_training_fits
+    from ..train.memory import check_step_size, compare_modes, report_rows
 
-    rows = report_rows(compare_modes(args.arch, batch=args.batch, size=args.size, device=args.device,
+    check_step_size(args.batch_size, args.image_size)
+    target = resolve_device(args.device)
+    check_training_fits(args.arch, args.image_size, args.batch_size, target)
+    device = str(target)
+    rows = report_rows(compare_modes(args.arch, batch=args.batch_size, size=args.image_size, device=device,
                                      repeats=args.repeats))
     if args.json:
-        emit({"arch": args.arch, "batch": args.batch, "size": args.size, "device": args.device, "modes": rows},
+        emit({"arch": args.arch, "batch": args.batch_size, "size": args.image_size, "device": device, "modes": rows},
              as_json=True)
     else:
-        print(f"{args.arch}: training step (median of {args.repeats}), batch {args.batch}, {args.size}x{args.size} px, "
-              f"{args.device}")
+        print(f"{args.arch}: training step (median of {args.repeats}), batch {args.batch_size}, "
+              f"{args.image_size}x{args.image_size} px, {device}")
         emit(rows, as_json=False, columns=COLUMNS)
     return 0

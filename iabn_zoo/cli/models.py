@@ -1,39 +1,104 @@
-"""`iabn-zoo list` and `iabn-zoo info`: what the zoo holds, with sizes, scores and whether it is cached."""
+"""`iabn-zoo list` and `iabn-zoo info`: what the zoo holds, with sizes, scores and whether it is cached.
+
+Listing builds no network: parameter counts come from `parameter_counts` (names outside it are counted on the meta
+device), sizes from the registry or the cache.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from .output import add_json_flag, emit
+from .options import add_command
+from .output import emit
+from .parameter_counts import PARAMETER_COUNTS
 
-LIST_COLUMNS = ("name", "arch", "params", "top1", "top5", "miou", "size", "cached")
+LIST_COLUMNS = ("name", "arch", "weights", "params", "top1", "top5", "miou", "download", "cached")
+MIB = 2 ** 20
 
 
 def register(subparsers) -> None:
     """Add the `list` and `info` sub-commands."""
-    listing = subparsers.add_parser("list", help="list architectures and published weights")
-    listing.add_argument("pattern", nargs="?", default="*", metavar="PATTERN", help="fnmatch pattern, e.g. 'resnext*'")
-    listing.add_argument("--pretrained", action="store_true", help="only names with published weights")
-    add_json_flag(listing)
+    listing = add_command(
+        subparsers, "list", help="list architectures and published weights",
+        description="One row per architecture and weights name matching PATTERN (an fnmatch glob, case ignored): "
+                    "its architecture, the weights an architecture name stands for (its best published ones), "
+                    "parameters, published scores (percent), download size in MiB where known, and whether it is "
+                    "cached.")
+    listing.add_argument("pattern", nargs="?", default="*", metavar="PATTERN",
+                         help="fnmatch pattern, e.g. 'resnext*' (default: *, every name)")
+    listing.add_argument("--pretrained", action="store_true",
+                         help="only weights names and the architectures that have published weights")
     listing.set_defaults(func=run_list)
 
-    info = subparsers.add_parser("info", help="everything known about one architecture or weights name")
-    info.add_argument("name", metavar="NAME")
-    add_json_flag(info)
+    info = add_command(subparsers, "info", help="everything known about one architecture or weights name",
+                       description="Every field of a weights entry (source, md5, scores, preprocessing, license, "
+                                   "cache paths), or an architecture's parameters and published weights.")
+    info.add_argument("name", metavar="NAME", help="an architecture or weights name (see `iabn-zoo list`)")
     info.set_defaults(func=run_info)
 
 
 def run_list(args: argparse.Namespace) -> int:
-    """Print one row per matching name: architecture, parameters, top-1/top-5 (mIoU), file size, cached or not."""
+    """Print one row per matching name; an empty result says so and suggests a pattern that finds something."""
     from ..factory import list_models
 
-    rows = [model_row(name) for name in list_models(args.pattern, pretrained=args.pretrained)]
+    names = list_models(args.pattern, pretrained=args.pretrained)
+    rows = [model_row(name) for name in names]
     if not args.json:
-        rows = [{**row, "params": _millions(row["params"]), "size": _megabytes(row["size"]),
+        rows = [{**row, "params": _millions(row["params"]), "download": _mebibytes(row["size"]),
                  "cached": {True: "yes", False: "no", None: None}[row["cached"]]} for row in rows]
-    emit(rows, as_json=args.json, columns=LIST_COLUMNS)
+    if rows or args.json:
+        emit(rows, as_json=args.json, columns=LIST_COLUMNS)
+    if not rows:
+        print(f"iabn-zoo: no name matches {args.pattern!r}{empty_list_hint(args.pattern, args.pretrained)}",
+              file=sys.stderr)
     return 0
+
+
+def empty_list_hint(pattern: str, pretrained: bool) -> str:
+    """What to try when a pattern finds nothing: a wider glob, the names without --pretrained, or close names."""
+    from ..errors import close_matches
+    from ..factory import list_models
+
+    if pretrained and list_models(pattern):
+        return f"; {len(list_models(pattern))} name(s) match without --pretrained (no published weights)"
+    if not any(char in pattern for char in "*?["):
+        for wider in (f"{pattern}*", f"*{pattern}*"):
+            if list_models(wider, pretrained=pretrained):
+                return f"; patterns match whole names: try {wider!r}"
+    similar = close_matches(pattern.lower(), list_models())
+    return f"; similar names: {', '.join(similar)}" if similar else "; `iabn-zoo list` shows every name"
+
+
+def parameter_count(name: str) -> int:
+    """Parameters of the network `name` builds: from the table, else counted on the meta device."""
+    from ..factory import count_parameters
+
+    return PARAMETER_COUNTS[name] if name in PARAMETER_COUNTS else count_parameters(name)
+
+
+def model_row(name: str) -> dict[str, Any]:
+    """The `list` row of an architecture or weights name (sizes in bytes, params as a count)."""
+    from ..factory import resolve_weights
+    from ..weights.cache import cached_file_size, is_cached
+    from ..weights.catalog import weights_for_arch
+
+    weights = resolve_weights(name)
+    if weights is None:
+        default = _default_weights_name(name) if weights_for_arch(name) else None
+        return {"name": name, "kind": "arch", "arch": name, "weights": default,
+                "params": parameter_count(name), "top1": None, "top5": None, "miou": None, "size": None,
+                "cached": None}
+    return {"name": name, "kind": "weights", "arch": weights.arch, "weights": None, "params": parameter_count(name),
+            "top1": weights.metrics.get("top1"), "top5": weights.metrics.get("top5"),
+            "miou": weights.metrics.get("miou"), "size": cached_file_size(weights), "cached": is_cached(weights)}
+
+
+def _default_weights_name(arch: str) -> str:
+    from ..weights.catalog import default_weights_for
+
+    return default_weights_for(arch).name
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -45,27 +110,12 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def model_row(name: str) -> dict[str, Any]:
-    """The `list` row of an architecture or weights name (sizes in bytes, params as a count)."""
-    from ..factory import count_parameters, resolve_weights
-    from ..weights.cache import cached_file_size, is_cached
-
-    weights = resolve_weights(name)
-    if weights is None:
-        return {"name": name, "arch": name, "params": count_parameters(name), "top1": None, "top5": None,
-                "miou": None, "size": None, "cached": None}
-    return {"name": name, "arch": weights.arch, "params": count_parameters(name), "top1": weights.metrics.get("top1"),
-            "top5": weights.metrics.get("top5"), "miou": weights.metrics.get("miou"), "size": cached_file_size(weights),
-            "cached": is_cached(weights)}
-
-
 def weights_info(weights) -> dict[str, Any]:
     """All fields of a weights entry, plus parameters and where its files are cached."""
-    from ..factory import count_parameters
     from ..weights.cache import cached_file_size, checkpoint_path, converted_path, is_cached
 
     return {"name": weights.name, "arch": weights.arch, "arch_kwargs": weights.arch_kwargs, "task": weights.task,
-            "num_classes": weights.num_classes, "parameters": count_parameters(weights.name),
+            "num_classes": weights.num_classes, "parameters": parameter_count(weights.name),
             "metrics": weights.metrics, "license": weights.license, "preprocessing": weights.preprocessing,
             "labels": weights.labels, "urls": list(weights.urls), "md5": weights.md5, "file_name": weights.file_name,
             "file_size": cached_file_size(weights), "cached": is_cached(weights),
@@ -74,17 +124,17 @@ def weights_info(weights) -> dict[str, Any]:
 
 
 def arch_info(arch: str) -> dict[str, Any]:
-    """An architecture's parameter count and the weights published for it."""
-    from ..factory import count_parameters
+    """An architecture's parameter count, the weights published for it and the ones its name stands for."""
     from ..weights.catalog import weights_for_arch
 
     published = [weights.name for weights in weights_for_arch(arch)]
-    return {"name": arch, "parameters": count_parameters(arch), "weights": published}
+    return {"name": arch, "parameters": parameter_count(arch), "weights": published,
+            "default_weights": _default_weights_name(arch) if published else None}
 
 
 def _millions(count: int | None) -> str | None:
     return None if count is None else f"{count / 1e6:.1f}M"
 
 
-def _megabytes(size: int | None) -> str | None:
-    return None if size is None else f"{size / 2**20:.1f} MB"
+def _mebibytes(size: int | None) -> str | None:
+    return None if size is None else f"{size / MIB:.1f} MiB"

@@ -8,11 +8,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 
-def add_json_flag(parser) -> None:
-    """Give a sub-command the `--json` flag that switches its table to JSON."""
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
 def format_cell(value: Any) -> str:
     """A table cell: floats with two decimals, None as '-'."""
     if value is None:

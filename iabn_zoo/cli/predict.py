@@ -1,4 +1,4 @@
-"""`iabn-zoo predict NAME IMAGE...`: the top-k ImageNet classes of image files with a pretrained network."""
+"""`iabn-zoo predict MODEL IMAGE...`: the top-k classes of image files, MODEL being whatever `create_model` takes."""
 
 from __future__ import annotations
 
@@ -6,45 +6,57 @@ import argparse
 import sys
 
 from .exit_codes import exit_code
-from .output import add_json_flag, emit
+from .options import add_batch_size, add_command, add_device, add_image_size, add_precision, progress_allowed
+from .output import emit
 
 PREDICT_COLUMNS = ("image", "rank", "index", "name", "probability")
 
 
 def register(subparsers) -> None:
     """Add the `predict` sub-command."""
-    parser = subparsers.add_parser("predict", help="classify images with a pretrained network")
-    parser.add_argument("name", metavar="NAME", help="weights name (or an architecture with published weights)")
+    parser = add_command(
+        subparsers, "predict", help="classify images with a network",
+        description="Print the most probable classes of each image. MODEL is a weights name, an architecture (its "
+                    "default published weights, or random ones with a warning when it has none) or a fine-tuning "
+                    "RUN directory (its classes). Unreadable images are reported and skipped (exit code 8).")
+    parser.add_argument("model", metavar="MODEL", help="weights or architecture name, or a RUN directory")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format and mode Pillow reads)")
-    parser.add_argument("--topk", type=int, default=5, help="how many classes to show per image (default 5)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
-                        help="weights and activations: fp32 (default), bf16 (fast on CPUs with AMX), fp16 (CUDA)")
-    parser.add_argument("--no-progress", action="store_true", help="no download progress bar")
-    add_json_flag(parser)
+    parser.add_argument("--topk", type=int, default=5, help="how many classes to show per image")
+    add_batch_size(parser)
+    add_image_size(parser, help="center crop side in pixels, the shorter side resized in proportion (default: the "
+                                "model's own, 224 for the published weights)")
+    add_device(parser)
+    add_precision(parser)
     parser.set_defaults(func=run_predict)
 
 
 def run_predict(args: argparse.Namespace) -> int:
     """Classify every image; unreadable ones are reported on stderr and make the exit code 8 at the end."""
-    from ..data.labels import class_names
-    from ..errors import DataError, InvalidArgumentError
-    from ..factory import create_model, resolve_weights
-    from ..tasks.predict import predict_images
-    from ..weights.catalog import default_weights_for
-
+    from ..errors import DataError, bad_argument
+    from ..system.devices import resolve_device
+    from ..system.resources import out_of_memory_guard
+    from ..tasks.classifiers import load_classifier, model_preprocessing
+    from ..tasks.footprint import check_inference_fits
     from ..tasks.precision import check_precision
+    from ..tasks.predict import predict_images
 
-    if args.topk < 1:
-        raise InvalidArgumentError(f"--topk must be >= 1, got {args.topk}")
-    check_precision(args.precision, getattr(args, "device", None) or "cpu")  # before any download
-    weights = resolve_weights(args.name) or default_weights_for(args.name)
-    if weights.task != "classification":
-        raise InvalidArgumentError(f"{weights.name} is a {weights.task} model; use `iabn-zoo segment` for it")
-    names = class_names(weights.labels, weights.num_classes)
-    model = create_model(weights.name, pretrained=True, progress=not args.no_progress)
-    results = predict_images(model, args.images, names=names, preprocessing=weights.preprocessing,
-                             topk=args.topk, batch_size=args.batch_size, precision=args.precision)
+    for name in ("topk", "batch_size", "image_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise bad_argument(name, f"must be >= 1, got {value}")
+    device = resolve_device(args.device)
+    check_precision(args.precision, device)  # before any download
+    preprocessing = model_preprocessing(args.model)
+    if args.image_size is not None:
+        ratio = preprocessing["resize"] / preprocessing["crop"]
+        preprocessing = {**preprocessing, "crop": args.image_size, "resize": round(args.image_size * ratio)}
+    check_inference_fits(args.model, preprocessing["crop"], args.batch_size, device, resize=preprocessing["resize"])
+    classifier = load_classifier(args.model, progress=progress_allowed(args))
+    what = f"classifying {args.batch_size} image(s) at a time at {preprocessing['crop']} px"
+    with out_of_memory_guard(what, ("batch_size", "image_size")):
+        results = predict_images(classifier.model.to(device), args.images, names=classifier.names,
+                                 preprocessing=preprocessing, topk=args.topk, batch_size=args.batch_size,
+                                 progress=progress_allowed(args), precision=args.precision)
     for result in results:
         if not result.ok:
             print(f"iabn-zoo: error: {result.error}", file=sys.stderr)

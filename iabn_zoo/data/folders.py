@@ -109,13 +109,12 @@ class ImageFolder(torch.utils.data.Dataset):
                 readable.append((path, target))
             else:
                 self.skipped.append((path, reason))
-        if self.skipped:
+        if self.skipped and self.on_error == "raise":
             listing = "\n".join(f"  {path}: {reason}" for path, reason in self.skipped)
-            if self.on_error == "raise":
-                raise DataError(f"{len(self.skipped)} unreadable image(s) under {self.root}; remove or replace them, "
-                                f"or skip them with on_error='skip' (--skip-bad-images):\n{listing}")
-            warnings.warn(f"skipping {len(self.skipped)} unreadable image(s) under {self.root}:\n{listing}",
-                          stacklevel=3)
+            raise DataError(f"{len(self.skipped)} unreadable image(s) under {self.root}; remove or replace them, "
+                            f"or skip them with {{on_error}} skip:\n{listing}", parameters=("on_error",))
+        for path, reason in self.skipped:  # one line per file, so that each problem reads on its own
+            warnings.warn(f"skipping unreadable image {path} ({reason})", stacklevel=3)
         return readable
 
     def _check_every_class_has_images(self, samples: list[tuple[Path, int]]) -> None:
@@ -137,6 +136,8 @@ class ImageFolder(torch.utils.data.Dataset):
         path = self.samples[index][0]
         try:
             return open_rgb(path)
+        except DataError:
+            raise  # it names the file already
         except DECODE_ERRORS as error:
             raise DataError(f"cannot decode image {path}: {error}; remove or replace it") from error
 
@@ -149,7 +150,7 @@ class ImageFolder(torch.utils.data.Dataset):
             except DataError as error:
                 if self.on_error == "raise":
                     raise
-                warnings.warn(f"{error}; using another image in its place", stacklevel=3)
+                warnings.warn(f"{error} Another image takes its place.", stacklevel=3)
         raise DataError(f"no image under {self.root} could be decoded")
 
     def __getitem__(self, index: int) -> tuple[Any, int]:

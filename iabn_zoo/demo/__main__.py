@@ -71,14 +71,15 @@ def deployed_accuracies(run_dir: Path, val_dir: Path, image_size: int) -> None:
     onnxruntime and of the eager network in bf16."""
     from ..deploy import export_with_report
     from ..deploy.runtimes import OnnxModule
-    from ..tasks.evaluate import evaluate, evaluate_model, evaluation_set, load_evaluable
+    from ..tasks.classifiers import load_classifier
+    from ..tasks.evaluate import evaluate, evaluate_model, evaluation_set
 
     report = export_with_report(run_dir, run_dir / "digits.onnx", image_size=image_size)
     print(f"exported the run to {report.path} ({report.file_size / 2**20:.1f} MiB); checked in onnxruntime: max "
           f"difference {report.max_difference:.1e} relative to the eager network")
     eager = evaluate(run_dir, val_dir, num_workers=0, device="cpu")
     bf16 = evaluate(run_dir, val_dir, num_workers=0, device="cpu", precision="bf16")
-    dataset = evaluation_set(load_evaluable(run_dir), val_dir)
+    dataset = evaluation_set(load_classifier(run_dir), val_dir)
     onnx = evaluate_model(OnnxModule(report.path), dataset, batch_size=32)
     print(f"held-out digits, top-1: eager PyTorch {eager['top1']:.2f}%   onnxruntime {onnx['top1']:.2f}%   "
           f"eager bf16 {bf16['top1']:.2f}%   ({eager['images']} images)")

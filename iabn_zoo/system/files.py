@@ -2,7 +2,8 @@
 that was committed.
 
 Every write goes to a uniquely named temporary file in the target's folder (created with mode 0666, so the user's
-umask decides the final mode, as for any file a program creates), is fsynced, renamed over the target, and the
+umask decides the final mode, as for any file a program creates; a library that replaces the file with a stricter
+one, as safetensors does, gets that mode restored), is fsynced, renamed over the target, and the
 folder is fsynced so that the rename itself survives a power cut.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,8 +66,11 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     without an error, removed otherwise."""
     target = Path(target)
     temporary = temporary_sibling(target)
+    mode = stat.S_IMODE(temporary.stat().st_mode)
     try:
         yield temporary
+        if stat.S_IMODE(temporary.stat().st_mode) != mode:  # the writer replaced the file (safetensors does, 0600)
+            os.chmod(temporary, mode)
         commit(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)

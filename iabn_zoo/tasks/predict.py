@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from ..errors import DataError, InvalidArgumentError
-
-DEFAULT_PREPROCESSING = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "resize": 256, "crop": 224,
-                         "interpolation": "bilinear"}
+from ..errors import DataError, bad_argument
+from ..system.progress import progress_bar
+from .classifiers import DEFAULT_PREPROCESSING
 
 
 @dataclass(frozen=True)
@@ -54,9 +53,10 @@ def preprocessing_transform(preprocessing: Mapping | None = None) -> Callable:
 def top_classes(logits: torch.Tensor, names: Sequence[str], topk: int) -> list[tuple[ClassScore, ...]]:
     """The `topk` most probable classes of each row of `logits` (N, classes), most probable first."""
     if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
-        raise InvalidArgumentError(f"topk must be an integer >= 1, got {topk!r}")
+        raise bad_argument("topk", f"must be an integer >= 1, got {topk!r}")
     if logits.dim() != 2 or logits.shape[1] != len(names):
-        raise InvalidArgumentError(f"logits of shape {tuple(logits.shape)} do not match {len(names)} class names")
+        raise bad_argument("names", f"has {len(names)} class names, which do not match logits of shape "
+                                    f"{tuple(logits.shape)}")
     probabilities = logits.float().softmax(dim=1)
     values, indices = probabilities.topk(min(topk, len(names)), dim=1)
     return [tuple(ClassScore(int(i), names[int(i)], float(v)) for v, i in zip(row_values, row_indices))
@@ -65,29 +65,34 @@ def top_classes(logits: torch.Tensor, names: Sequence[str], topk: int) -> list[t
 
 def predict_images(model: nn.Module, paths: Sequence[str | os.PathLike], *, names: Sequence[str],
                    preprocessing: Mapping | None = None, topk: int = 5, batch_size: int = 8,
-                   precision: str = "fp32") -> list[ImagePrediction]:
-    """Classify every file of `paths` (in order); unreadable images get a result with `error` set. `precision`
-    (fp32, bf16, fp16 on CUDA) is that of the weights and activations; probabilities are float32 either way."""
+                   progress: bool = False, precision: str = "fp32") -> list[ImagePrediction]:
+    """Classify every file of `paths` (in order, `batch_size` images at a time, a bar over many images with
+    `progress`); unreadable images get a result with `error` set. `precision` (fp32, bf16, fp16 on CUDA) is that of
+    the weights and activations; probabilities are float32 either way."""
     from ..data.images import open_rgb
     from .precision import check_precision, inference_model
 
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise bad_argument("batch_size", f"must be an integer >= 1, got {batch_size!r}")
     check_precision(precision, next(model.parameters()).device)
     model = inference_model(model, precision)
     transform = preprocessing_transform(preprocessing)
     results: dict[int, ImagePrediction] = {}
     ready: list[tuple[int, torch.Tensor]] = []
-    for position, path in enumerate(paths):
-        try:
-            ready.append((position, transform(open_rgb(path))))
-        except DataError as error:
-            results[position] = ImagePrediction(str(path), error=str(error))
-    for start in range(0, len(ready), batch_size):
-        chunk = ready[start:start + batch_size]
-        logits = classify(model, torch.stack([tensor for _, tensor in chunk]))
-        for (position, _), classes in zip(chunk, top_classes(logits, names, topk)):
-            results[position] = ImagePrediction(str(paths[position]), classes)
+    with progress_bar(total=len(paths), enabled=progress and len(paths) > batch_size, desc="predict",
+                      unit="image", leave=False) as bar:
+        for position, path in enumerate(paths):
+            try:
+                ready.append((position, transform(open_rgb(path))))
+            except DataError as error:
+                results[position] = ImagePrediction(str(path), error=str(error))
+                bar.update()
+            if ready and (len(ready) == batch_size or position == len(paths) - 1):
+                logits = classify(model, torch.stack([tensor for _, tensor in ready]))
+                for (index, _), classes in zip(ready, top_classes(logits, names, topk)):
+                    results[index] = ImagePrediction(str(paths[index]), classes)
+                bar.update(len(ready))
+                ready = []
     return [results[position] for position in range(len(paths))]
 
 

@@ -7,6 +7,7 @@ coloured map blended on the photo, with a legend of the classes present.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Sequence
 
 import torch
@@ -21,6 +22,9 @@ Color = tuple[int, int, int]
 OVERLAY_ALPHA = 0.5
 LEGEND_PADDING = 6
 SWATCH = 12
+LEGEND_MIN_SHARE = 0.005  # classes covering less of the image are left out of the legend
+MIN_FONT_SIZE, MAX_FONT_SIZE = 12, 64
+PHOTO_HEIGHT_PER_FONT_PIXEL = 40  # a 1024 px high photo gets a 26 px font
 
 
 def check_output_mode(mode: str) -> str:
@@ -33,7 +37,8 @@ def check_output_mode(mode: str) -> str:
 def tensor_to_image(values: torch.Tensor, mode: str) -> Image.Image:
     """An (H, W) tensor already in the pixel type of `mode` ('L', 'P': uint8; 'I;16': uint16) as a PIL image."""
     height, width = values.shape
-    data = bytes(values.clone(memory_format=torch.contiguous_format).untyped_storage())
+    values = values.detach().cpu().contiguous()
+    data = ctypes.string_at(values.data_ptr(), values.numel() * values.element_size())  # bytes(storage) is per byte
     return Image.frombytes(mode, (width, height), data)
 
 
@@ -92,38 +97,53 @@ def classes_present(classes: torch.Tensor) -> list[tuple[int, float]]:
     return [(index, count / total) for index, count in present]
 
 
-def legend_lines(classes: torch.Tensor, names: Sequence[str]) -> list[tuple[int, str]]:
-    """(class index, 'Name 12.3%') for the legend, most frequent class first."""
-    return [
-        (index, f"{names[index] if index < len(names) else f'class {index}'} {share:.1%}")
-        for index, share in classes_present(classes)
-    ]
+def legend_lines(classes: torch.Tensor, names: Sequence[str]) -> list[tuple[int, str, str]]:
+    """(class index, name, '12.3%') for the legend, most frequent class first, classes under LEGEND_MIN_SHARE left
+    out (a legend of specks tells nothing)."""
+    return [(index, names[index] if index < len(names) else f"class {index}", f"{share:.1%}")
+            for index, share in classes_present(classes) if share >= LEGEND_MIN_SHARE]
+
+
+def legend_font(photo_height: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's own font at a size readable beside a photo of this height (the bitmap font without FreeType)."""
+    size = max(MIN_FONT_SIZE, min(MAX_FONT_SIZE, round(photo_height / PHOTO_HEIGHT_PER_FONT_PIXEL)))
+    try:
+        return ImageFont.load_default(size=size)
+    except (ImportError, OSError, TypeError):
+        return ImageFont.load_default()
 
 
 def overlay_image(photo: Image.Image, classes: torch.Tensor, colors: Sequence[Color], names: Sequence[str],
                   *, alpha: float = OVERLAY_ALPHA) -> Image.Image:
-    """The photo with the coloured map blended on it, and a legend of the classes present in a panel on its right."""
+    """The photo with the coloured map blended on it, and beside it (never over it) a legend of the classes present:
+    a swatch, the name, and the share right-aligned in its own column."""
     if not 0 <= alpha <= 1:
         raise InvalidArgumentError(f"overlay alpha must lie in [0, 1], got {alpha}")
     photo = photo.convert("RGB")
     if photo.size != (classes.shape[1], classes.shape[0]):
         raise InvalidArgumentError(f"photo size {photo.size} differs from the class map's {tuple(classes.shape[::-1])}")
     blended = Image.blend(photo, colored_map(classes, colors), alpha)
-    font = ImageFont.load_default()
+    font = legend_font(photo.height)
     lines = legend_lines(classes, names)
-    line_height = max(SWATCH, max((font.getbbox(text)[3] for _, text in lines), default=SWATCH)) + 4
-    text_width = max((int(font.getlength(text)) for _, text in lines), default=0)
-    panel_width = LEGEND_PADDING * 3 + SWATCH + text_width
-    legend_height = LEGEND_PADDING * 2 + line_height * len(lines)
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (SWATCH, 0)
+    swatch = max(SWATCH, ascent)
+    pad = max(LEGEND_PADDING, swatch // 2)
+    line_height = max(swatch, ascent + descent) + pad // 2
+    name_width = max((int(font.getlength(name)) for _, name, _ in lines), default=0)
+    share_width = max((int(font.getlength(share)) for _, _, share in lines), default=0)
+    panel_width = pad + swatch + pad + name_width + 2 * pad + share_width + pad
+    legend_height = 2 * pad + line_height * len(lines)
     canvas = Image.new("RGB", (photo.width + panel_width, max(photo.height, legend_height)), "white")
     canvas.paste(blended, (0, 0))
     draw = ImageDraw.Draw(canvas)
-    left = photo.width + LEGEND_PADDING
-    for row, (index, text) in enumerate(lines):
-        top = LEGEND_PADDING + row * line_height
+    left = photo.width + pad
+    share_right = canvas.width - pad
+    for row, (index, name, share) in enumerate(lines):
+        top = pad + row * line_height
         color = tuple(colors[index]) if index < len(colors) else (0, 0, 0)
-        draw.rectangle([left, top, left + SWATCH - 1, top + SWATCH - 1], fill=color, outline="black")
-        draw.text((left + SWATCH + LEGEND_PADDING, top), text, fill="black", font=font)
+        draw.rectangle([left, top, left + swatch - 1, top + swatch - 1], fill=color, outline="black")
+        draw.text((left + swatch + pad, top), name, fill="black", font=font)
+        draw.text((share_right - font.getlength(share), top), share, fill="black", font=font)
     return canvas
 
 

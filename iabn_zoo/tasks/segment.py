@@ -22,13 +22,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..data.transforms import resample_filter, to_tensor
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, bad_argument
+from ..system.progress import progress_bar
 from .precision import check_precision, inference_model
 
 FUSION_MODES = ("mean", "voting", "max")
 DEFAULT_WEIGHTS = "wider_resnet38_deeplab3_vistas"
 # Elements of one band of resized logits: bounds the temporary memory of a pass (1M floats = 4 MiB).
 BAND_ELEMENTS = 1 << 20
+# Images at least this large (working pixels) get a progress bar over their passes; smaller ones finish too fast.
+PASS_BAR_PIXELS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -48,20 +51,21 @@ def check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     """Validate test-time scales: a non-empty list of finite numbers > 0."""
     scales = tuple(float(s) for s in scales)
     if not scales:
-        raise InvalidArgumentError("give at least one scale, e.g. --scales 1 or --scales 0.7,1,1.2")
+        raise bad_argument("scales", "needs at least one scale, e.g. 1 or 0.7,1,1.2")
     bad = [s for s in scales if not math.isfinite(s) or s <= 0]
     if bad:
-        raise InvalidArgumentError(f"scales must be finite numbers > 0, got {bad}; e.g. --scales 0.7,1,1.2")
+        raise bad_argument("scales", f"must be finite numbers > 0, got {bad}; e.g. 0.7,1,1.2")
     return scales
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
-    """Scales from a comma-separated string such as '0.7,1,1.2' (brackets allowed, as in the authors' script)."""
-    items = [item.strip() for item in text.strip().strip("[]").split(",") if item.strip()]
+    """Scales from a comma-separated string such as '0.7,1,1.2' (brackets allowed, as in the authors' script); an
+    empty item ('1,,2', a trailing comma) is refused rather than dropped."""
+    items = [item.strip() for item in text.strip().strip("[]").split(",")]
     try:
         values = [float(item) for item in items]
     except ValueError:
-        raise InvalidArgumentError(f"scales must be comma-separated numbers like 0.7,1,1.2, got {text!r}") from None
+        raise bad_argument("scales", f"must be comma-separated numbers like 0.7,1,1.2, got {text!r}") from None
     return check_scales(values)
 
 
@@ -112,6 +116,11 @@ class MeanFusion:
         self.total = torch.zeros(batch, classes, *size, device=device)
         self.passes = 0
 
+    @staticmethod
+    def buffer_bytes(batch: int, classes: int, size: tuple[int, int]) -> int:
+        """Bytes of the buffers this fusion keeps: the probability sums."""
+        return 4 * batch * classes * size[0] * size[1]
+
     def update(self, rows: slice, probs: torch.Tensor) -> None:
         """Add one band of one pass's probabilities (N, C, rows, W)."""
         self.total[:, :, rows].add_(probs)
@@ -138,6 +147,11 @@ class VotingFusion:
         self.votes = torch.zeros(batch, classes, *size, dtype=torch.int16, device=device)
         self.prob_sums = torch.zeros(batch, classes, *size, device=device)
 
+    @staticmethod
+    def buffer_bytes(batch: int, classes: int, size: tuple[int, int]) -> int:
+        """Bytes of the buffers this fusion keeps: 16-bit votes and the probability sums."""
+        return 6 * batch * classes * size[0] * size[1]
+
     def update(self, rows: slice, probs: torch.Tensor) -> None:
         """Add one band's votes and the winning probabilities."""
         best, winner = probs.max(dim=1, keepdim=True)
@@ -160,6 +174,11 @@ class MaxFusion:
     def __init__(self, batch: int, classes: int, size: tuple[int, int], device: torch.device):
         self.best = torch.zeros(batch, *size, device=device)
         self.classes = torch.zeros(batch, *size, dtype=torch.long, device=device)
+
+    @staticmethod
+    def buffer_bytes(batch: int, classes: int, size: tuple[int, int]) -> int:
+        """Bytes of the buffers this fusion keeps: the best probability and its class."""
+        return 12 * batch * size[0] * size[1]
 
     def update(self, rows: slice, probs: torch.Tensor) -> None:
         """Replace the pixels where this band is more confident than every earlier pass."""
@@ -216,12 +235,16 @@ class SegmentationPredictor:
         self.model = inference_model(model, precision)
 
     @classmethod
-    def from_weights(cls, weights: str = DEFAULT_WEIGHTS, *, progress: bool = True, **options: Any):
-        """A predictor for registered segmentation weights: downloads and verifies the checkpoint, and takes
-        mean, std and the long side from the registry's preprocessing (`options` override them)."""
+    def from_weights(cls, weights: str = DEFAULT_WEIGHTS, *, progress: bool = True,
+                     device: str | torch.device | None = None, **options: Any):
+        """A predictor for registered segmentation weights (or an architecture's default ones): downloads and
+        verifies the checkpoint, and takes mean, std and the long side from the registry's preprocessing (`options`
+        override them). The network stays on the CPU unless `device` names another (checked by resolve_device)."""
         from ..factory import create_model
+        from ..system.devices import resolve_device
         from ..weights.catalog import get_weights
 
+        target = resolve_device(device) if device is not None else torch.device("cpu")
         entry = get_weights(weights)
         if entry.task != "segmentation":
             raise InvalidArgumentError(
@@ -231,7 +254,7 @@ class SegmentationPredictor:
         options = {"mean": prep["mean"], "std": prep["std"], "long_side": prep.get("long_side", 2048),
                    "interpolation": prep.get("interpolation", "bilinear"), **options}
         model = create_model(entry.name, pretrained=True, progress=progress)
-        return cls(model, **options)
+        return cls(model.to(target), **options)
 
     @property
     def device(self) -> torch.device:
@@ -242,9 +265,9 @@ class SegmentationPredictor:
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """(1, 3, h, w) normalised tensor: RGB, longest side resized to `long_side` with Pillow, mean/std."""
         image = image.convert("RGB")
-        if self.long_side is not None and max(image.size) != self.long_side:
-            factor = self.long_side / max(image.size)
-            image = image.resize(tuple(max(1, int(side * factor)) for side in image.size), self.resample)
+        size = working_size(image.size, self.long_side)
+        if size != image.size:
+            image = image.resize(size, self.resample)
         x = to_tensor(image)
         x.sub_(torch.tensor(self.mean).view(3, 1, 1)).div_(torch.tensor(self.std).view(3, 1, 1))
         return x.unsqueeze(0)
@@ -266,14 +289,16 @@ class SegmentationPredictor:
         return logits.flip(-1) if flipped else logits
 
     @torch.no_grad()
-    def fuse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(confidence, classes), each (N, H, W) at the size of the normalised batch `x` (N, 3, H, W)."""
+    def fuse(self, x: torch.Tensor, *, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(confidence, classes), each (N, H, W) at the size of the normalised batch `x` (N, 3, H, W); with
+        `progress`, a bar over the passes of an image of PASS_BAR_PIXELS or more."""
         if x.dim() != 4 or x.shape[1] != 3:
             raise InvalidArgumentError(f"expected a normalised batch of shape (N, 3, H, W), got {tuple(x.shape)}")
         x = x.to(self.device)
         size = (x.shape[2], x.shape[3])
         fusion = None
-        for scale, flipped in self.passes():
+        large = size[0] * size[1] >= PASS_BAR_PIXELS
+        for scale, flipped in progress_bar(self.passes(), enabled=progress and large, desc="passes", leave=False):
             logits = self.run_pass(x, scale, flipped)
             if fusion is None:
                 fusion = FUSIONS[self.fusion](x.shape[0], logits.shape[1], size, x.device)
@@ -283,14 +308,22 @@ class SegmentationPredictor:
             del logits
         return fusion.output()
 
-    def predict(self, image: Image.Image) -> SegmentationResult:
+    def predict(self, image: Image.Image, *, progress: bool = False) -> SegmentationResult:
         """Segment one PIL image; class map and confidence at the image's own size (nearest resizing)."""
-        confidence, classes = self.fuse(self.preprocess(image))
+        confidence, classes = self.fuse(self.preprocess(image), progress=progress)
         width, height = image.size
         return SegmentationResult(
             classes=resize_nearest(classes[0], (height, width)).long(),
             confidence=resize_nearest(confidence[0], (height, width)).float(),
         )
+
+
+def working_size(size: tuple[int, int], long_side: int | None) -> tuple[int, int]:
+    """(width, height) of an image of `size` once its longest side is resized to `long_side` (None: kept)."""
+    if long_side is None or max(size) == long_side:
+        return tuple(size)
+    factor = long_side / max(size)
+    return tuple(max(1, int(side * factor)) for side in size)
 
 
 def resize_nearest(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

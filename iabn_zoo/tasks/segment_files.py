@@ -1,18 +1,31 @@
-"""The files of a segmentation job: which images to read, where each output goes, writing the PNGs atomically,
-and the class colours and names an output shows."""
+"""The files of a segmentation job: which images to read, where each output goes, what the existing outputs are,
+writing the PNGs atomically with the kind of output they hold, the memory the images need, and the class colours
+and names an output shows.
+
+Each PNG records its kind (palette, raw, prob8, prob16, overlay) and the weights in its text chunks, so that a
+rerun keeps an existing output only when it is the kind asked for, and never passes off another kind as it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
-from ..data.folders import is_image_file
+from ..data.folders import DECODE_ERRORS, is_image_file
 from ..data.labels import class_colors, class_names
-from ..errors import DataError
+from ..errors import DataError, InvalidArgumentError
 from ..system.files import atomic_path
+from ..system.resources import check_fits
 from ..weights.catalog import get_weights
+from .footprint import NetworkFootprint
+from .segment import FUSIONS, working_size
+
+KIND_KEY = "iabn-zoo-output"
+WEIGHTS_KEY = "iabn-zoo-weights"
 
 
 def collect_images(inputs: Sequence[Path]) -> list[Path]:
@@ -53,10 +66,69 @@ def make_output_folder(folder: Path) -> None:
         raise DataError(f"cannot create the output folder {folder} ({error.strerror}); choose another --out") from None
 
 
-def write_png(image: Image.Image, target: Path) -> None:
-    """Write a PNG atomically, so an interrupted run leaves no partial output."""
+def output_kind(output: str, prob_bits: int = 8) -> str:
+    """The kind an output file records: the output mode, with its bit depth for prob."""
+    return f"prob{prob_bits}" if output == "prob" else output
+
+
+def recorded_kind(path: Path) -> str | None:
+    """The kind of output a PNG written by `write_png` holds; None for any other file."""
+    try:
+        with Image.open(path) as image:
+            return getattr(image, "text", {}).get(KIND_KEY)
+    except DECODE_ERRORS:
+        return None
+
+
+def outputs_to_write(targets: Sequence[Path], kind: str, *, overwrite: bool) -> list[int]:
+    """Indices of the targets to (re)write: all with `overwrite`, else those missing. An existing file of another
+    kind (or not written by this command) is refused before any work, never kept as if it were the one asked for."""
+    if overwrite:
+        return list(range(len(targets)))
+    existing = {index: recorded_kind(target) for index, target in enumerate(targets) if target.exists()}
+    others = [(targets[index], found) for index, found in existing.items() if found != kind]
+    if others:
+        listing = ", ".join(f"{path} ({found or 'not a segment output'})" for path, found in others[:5])
+        more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+        raise InvalidArgumentError(
+            f"{len(others)} existing file(s) are not {kind} outputs: {listing}{more}; pass {{overwrite}} to replace "
+            "them, or choose another {out}", parameters=("overwrite", "out"))
+    return [index for index in range(len(targets)) if index not in existing]
+
+
+def write_png(image: Image.Image, target: Path, *, kind: str, weights: str) -> None:
+    """Write a PNG atomically (an interrupted run leaves no partial output), recording its kind and weights."""
+    info = PngInfo()
+    info.add_text(KIND_KEY, kind)
+    info.add_text(WEIGHTS_KEY, weights)
     with atomic_path(target) as temporary:
-        image.save(temporary, format="PNG")
+        image.save(temporary, format="PNG", pnginfo=info)
+
+
+def check_segmentation_fits(weights_name: str, images: Sequence[Path], *, long_side: int | None,
+                            scales: Sequence[float], fusion: str, device: torch.device) -> None:
+    """Refuse, before any work, images whose working size cannot fit `device`: the network's activations at the
+    largest scale, the fusion buffers and the image itself (a lower bound, from image headers only)."""
+    if not images:
+        return
+    weights = get_weights(weights_name)
+    footprint = NetworkFootprint(weights.name)
+    needs: dict[tuple[int, int], int] = {}
+    for image in images:
+        try:
+            with Image.open(image) as opened:
+                width, height = working_size(opened.size, long_side)
+        except DECODE_ERRORS:
+            continue  # reported when its turn comes
+        if (width, height) not in needs:
+            network = max(footprint.per_image(round(scale * height), round(scale * width)).inference
+                          for scale in scales)
+            fused = FUSIONS[fusion].buffer_bytes(1, weights.num_classes, (height, width))
+            needs[width, height] = network + fused + 15 * width * height  # + the image as bytes and as floats
+    if needs:
+        (width, height), needed = max(needs.items(), key=lambda item: item[1])
+        check_fits(needed, device, lower=("long_side", "scales"),
+                   what=f"segmenting a {width}x{height} px working image at scales {','.join(map(str, scales))}")
 
 
 def class_table(weights_name: str, output: str) -> tuple[list[tuple[int, int, int]], list[str]]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..data.folders import ON_ERROR
 from ..data.transforms import AUGMENT_PRESETS
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, bad_argument
 from ..factory import resolve_weights
 from ..layers import BN_MODES
 from ..weights.run_reader import CONFIG_FILE, read_json
@@ -52,49 +52,54 @@ class FinetuneConfig:
     seed: int = 0
     num_workers: int = 2
     on_error: str = "skip"  # unreadable images: skip with a warning, or raise
-    device: str | None = None
-    progress: bool | None = None  # None: a progress bar when stderr is a terminal
+    device: str | None = None  # None or "auto": CUDA when available
+    progress: bool | None = True  # bars at a terminal (system.progress); False: never (None, of older runs: True)
 
     def __post_init__(self) -> None:
         check_config(self)
 
 
-def _check(condition: bool, message: str) -> None:
+def _check(condition: bool, parameter: str, problem: str) -> None:
     if not condition:
-        raise InvalidArgumentError(message)
+        raise bad_argument(parameter, problem)
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_config(cfg: FinetuneConfig) -> None:
     """Refuse out-of-range options with a message naming the option and what it accepts."""
-    _check(_is_int(cfg.epochs) and cfg.epochs >= 1, f"epochs must be an integer >= 1, got {cfg.epochs!r}")
-    _check(_is_int(cfg.batch_size) and cfg.batch_size >= 2,
-           f"batch_size must be an integer >= 2 (batch statistics need two images), got {cfg.batch_size!r}")
-    _check(isinstance(cfg.lr, (int, float)) and math.isfinite(cfg.lr) and cfg.lr > 0,
-           f"lr must be a positive number, got {cfg.lr!r}")
-    _check(_is_int(cfg.image_size) and cfg.image_size >= MIN_IMAGE_SIZE,
-           f"image_size must be an integer >= {MIN_IMAGE_SIZE}, got {cfg.image_size!r}")
-    _check(cfg.augment in AUGMENT_PRESETS, f"augment must be one of {', '.join(AUGMENT_PRESETS)}, got {cfg.augment!r}")
-    _check(cfg.bn_mode is None or cfg.bn_mode in BN_MODES,
-           f"bn_mode must be one of {', '.join(BN_MODES)}, got {cfg.bn_mode!r}")
-    _check(cfg.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
-    _check(cfg.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
-    _check(cfg.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
-    _check(cfg.on_error in ON_ERROR, f"on_error must be one of {', '.join(ON_ERROR)}, got {cfg.on_error!r}")
-    _check(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay!r}")
-    _check(cfg.classifier_lr_mult > 0, f"classifier_lr_mult must be > 0, got {cfg.classifier_lr_mult!r}")
-    _check(0 <= cfg.momentum < 1, f"momentum must be in [0, 1), got {cfg.momentum!r}")
-    _check(0 < cfg.gamma <= 1, f"gamma must be in (0, 1], got {cfg.gamma!r}")
-    _check(cfg.step_epochs is None or (_is_int(cfg.step_epochs) and cfg.step_epochs >= 1),
-           f"step_epochs must be an integer >= 1, got {cfg.step_epochs!r}")
-    _check(_is_int(cfg.freeze_stages) and cfg.freeze_stages >= 0,
-           f"freeze_stages must be an integer >= 0, got {cfg.freeze_stages!r}")
-    _check(cfg.clip_grad_norm >= 0, f"clip_grad_norm must be >= 0 (0: off), got {cfg.clip_grad_norm!r}")
-    _check(_is_int(cfg.num_workers) and cfg.num_workers >= 0,
-           f"num_workers must be an integer >= 0, got {cfg.num_workers!r}")
+    _check(_is_int(cfg.epochs) and cfg.epochs >= 1, "epochs", f"must be an integer >= 1, got {cfg.epochs!r}")
+    _check(_is_int(cfg.batch_size) and cfg.batch_size >= 2, "batch_size",
+           f"must be an integer >= 2 (batch statistics need two images), got {cfg.batch_size!r}")
+    _check(_is_number(cfg.lr) and cfg.lr > 0, "lr", f"must be a positive number, got {cfg.lr!r}")
+    _check(_is_int(cfg.image_size) and cfg.image_size >= MIN_IMAGE_SIZE, "image_size",
+           f"must be an integer >= {MIN_IMAGE_SIZE}, got {cfg.image_size!r}")
+    for name, choices in (("augment", AUGMENT_PRESETS), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                          ("precision", PRECISIONS), ("on_error", ON_ERROR)):
+        value = getattr(cfg, name)
+        _check(value in choices, name, f"must be one of {', '.join(choices)}, got {value!r}")
+    _check(cfg.bn_mode is None or cfg.bn_mode in BN_MODES, "bn_mode",
+           f"must be one of {', '.join(BN_MODES)}, got {cfg.bn_mode!r}")
+    _check(_is_number(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay",
+           f"must be >= 0, got {cfg.weight_decay!r}")
+    _check(_is_number(cfg.classifier_lr_mult) and cfg.classifier_lr_mult > 0, "classifier_lr_mult",
+           f"must be > 0, got {cfg.classifier_lr_mult!r}")
+    _check(_is_number(cfg.momentum) and 0 <= cfg.momentum < 1, "momentum", f"must be in [0, 1), got {cfg.momentum!r}")
+    _check(_is_number(cfg.gamma) and 0 < cfg.gamma <= 1, "gamma", f"must be in (0, 1], got {cfg.gamma!r}")
+    _check(cfg.step_epochs is None or (_is_int(cfg.step_epochs) and cfg.step_epochs >= 1), "step_epochs",
+           f"must be an integer >= 1, got {cfg.step_epochs!r}")
+    _check(_is_int(cfg.freeze_stages) and cfg.freeze_stages >= 0, "freeze_stages",
+           f"must be an integer >= 0, got {cfg.freeze_stages!r}")
+    _check(_is_number(cfg.clip_grad_norm) and cfg.clip_grad_norm >= 0, "clip_grad_norm",
+           f"must be >= 0 (0: off), got {cfg.clip_grad_norm!r}")
+    _check(_is_int(cfg.num_workers) and cfg.num_workers >= 0, "num_workers",
+           f"must be an integer >= 0, got {cfg.num_workers!r}")
 
 
 def resolve_config(model: str, data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], resume: bool,
@@ -102,21 +107,38 @@ def resolve_config(model: str, data_dir: str | os.PathLike[str], out_dir: str | 
     """The run's configuration: the given options, or on resume the stored ones (checked to agree)."""
     known = {f.name for f in fields(FinetuneConfig)} - {"model", "data_dir", "out_dir"}
     unknown = sorted(set(options) - known)
-    _check(not unknown, f"unknown fine-tuning option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if unknown:
+        raise InvalidArgumentError(f"unknown fine-tuning option(s): {', '.join(unknown)}; known: "
+                                   f"{', '.join(sorted(known))}")
     run_dir = Path(out_dir)
     resolve_weights(model)  # an unknown name fails here, before anything is read or written
     requested = FinetuneConfig(model=model, data_dir=str(data_dir), out_dir=str(run_dir), **options)
     if not has_resume_point(run_dir):
+        if resume:
+            raise nothing_to_resume(run_dir)
         return requested  # nothing finished yet: (re)start from the beginning
     if not resume:
-        raise InvalidArgumentError(f"{run_dir} already holds a run with a resume point; pass --resume (resume=True) to "
-                                   "continue it, or choose another --out")
+        raise InvalidArgumentError(f"{run_dir} already holds a run with a resume point; pass {{resume}} to continue "
+                                   "it, or choose another {out_dir}", parameters=("resume", "out_dir"))
     stored = read_json(run_dir / CONFIG_FILE)["config"]
     stored.update({"data_dir": str(data_dir), "out_dir": str(run_dir)})
     changed = sorted(k for k, v in options.items() if k not in RESUMABLE_CHANGES and stored.get(k) != v)
     changed += ["model"] if stored["model"] != model else []
-    _check(not changed, f"cannot resume {run_dir} with different option(s): "
-                        + ", ".join(f"{k} (run: {stored.get(k)!r})" for k in changed)
-                        + "; drop them or start another run")
+    if changed:
+        listing = ", ".join(f"{{{k}}} (run: {stored.get(k)!r})" for k in changed)
+        raise InvalidArgumentError(f"cannot resume {run_dir} with different option(s): {listing}; drop them or start "
+                                   "another run", parameters=changed)
     stored.update({k: v for k, v in options.items() if k in RESUMABLE_CHANGES})
     return FinetuneConfig(**stored)
+
+
+def nothing_to_resume(run_dir: Path) -> InvalidArgumentError:
+    """The error of a resume with no resume point: the folder is missing, or the run never finished an epoch."""
+    if not run_dir.exists():
+        where = f"{run_dir} does not exist"
+    elif not (run_dir / CONFIG_FILE).exists():
+        where = f"{run_dir} is not a fine-tuning run (no {CONFIG_FILE})"
+    else:
+        where = f"{run_dir} holds no resume point yet (it stopped before its first epoch ended)"
+    return InvalidArgumentError(f"nothing to resume: {where}; drop {{resume}} to start a new run, or give the "
+                                "{out_dir} of the run to continue", parameters=("resume", "out_dir"))

@@ -18,13 +18,16 @@ from typing import Any
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..weights.run_reader import CONFIG_FILE
-from .config import resolve_config
+from ..errors import DataError
+from ..system.resources import out_of_memory_guard
+from ..tasks.footprint import check_training_fits
+from ..weights.run_reader import CONFIG_FILE, read_json
+from .config import FinetuneConfig, resolve_config
 from .loaders import make_loaders
 from .loop import Trainer
 from .model import describe_run
 from .processes import process_group
-from .run_writer import write_classes_csv, write_json
+from .run_writer import has_resume_point, write_classes_csv, write_json
 
 
 @dataclass
@@ -45,19 +48,36 @@ def finetune(model: str, data_dir: str | os.PathLike[str], out_dir: str | os.Pat
     """Fine-tune `model` (a weights or architecture name) on DATA/train, validating on DATA/val, into `out_dir`.
 
     `options` are the fields of FinetuneConfig (epochs, batch_size, lr, image_size, augment, ...). With
-    `resume=True` an interrupted run continues exactly where its last resume point left off (a run without
-    one starts from the beginning). `on_epoch_end(record)` is called on every rank after each epoch.
+    `resume=True` an interrupted run continues exactly where its last resume point left off (there must be one).
+    Options, device, memory and data are all checked before anything is written. `on_epoch_end(record)` is
+    called on every rank after each epoch.
     """
     cfg = resolve_config(model, data_dir, out_dir, resume, options)
     with process_group(cfg.device) as procs:
+        check_training_fits(cfg.model, cfg.image_size, cfg.batch_size, procs.device)
         loaders = make_loaders(cfg, procs)  # checks the data before anything is written
+        check_resumed_classes(cfg, loaders.classes)
         description = describe_run(cfg, loaders.classes)
         if procs.is_writer:
             Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
             write_json(Path(cfg.out_dir) / CONFIG_FILE, description)
             write_classes_csv(Path(cfg.out_dir), loaders.classes)
         trainer = Trainer(cfg, procs, description, loaders)
-        metrics = trainer.run(on_epoch_end)
+        with out_of_memory_guard(f"training at {cfg.image_size} px with a batch of {cfg.batch_size}",
+                                 ("image_size", "batch_size")):
+            metrics = trainer.run(on_epoch_end)
         if procs.distributed:
             dist.barrier()
         return FinetuneResult(run_dir=Path(cfg.out_dir), metrics=metrics, model=trainer.model.eval())
+
+
+def check_resumed_classes(cfg: FinetuneConfig, classes: list[str]) -> None:
+    """A resumed run must see the classes it was trained on (its classifier has one output per class)."""
+    run_dir = Path(cfg.out_dir)
+    if not has_resume_point(run_dir):
+        return
+    trained = read_json(run_dir / CONFIG_FILE)["classes"]
+    if trained != classes:
+        raise DataError(f"cannot resume {run_dir} on {cfg.data_dir}: its classes ({', '.join(classes)}) differ from "
+                        f"the run's ({', '.join(trained)}); resume with the data the run was trained on, or start "
+                        "another run (another {out_dir})", parameters=("out_dir",))

@@ -8,7 +8,7 @@ import torch
 
 from ..data.folders import load_splits
 from ..data.transforms import eval_scale_for, eval_transform, train_transform
-from ..errors import InvalidArgumentError
+from ..errors import DataError
 from .config import FinetuneConfig
 from .processes import Processes
 
@@ -32,8 +32,8 @@ def make_loaders(cfg: FinetuneConfig, procs: Processes) -> Loaders:
                                                   shuffle=True, seed=cfg.seed)
     per_rank = len(sampler)
     if per_rank < 2:
-        raise InvalidArgumentError(f"{len(train_set)} training images cannot feed {procs.world_size} processes "
-                                   "with two images each; add images or use fewer processes")
+        raise DataError(f"{len(train_set)} training images cannot feed {procs.world_size} processes with two images "
+                        "each; add images or use fewer processes")
     train_loader = torch.utils.data.DataLoader(
         train_set, batch_size=min(cfg.batch_size, per_rank), sampler=sampler, num_workers=cfg.num_workers,
         drop_last=True, pin_memory=procs.device.type == "cuda", persistent_workers=False)

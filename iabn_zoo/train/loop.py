@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,13 +9,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
-
+from ..errors import CheckpointError
 from ..layers import convert_norm
-from ..tasks.accuracy import Tally, count_correct
+from ..system.progress import progress_bar
+from ..tasks.accuracy import TOPK, Tally, count_correct
 from ..weights.run_reader import read_metrics
 from .config import FinetuneConfig
 from .loaders import Loaders
+from .logs import RunLogs
 from .model import build_model
 from .optim import freeze, lr_factor, make_optimizer, set_lr, stage_modules
 from .processes import Processes, all_reduce_tally, autocast_dtype
@@ -24,9 +24,8 @@ from .run_writer import ResumePoint, has_resume_point, load_resume_point, save_r
 
 
 def show_progress(cfg: FinetuneConfig, procs: Processes) -> bool:
-    """A progress bar on rank 0 only, by default when stderr is a terminal."""
-    wanted = sys.stderr.isatty() if cfg.progress is None else cfg.progress
-    return wanted and procs.is_writer
+    """Progress bars on rank 0 only, unless the run said no (they still need a terminal: system.progress)."""
+    return cfg.progress is not False and procs.is_writer
 
 
 class Trainer:
@@ -37,6 +36,7 @@ class Trainer:
         self.procs = procs
         self.run_dir = Path(cfg.out_dir)
         self.train_loader, self.val_loader = loaders.train, loaders.val
+        self.classes = loaders.classes
         self.steps_per_epoch = len(self.train_loader)
         resuming = has_resume_point(self.run_dir)
         torch.manual_seed(cfg.seed)
@@ -66,8 +66,12 @@ class Trainer:
 
     def restore(self, state: ResumePoint) -> None:
         """Continue from a resume point: weights, optimizer, scaler, RNG, counters and earlier metrics."""
-        self.model.load_state_dict(state.model, strict=True)
-        self.optimizer.load_state_dict(state.optimizer)
+        try:
+            self.model.load_state_dict(state.model, strict=True)
+            self.optimizer.load_state_dict(state.optimizer)
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise CheckpointError(f"the resume point of {self.run_dir} does not fit the network this run builds "
+                                  f"({str(error).splitlines()[0]}); start another run") from None
         if state.scaler:
             self.scaler.load_state_dict(state.scaler)
         torch.set_rng_state(state.rng["torch"])
@@ -84,8 +88,8 @@ class Trainer:
         self.train_loader.sampler.set_epoch(self.epoch)
         self.train_loader.dataset.set_epoch(self.epoch)
         tally, start = Tally(), time.perf_counter()
-        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False,
-                   disable=not show_progress(self.cfg, self.procs), dynamic_ncols=True)
+        bar = progress_bar(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs} train", leave=False,
+                           enabled=show_progress(self.cfg, self.procs), unit="batch")
         lr = 0.0
         for images, targets in bar:
             lr = set_lr(self.optimizer, lr_factor(self.cfg, self.step, self.steps_per_epoch))
@@ -121,15 +125,17 @@ class Trainer:
         """Loss, top-1 and top-5 (percent) over the whole validation set, each rank scoring its shard."""
         self.model.eval()
         tally = Tally()
-        for images, targets in self.val_loader:
+        bar = progress_bar(self.val_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs} val", leave=False,
+                           enabled=show_progress(self.cfg, self.procs), unit="batch")
+        for images, targets in bar:
             images, targets = images.to(self.procs.device), targets.to(self.procs.device)
             with self.autocast():
                 logits = self.model(images).float()
             tally.add(self.criterion(logits, targets).item() * targets.numel(), *count_correct(logits, targets),
                       targets.numel())
         total = all_reduce_tally(tally, self.procs)
-        return {"val_loss": total.loss, "val_top1": total.top1_percent, "val_top5": total.top5_percent,
-                "val_images": total.images}
+        top5 = total.top5_percent if len(self.classes) >= TOPK else None  # top-5 of fewer classes says nothing
+        return {"val_loss": total.loss, "val_top1": total.top1_percent, "val_top5": top5, "val_images": total.images}
 
     def save(self) -> None:
         """Rank 0: the weights, the resume point (committed last of the two), then the metrics."""
@@ -144,12 +150,19 @@ class Trainer:
         write_metrics(self.run_dir, self.metrics)
 
     def run(self, on_epoch_end: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
-        """Train the remaining epochs, validating and saving a resume point after each."""
-        while self.epoch < self.cfg.epochs:
-            record = {"epoch": self.epoch + 1, **self.train_one_epoch(), **self.validate()}
-            self.epoch += 1
-            self.metrics.append(record)
-            self.save()
-            if on_epoch_end is not None:
-                on_epoch_end(record)
+        """Train the remaining epochs, validating, saving a resume point and logging after each."""
+        logs = RunLogs(self.run_dir, first_epoch=self.epoch) if self.procs.is_writer else None
+        try:
+            while self.epoch < self.cfg.epochs:
+                record = {"epoch": self.epoch + 1, **self.train_one_epoch(), **self.validate()}
+                self.epoch += 1
+                self.metrics.append(record)
+                self.save()
+                if logs is not None:
+                    logs.epoch_end(self.metrics)
+                if on_epoch_end is not None:
+                    on_epoch_end(record)
+        finally:
+            if logs is not None:
+                logs.close()
         return self.metrics

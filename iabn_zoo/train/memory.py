@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from ..errors import InvalidArgumentError
+from ..errors import bad_argument
 from ..factory import create_model
 from ..system.devices import resolve_device
 
@@ -114,9 +114,9 @@ def _timed_step(model: nn.Module, inputs: torch.Tensor) -> float:
 def check_step_size(batch: int, size: int) -> None:
     """Batch statistics need two samples or more, and the networks need images of 32 px or more."""
     if not isinstance(batch, int) or batch < 2:
-        raise InvalidArgumentError(f"batch must be an integer >= 2 (batch norm needs statistics), got {batch!r}")
+        raise bad_argument("batch", f"must be an integer >= 2 (batch norm needs statistics), got {batch!r}")
     if not isinstance(size, int) or size < 32:
-        raise InvalidArgumentError(f"size must be an integer >= 32 pixels, got {size!r}")
+        raise bad_argument("size", f"must be an integer >= 32 pixels, got {size!r}")
 
 
 def model_and_inputs(name: str, bn_mode: str, *, batch: int, size: int, device: torch.device,
@@ -133,7 +133,7 @@ def compare_modes(name: str, *, batch: int = 4, size: int = 224, device: str = "
     """Measure training steps of model `name` in each bn_mode (same seed and input for all; median of `repeats`)."""
     check_step_size(batch, size)
     if not isinstance(repeats, int) or repeats < 1:
-        raise InvalidArgumentError(f"repeats must be an integer >= 1, got {repeats!r}")
+        raise bad_argument("repeats", f"must be an integer >= 1, got {repeats!r}")
     target = resolve_device(device)
     results = []
     for bn_mode in modes:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..errors import InvalidArgumentError
+from ..errors import bad_argument
 from .config import FinetuneConfig
 
 
@@ -25,10 +25,10 @@ def stage_modules(model: nn.Module, count: int) -> list[nn.Module]:
     if count == 0:
         return []
     if not info:
-        raise InvalidArgumentError(f"{type(model).__name__} lists no stages, so freeze_stages must be 0")
+        raise bad_argument("freeze_stages", f"must be 0: {type(model).__name__} lists no stages")
     if count > len(info):
-        raise InvalidArgumentError(f"freeze_stages must be at most {len(info)} for this network "
-                                   f"(stages: {', '.join(i.module for i in info)}), got {count}")
+        raise bad_argument("freeze_stages", f"must be at most {len(info)} for this network "
+                                            f"(stages: {', '.join(i.module for i in info)}), got {count}")
     children = [name for name, _ in model.named_children()]
     last = children.index(info[count - 1].module.split(".")[0])
     return [model.get_submodule(name) for name in children[:last + 1]]
@@ -55,7 +55,7 @@ def parameter_groups(model: nn.Module, cfg: FinetuneConfig) -> list[dict[str, An
         result.append({"params": params, "lr": lr, "base_lr": lr,
                        "weight_decay": cfg.weight_decay if decayed else 0.0})
     if not result:
-        raise InvalidArgumentError("every parameter is frozen: lower freeze_stages")
+        raise bad_argument("freeze_stages", "freezes every parameter: lower it")
     return result
 
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import InvalidArgumentError
+from ..errors import bad_argument
+from ..system.devices import resolve_device
 from ..tasks.accuracy import Tally
 
 
@@ -32,13 +33,23 @@ class Processes:
         return self.world_size > 1
 
 
+def process_device(device: str | None, local_rank: int) -> torch.device:
+    """The device this process trains on: `device` checked by resolve_device; a CUDA device without an index is
+    this process's GPU under torchrun (LOCAL_RANK), the first one otherwise."""
+    target = resolve_device(device)
+    if target.type != "cuda" or target.index is not None:
+        return target
+    if local_rank >= torch.cuda.device_count():
+        raise bad_argument("device", f"cuda: this process has LOCAL_RANK {local_rank} but the machine has "
+                                     f"{torch.cuda.device_count()} GPU(s); start fewer processes per node")
+    return torch.device("cuda", local_rank)
+
+
 @contextmanager
 def process_group(device: str | None) -> Iterator[Processes]:
     """Join the torchrun job when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU), and leave it afterwards."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
-    target = torch.device(f"cuda:{local_rank}" if use_cuda and device in (None, "cuda") else (device or "cpu"))
+    target = process_device(device, int(os.environ.get("LOCAL_RANK", "0")))
     if target.type == "cuda":
         torch.cuda.set_device(target)
     started_here = world_size > 1 and not dist.is_initialized()
@@ -59,7 +70,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if precision == "fp16" and device.type != "cuda":
-        raise InvalidArgumentError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+        raise bad_argument("precision", "fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 

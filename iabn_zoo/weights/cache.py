@@ -76,14 +76,22 @@ def write_stamp(target: Path, md5: str) -> None:
     write_atomic(stamp, json.dumps({"md5": md5, "size": info.st_size, "mtime_ns": info.st_mtime_ns}).encode())
 
 
-def has_valid_stamp(target: Path, md5: str) -> bool:
-    """Whether `target` exists and was verified against `md5` and has not changed since."""
+def stamped_md5(target: Path) -> str | None:
+    """The md5 `target` was verified against, if it has a stamp and has not changed since; else None."""
     try:
         info = target.stat()
         stamp = json.loads(stamp_path(target).read_text())
     except (OSError, ValueError):
-        return False
-    return stamp == {"md5": md5, "size": info.st_size, "mtime_ns": info.st_mtime_ns}
+        return None
+    if not isinstance(stamp, dict) or stamp.get("size") != info.st_size or stamp.get("mtime_ns") != info.st_mtime_ns:
+        return None
+    md5 = stamp.get("md5")
+    return md5 if isinstance(md5, str) and set(stamp) == {"md5", "size", "mtime_ns"} else None
+
+
+def has_valid_stamp(target: Path, md5: str) -> bool:
+    """Whether `target` exists and was verified against `md5` and has not changed since."""
+    return stamped_md5(target) == md5
 
 
 def remove_quietly(path: Path) -> bool:

@@ -12,6 +12,7 @@ from filelock import FileLock, Timeout
 from ..errors import ChecksumError, DownloadError, InvalidArgumentError
 from ..system.files import is_temporary
 from ..system.hashing import file_md5
+from ..system.tensor_files import safetensors_metadata
 from .cache import (
     HOME_ENV,
     LOCK_SUFFIX,
@@ -27,9 +28,11 @@ from .cache import (
     part_path,
     remove_quietly,
     stamp_path,
+    stamped_md5,
     write_stamp,
 )
 from .catalog import Weights, find_weights_by_md5, get_weights, list_weights
+from .loading import CONVERTED_FORMAT
 
 
 def import_file(source: Path, name: str | None = None, root: Path | None = None) -> tuple[Weights, Path]:
@@ -61,7 +64,8 @@ def _entry_for_import(source: Path, actual: str, name: str | None) -> Weights:
     if name is not None:
         weights = get_weights(name)
         if weights.md5 != actual:
-            raise ChecksumError(f"{source} has md5 {actual} but {name} expects {weights.md5}: it is another file "
+            meant = weights.name if weights.name == name else f"{weights.name} (the default weights of {name})"
+            raise ChecksumError(f"{source} has md5 {actual} but {meant} expects {weights.md5}: it is another file "
                                 "or a damaged download; download it again", expected=weights.md5, actual=actual,
                                 source=str(source))
         return weights
@@ -75,7 +79,8 @@ def _entry_for_import(source: Path, actual: str, name: str | None) -> Weights:
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """The outcome of re-checking one cached file: state is verified, mismatch (file removed) or missing."""
+    """The outcome of re-checking one cached file: state is verified, mismatch, removed (a mismatch deleted on
+    request) or missing."""
 
     name: str
     path: Path
@@ -84,8 +89,9 @@ class VerifyResult:
     actual: str | None
 
 
-def verify_cached(weights: Weights, root: Path | None = None) -> VerifyResult:
-    """Re-hash the cached file of `weights`; a mismatching file is removed so that the next download refetches it."""
+def verify_cached(weights: Weights, root: Path | None = None, *, delete_mismatched: bool = False) -> VerifyResult:
+    """Re-hash the cached file of `weights`. A mismatching file is only reported (it may be the user's only copy),
+    unless `delete_mismatched` asks to remove it so that the next download fetches it again."""
     target = checkpoint_path(weights, root)
     if not target.is_file():
         return VerifyResult(weights.name, target, "missing", weights.md5, None)
@@ -94,31 +100,37 @@ def verify_cached(weights: Weights, root: Path | None = None) -> VerifyResult:
         if actual == weights.md5:
             write_stamp(target, weights.md5)
             return VerifyResult(weights.name, target, "verified", weights.md5, actual)
-        remove_quietly(target)
         remove_quietly(stamp_path(target))
-    return VerifyResult(weights.name, target, "mismatch", weights.md5, actual)
+        if not delete_mismatched:
+            return VerifyResult(weights.name, target, "mismatch", weights.md5, actual)
+        remove_quietly(target)
+    return VerifyResult(weights.name, target, "removed", weights.md5, actual)
 
 
 @dataclass(frozen=True)
 class CachedFile:
-    """One file in the cache: the weights it belongs to (None for an orphan), its kind, size and state."""
+    """One file in the cache: the weights it belongs to (None when no registry entry this process knows claims it),
+    its kind, size and state."""
 
     name: str | None
     path: Path
-    kind: str  # checkpoint | converted | partial | orphan
+    kind: str  # checkpoint | converted | partial | unregistered | orphan | lock
     size: int
-    state: str  # verified | unverified (checkpoints), partial, converted, orphan
+    state: str  # verified | unverified (checkpoints), partial, converted, unregistered, orphan, lock
 
 
 def cached_files(root: Path | None = None) -> list[CachedFile]:
-    """Everything in the cache: checkpoints (verified or not), converted copies, partial downloads and orphans."""
+    """Everything in the cache but lock files: checkpoints (verified or not), converted copies, partial downloads,
+    files that iabn-zoo verified or converted for weights this process does not know (`unregistered`: registered
+    from Python with register_weights, or from a registry file not named now) and orphans."""
     root = root or cache_root()
-    by_file = {get_weights(name).file_name: get_weights(name) for name in list_weights()}
-    by_converted = {converted_path(get_weights(name), root).name: name for name in list_weights()}
+    entries = [get_weights(name) for name in list_weights()]
+    by_file = {weights.file_name: weights for weights in entries}
+    by_converted = {converted_path(weights, root).name: weights.name for weights in entries}
     found = [_describe_checkpoint_dir_entry(path, size, by_file) for path, size in _listing(root / "checkpoints")]
     for path, size in _listing(root / "safetensors"):
         name = by_converted.get(path.name)
-        kind = "converted" if name else "orphan"
+        kind = "converted" if name else "unregistered" if _is_converted_copy(path) else "orphan"
         found.append(CachedFile(name, path, kind, size, kind))
     return sorted(found, key=lambda item: (item.name or "~", item.kind, item.path.name))
 
@@ -126,12 +138,8 @@ def cached_files(root: Path | None = None) -> list[CachedFile]:
 def _listing(directory: Path) -> list[tuple[Path, int]]:
     """(path, size) of the regular files in `directory`, lock files and writes in progress left out; files that
     vanish while listing (a download renaming its partial file, another process removing one) are skipped."""
-    try:
-        entries = list(directory.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
     found = []
-    for path in entries:
+    for path in _entries(directory):
         if path.name.endswith(LOCK_SUFFIX) or is_temporary(path):
             continue
         try:
@@ -143,49 +151,109 @@ def _listing(directory: Path) -> list[tuple[Path, int]]:
     return found
 
 
+def _entries(directory: Path) -> list[Path]:
+    try:
+        return list(directory.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _is_converted_copy(path: Path) -> bool:
+    """Whether a safetensors file is a copy the checkpoint loader wrote (its metadata says so)."""
+    return (safetensors_metadata(path) or {}).get("format") == CONVERTED_FORMAT
+
+
 def _describe_checkpoint_dir_entry(path: Path, size: int, by_file: dict[str, Weights]) -> CachedFile:
     if path.name.endswith(PART_SUFFIX):
         weights = by_file.get(path.name[: -len(PART_SUFFIX)])
         return CachedFile(weights.name if weights else None, path, "partial", size, "partial")
     weights = by_file.get(path.name)
     if weights is None:
-        return CachedFile(None, path, "orphan", size, "orphan")
+        kind = "unregistered" if stamped_md5(path) is not None else "orphan"
+        return CachedFile(None, path, kind, size, kind)
     state = "verified" if has_valid_stamp(path, weights.md5) else "unverified"
     return CachedFile(weights.name, path, "checkpoint", size, state)
 
 
 def remove_cached(weights: Weights, root: Path | None = None) -> list[Path]:
-    """Delete the checkpoint, partial download, stamp and converted copy of `weights`; returns what was removed."""
+    """Delete the checkpoint, partial download, stamp and converted copy of `weights`, and their lock files (each
+    while holding it, which filelock's waiters notice); returns the files removed, lock files left out."""
     target = checkpoint_path(weights, root)
-    candidates = [target, part_path(target), stamp_path(target), converted_path(weights, root)]
+    converted = converted_path(weights, root)
+    _remove_idle_lock(lock_path(converted))
+    removed = [converted] if remove_quietly(converted) else []
     if not target.parent.is_dir():
-        return [path for path in candidates[3:] if remove_quietly(path)]
-    with file_lock(target):  # the lock file itself stays: unlinking it could let two downloads run at once
-        return [path for path in candidates if remove_quietly(path)]
-
-
-def prune(root: Path | None = None) -> list[CachedFile]:
-    """Delete partial downloads nobody is writing, orphan files and stale stamps; returns what was removed."""
-    root = root or cache_root()
-    removed = []
-    for item in cached_files(root):
-        if item.kind == "partial":
-            if _remove_idle_partial(item.path):
-                removed.append(item)
-        elif item.kind == "orphan":
-            remove_quietly(item.path)
-            removed.append(item)
-    _remove_stale_stamps(root / "checkpoints")
+        return removed
+    with file_lock(target):
+        removed += [path for path in (target, part_path(target), stamp_path(target)) if remove_quietly(path)]
+        remove_quietly(lock_path(target))
     return removed
 
 
-def _remove_idle_partial(part: Path) -> bool:
-    target = part.with_name(part.name[: -len(PART_SUFFIX)])
+def prune_candidates(root: Path | None = None, *, include_unregistered: bool = False) -> list[CachedFile]:
+    """What `prune` would delete: partial downloads and lock files nobody holds now, orphans, and with
+    `include_unregistered` the files verified or converted for weights this process does not know."""
+    root = root or cache_root()
+    doomed = {"orphan", "partial"} | ({"unregistered"} if include_unregistered else set())
+    found = [item for item in cached_files(root) if item.kind in doomed
+             and (item.kind != "partial" or not _is_busy(lock_path(_target_of(item.path))))]
+    for folder in (root / "checkpoints", root / "safetensors"):
+        found += [CachedFile(None, path, "lock", 0, "lock") for path in _entries(folder)
+                  if path.name.endswith(LOCK_SUFFIX) and not _is_busy(path)]
+    return found
+
+
+def prune(candidates: list[CachedFile], root: Path | None = None) -> list[CachedFile]:
+    """Delete `candidates` (from `prune_candidates`, once the user agreed): partial downloads and lock files only
+    while nobody holds their lock, then stale stamps; returns what was removed."""
+    removed = []
+    for item in candidates:
+        if item.kind == "partial":
+            gone = _remove_idle_partial(item.path)
+        elif item.kind == "lock":
+            gone = _remove_idle_lock(item.path)
+        else:
+            gone = remove_quietly(item.path)
+        removed += [item] if gone else []
+    _remove_stale_stamps((root or cache_root()) / "checkpoints")
+    return removed
+
+
+def _target_of(part: Path) -> Path:
+    return part.with_name(part.name[: -len(PART_SUFFIX)])
+
+
+def _is_busy(lock: Path) -> bool:
+    """Whether another process holds `lock` right now."""
     try:
-        with FileLock(str(lock_path(target)), timeout=0):
-            return remove_quietly(part)
+        with FileLock(str(lock), timeout=0):
+            return False
+    except Timeout:
+        return True
+    except OSError:
+        return True  # cannot even open it: leave it alone
+
+
+def _remove_idle_partial(part: Path) -> bool:
+    lock = lock_path(_target_of(part))
+    try:
+        with FileLock(str(lock), timeout=0):
+            gone = remove_quietly(part)
+            remove_quietly(lock)  # while held: a process waiting on it retries on a fresh file (filelock >= 3.20.4)
+            return gone
     except Timeout:
         return False  # a download is writing it right now
+
+
+def _remove_idle_lock(lock: Path) -> bool:
+    """Delete a lock file that nobody holds, while holding it (waiters then retry on a fresh file)."""
+    if not lock.exists():
+        return False
+    try:
+        with FileLock(str(lock), timeout=0):
+            return remove_quietly(lock)
+    except (Timeout, OSError):
+        return False
 
 
 def _remove_stale_stamps(checkpoints: Path) -> None:

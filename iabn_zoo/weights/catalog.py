@@ -282,16 +282,20 @@ def _all_entries() -> dict[str, Weights]:
 
 
 def list_weights(pattern: str = "*") -> list[str]:
-    """Names of registered weights matching the fnmatch `pattern`, sorted."""
-    return sorted(name for name in _all_entries() if fnmatch.fnmatch(name, pattern))
+    """Names of registered weights matching the fnmatch `pattern` (case ignored), sorted."""
+    return sorted(name for name in _all_entries() if fnmatch.fnmatchcase(name.lower(), pattern.lower()))
 
 
 def get_weights(name: str) -> Weights:
-    """The entry called `name`; unknown names raise UnknownNameError (a KeyError) with the closest names."""
+    """The entry called `name`, or for an architecture with published weights its default ones (what
+    `create_model(arch, pretrained=True)` loads); unknown names raise UnknownNameError (a KeyError) with the closest
+    names."""
     entries = _all_entries()
-    if name not in entries:
-        raise UnknownNameError("weights", name, entries)
-    return entries[name]
+    if name in entries:
+        return entries[name]
+    if any(weights.arch == name for weights in entries.values()):
+        return default_weights_for(name)
+    raise UnknownNameError("weights", name, list(entries) + sorted({weights.arch for weights in entries.values()}))
 
 
 def is_weights(name: str) -> bool:

@@ -1,31 +1,30 @@
 """The download manager: fetch a checkpoint into the cache, verified by md5, or fail with a typed error.
 
 A transfer streams into `<file>.part` while another thread hashes the bytes already written (one pass, no re-read),
-retries connection errors and 5xx with backoff, resumes with HTTP Range (restarting cleanly when a server ignores
-it), follows Drive's "Download anyway" pages and turns quota or permission pages into advice. Only a file whose
+retries transient failures (timeouts, connections reset mid-transfer, 5xx answers) with backoff, resumes with HTTP
+Range (restarting cleanly when a server ignores it), follows Drive's "Download anyway" pages and turns quota or
+permission pages into advice. A host that cannot be reached at all (connection refused, no route, a name that does
+not resolve: an offline machine) fails at once, with the way to fetch the file by hand. Only a file whose
 size and md5 check out is renamed onto the cache path; a cross-process lock makes concurrent callers share one
 transfer.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import queue
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
-from tqdm import tqdm
+from urllib3.exceptions import NameResolutionError, NewConnectionError
 
 from .. import __version__
 from ..errors import CacheWriteError, ChecksumError, DownloadError
 from ..system.hashing import file_md5
+from ..system.progress import progress_bar
 from .cache import (
-    HOME_ENV,
     OFFLINE_ENV,
     checkpoint_path,
     ensure_directory,
@@ -40,9 +39,9 @@ from .cache import (
 )
 from .catalog import Weights, get_weights
 from .gdrive import classify_page, direct_url
+from .partial_file import PartialFile, stream_into
 
 HTML_PAGE_LIMIT = 2 << 20
-FLUSH_EVERY = 64 << 20
 HTML_PREFIXES = (b"<!doctype html", b"<html")
 TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
@@ -136,46 +135,11 @@ def _combined_error(weights: Weights, failures: list[tuple[str, DownloadError]])
     return DownloadError(f"every source of {weights.name} failed: {summary}")
 
 
-class _PartialFile:
-    """The `.part` file of one transfer, with the md5 of the bytes it holds (kept across resumes)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.digest = hashlib.md5()
-        self.size = 0
-        self.resumed = False
-        if path.exists():
-            self._hash_kept_prefix()
-
-    def _hash_kept_prefix(self) -> None:
-        buffer = bytearray(1 << 20)
-        with open(self.path, "rb", buffering=0) as handle:
-            while count := handle.readinto(buffer):
-                self.digest.update(memoryview(buffer)[:count])
-                self.size += count
-        self.resumed = self.size > 0
-
-    def restart(self) -> None:
-        """Forget the kept bytes: truncate the file and the hash."""
-        self.digest, self.size, self.resumed = hashlib.md5(), 0, False
-        _write_guard(self.path, lambda: open(self.path, "wb").close())
-
-
-def _write_guard(path: Path, action):
-    """Run a file-system `action`; an OSError becomes a CacheWriteError naming `path` (the partial file removed)."""
-    try:
-        return action()
-    except OSError as error:
-        remove_quietly(path)
-        raise CacheWriteError(f"cannot write {path} ({error.strerror or error}); free some space, fix the "
-                              f"permissions or point {HOME_ENV} to another disk") from None
-
-
 def _fetch(session: requests.Session, url: str, part: Path, weights: Weights, progress: bool,
            policy: DownloadPolicy) -> None:
     """Bring `part` to the complete, md5-verified file from one source, resuming and retrying as needed."""
     ensure_directory(part.parent)
-    partial = _PartialFile(part)
+    partial = PartialFile(part)
     source = direct_url(url)
     failed_attempts = 0
     while True:
@@ -197,8 +161,7 @@ def _fetch(session: requests.Session, url: str, part: Path, weights: Weights, pr
             continue
         except requests.RequestException as error:  # not transient: a redirect to file://, a loop, a bad URL
             raise DownloadError(f"{url} cannot be fetched ({type(error).__name__}: {error}); check the source in the "
-                                f"registry, or download {weights.file_name} in a browser and run "
-                                "`iabn-zoo import FILE`") from None
+                                f"registry, or {by_hand(weights)}") from None
         actual = partial.digest.hexdigest()
         if actual == weights.md5:
             return
@@ -222,9 +185,14 @@ def _open(session: requests.Session, url: str, offset: int, weights: Weights,
             response = session.get(url, headers=headers, stream=True,
                                    timeout=(policy.connect_timeout, policy.read_timeout))
         except TRANSIENT as error:
+            reason = unreachable_reason(error)
+            if reason is not None:
+                raise DownloadError(f"cannot reach {urlsplit(url).hostname}: {reason}. Is this machine offline? "
+                                    f"To get the file by hand, {by_hand(weights)}") from None
             failures += 1
             if failures > policy.retries:
-                raise DownloadError(f"cannot reach {url} ({error}); check the network or the mirror") from None
+                raise DownloadError(f"{url} kept failing ({error}); check the network, or {by_hand(weights)}") \
+                    from None
             policy.pause(failures)
             continue
         if response.status_code >= 500:
@@ -241,14 +209,33 @@ def _open(session: requests.Session, url: str, offset: int, weights: Weights,
         if response.status_code >= 400:
             response.close()
             raise DownloadError(f"{url} answered HTTP {response.status_code} {response.reason}; the link may be out "
-                                f"of date: download {weights.file_name} in a browser and run `iabn-zoo import FILE`")
+                                f"of date: {by_hand(weights)}")
         if not _declares_html(response):
             return response
         url = _next_page(session, response, weights, url)
         hops += 1
         if hops > policy.max_page_hops:
-            raise DownloadError(f"{url} kept answering HTML pages instead of {weights.file_name}; download it in a "
-                                "browser and run `iabn-zoo import FILE`")
+            raise DownloadError(f"{url} kept answering HTML pages instead of {weights.file_name}; {by_hand(weights)}")
+
+
+def by_hand(weights: Weights) -> str:
+    """The way around any download failure: the browser, then `iabn-zoo import`."""
+    return (f"open {weights.urls[0]} in a browser, download {weights.file_name}, then run "
+            f"`iabn-zoo import FILE --name {weights.name}`")
+
+
+def unreachable_reason(error: Exception) -> str | None:
+    """Why a connection could not even be opened (refused, no route, unresolvable name), None for failures worth
+    retrying (timeouts, resets, broken transfers)."""
+    reason = error.args[0] if error.args else None
+    reason = getattr(reason, "reason", reason)  # requests wraps urllib3's MaxRetryError around the cause
+    if isinstance(reason, NameResolutionError):
+        return "its name does not resolve"
+    if isinstance(reason, NewConnectionError):
+        cause = reason.__context__ or reason.__cause__
+        detail = cause.strerror if isinstance(cause, OSError) and cause.strerror else "no connection could be made"
+        return detail[0].lower() + detail[1:]
+    return None
 
 
 def _declares_html(response: requests.Response) -> bool:
@@ -266,18 +253,16 @@ def _next_page(session: requests.Session, response: requests.Response, weights: 
     page = classify_page(body.decode("utf-8", "replace"), response.url, session.cookies.get_dict())
     if page.next_url is not None:
         return page.next_url
-    original = weights.urls[0]
     if page.kind == "quota":
         reason = "Google Drive's download quota for this file is exhausted (too many users downloaded it recently)"
     elif page.kind == "permission":
         reason = "the file needs a sign-in or permission the download manager does not have"
     else:
         reason = f"{url} answered an HTML page ({page.title or 'untitled'!r}) instead of the file"
-    raise DownloadError(f"{reason}. Open {original} in a browser, download {weights.file_name}, then run "
-                        f"`iabn-zoo import FILE --name {weights.name}`")
+    raise DownloadError(f"{reason}. To get the file by hand, {by_hand(weights)}")
 
 
-def _receive(response: requests.Response, partial: _PartialFile, weights: Weights, progress: bool,
+def _receive(response: requests.Response, partial: PartialFile, weights: Weights, progress: bool,
              policy: DownloadPolicy) -> None:
     """Append the response body to the partial file, hashing on another thread; raise _Interrupted if short."""
     if response.status_code == 206 and _range_start(response) != partial.size:
@@ -288,12 +273,10 @@ def _receive(response: requests.Response, partial: _PartialFile, weights: Weight
     chunks = response.iter_content(chunk_size=policy.chunk_size)
     first = next(chunks, b"")
     if partial.size == 0 and first.lstrip()[:14].lower().startswith(HTML_PREFIXES):
-        raise DownloadError(f"{response.url} sent an HTML page instead of {weights.file_name}; download it in a "
-                            "browser and run `iabn-zoo import FILE`")
-    show = progress and sys.stderr.isatty()
-    with tqdm(total=expected, initial=partial.size, unit="B", unit_scale=True, unit_divisor=1024,
-              desc=weights.file_name, disable=not show, leave=False) as bar:
-        _stream_into(partial, first, chunks, bar)
+        raise DownloadError(f"{response.url} sent an HTML page instead of {weights.file_name}; {by_hand(weights)}")
+    with progress_bar(total=expected, initial=partial.size, unit="B", unit_scale=True, unit_divisor=1024,
+                      desc=weights.file_name, enabled=progress, leave=False) as bar:
+        stream_into(partial, first, chunks, bar)
     if expected is not None and partial.size < expected:
         raise _Interrupted(f"received {partial.size} of {expected} bytes")
     if expected is not None and partial.size > expected:
@@ -318,65 +301,3 @@ def _expected_size(response: requests.Response, offset: int, weights: Weights) -
         return int(total)
     length = response.headers.get("Content-Length", "")
     return offset + int(length) if length.isdigit() and not response.headers.get("Content-Encoding") else None
-
-
-def _stream_into(partial: _PartialFile, first: bytes, chunks, bar: tqdm) -> None:
-    """Write chunks to the partial file on this thread while a worker thread hashes them, in order, and another
-    flushes written data to disk now and then, so that the final fsync has little left to do."""
-    pending: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
-    worker = threading.Thread(target=_hash_worker, args=(partial.digest, pending), daemon=True)
-    handle = _write_guard(partial.path, lambda: open(partial.path, "ab"))
-    flusher = _BackgroundFlush(handle)
-    worker.start()
-    try:
-        chunk = first
-        while True:
-            if chunk:
-                _write_guard(partial.path, lambda: handle.write(chunk))
-                partial.size += len(chunk)
-                pending.put(chunk)
-                bar.update(len(chunk))
-                flusher.written(len(chunk))
-            chunk = next(chunks, None)
-            if chunk is None:
-                break
-    finally:
-        pending.put(None)
-        worker.join()
-        flusher.join()
-        handle.close()
-
-
-class _BackgroundFlush:
-    """Starts an fdatasync of the partial file on a helper thread every FLUSH_EVERY bytes (one at a time), so
-    disk writeback overlaps the transfer instead of adding to it."""
-
-    def __init__(self, handle):
-        self.handle = handle
-        self.unflushed = 0
-        self.thread: threading.Thread | None = None
-
-    def written(self, count: int) -> None:
-        self.unflushed += count
-        if self.unflushed < FLUSH_EVERY or (self.thread is not None and self.thread.is_alive()):
-            return
-        self.handle.flush()
-        self.unflushed = 0
-        self.thread = threading.Thread(target=_quiet_fdatasync, args=(self.handle.fileno(),), daemon=True)
-        self.thread.start()
-
-    def join(self) -> None:
-        if self.thread is not None:
-            self.thread.join()
-
-
-def _quiet_fdatasync(fd: int) -> None:
-    try:
-        os.fdatasync(fd)
-    except OSError:
-        pass  # a real disk error surfaces at the final fsync, which names the file
-
-
-def _hash_worker(digest, pending: queue.Queue) -> None:
-    while (chunk := pending.get()) is not None:
-        digest.update(chunk)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from filelock import FileLock
+from support.cli import REPO, run_cli
 from support.loopback_server import Fault, md5_of, random_payload
 
 from iabn_zoo.cli.main import main
 from iabn_zoo.weights.cache import checkpoint_path, converted_path, lock_path, part_path
-from iabn_zoo.weights.catalog import get_weights
+from iabn_zoo.weights.catalog import get_weights, list_weights
 
 ALPHA = random_payload(300_000, seed=1)
 BETA = random_payload(200_000, seed=2)
@@ -76,10 +80,13 @@ def test_download_command_exit_code_of_a_checksum_failure(entries, capsys, zoo_h
     assert not checkpoint_path(get_weights("alpha")).exists()
 
 
-def test_download_all_offline_touches_no_network(entries, capsys, monkeypatch):
+def test_download_all_offline_touches_no_network_and_reports_every_name(entries, capsys, monkeypatch):
     monkeypatch.setenv("IABN_ZOO_OFFLINE", "1")
-    code, _, err = run(capsys, "download", "--all", "--no-progress")
+    code, out, err = run(capsys, "download", "--all", "--no-progress", "--json")
     assert code == 5 and "IABN_ZOO_OFFLINE" in err
+    rows = json.loads(out)
+    assert {row["name"] for row in rows} == set(list_weights()) and {row["status"] for row in rows} == {"failed"}
+    assert f"{len(rows)} of {len(rows)} download(s) failed" in err
     assert entries.requests == []
 
 
@@ -110,7 +117,7 @@ def test_import_of_an_unknown_or_missing_file(entries, capsys, tmp_path, zoo_hom
     assert run_json(capsys, "cache", "list") == []
 
 
-def test_verify_finds_and_removes_a_damaged_file(entries, capsys):
+def test_verify_reports_a_damaged_file_and_deletes_it_only_when_asked(entries, capsys):
     run(capsys, "download", "alpha", "beta", "--no-progress")
     target = checkpoint_path(get_weights("alpha"))
     damaged = bytearray(target.read_bytes())
@@ -119,7 +126,10 @@ def test_verify_finds_and_removes_a_damaged_file(entries, capsys):
     code, out, err = run(capsys, "verify", "--json")
     states = {row["name"]: row["state"] for row in json.loads(out)}
     assert code == 6 and states == {"alpha": "mismatch", "beta": "verified"}
-    assert "iabn-zoo download alpha" in err and not target.exists()
+    assert "is kept" in err and "--delete-mismatched" in err and target.read_bytes() == bytes(damaged)
+    code, out, err = run(capsys, "verify", "alpha", "--delete-mismatched", "--json")
+    assert code == 6 and json.loads(out)[0]["state"] == "removed" and not target.exists()
+    assert "iabn-zoo download alpha" in err
     assert run(capsys, "verify", "alpha")[0] == 5  # now missing
     assert run(capsys, "verify", "alhpa")[0] == 3
     assert run(capsys, "download", "alpha", "--no-progress")[0] == 0 and target.read_bytes() == ALPHA
@@ -168,9 +178,79 @@ def test_cache_prune_keeps_verified_files_and_busy_partials(entries, capsys):
     (folder / "old_model.pth").write_bytes(b"orphan")
     part_path(checkpoint_path(beta)).write_bytes(BETA[:100])
     with FileLock(str(lock_path(checkpoint_path(beta)))):  # a download of beta is running
-        assert run_json(capsys, "cache", "prune") == [
-            {"name": None, "kind": "orphan", "size": 6, "path": str(folder / "old_model.pth")}]
-    pruned = run_json(capsys, "cache", "prune")
-    assert [(row["name"], row["kind"]) for row in pruned] == [("beta", "partial")]
+        pruned = run_json(capsys, "cache", "prune", "--yes")
+        assert [(row["name"], row["kind"], row["path"]) for row in pruned if row["kind"] != "lock"] == [
+            (None, "orphan", str(folder / "old_model.pth"))]
+        assert lock_path(checkpoint_path(beta)).exists()  # held: never deleted
+    pruned = run_json(capsys, "cache", "prune", "--yes")
+    assert [(row["name"], row["kind"]) for row in pruned if row["kind"] != "lock"] == [("beta", "partial")]
     assert checkpoint_path(alpha).read_bytes() == ALPHA
     assert {row["state"] for row in run_json(capsys, "cache", "list")} == {"verified"}
+    assert not list(folder.glob("*.lock"))
+
+
+# --- in real processes (issue 15, defect 6): nothing the user may need goes without asking ---------------------
+
+PYTHON_USER = """
+import sys
+sys.path.insert(0, {tests!r})
+import iabn_zoo as zoo
+from support.segmentation_fixtures import served_tiny_vistas
+from pathlib import Path
+with served_tiny_vistas(Path({folder!r}), name="registered_from_python"):
+    zoo.create_model("registered_from_python", pretrained=True, progress=False)
+"""
+
+
+@pytest.fixture
+def cache_with_python_registered_weights(tmp_path):
+    """A cache where a Python program downloaded and loaded weights it registered with register_weights (a CLI
+    process never sees that entry), plus a stray file nobody registered."""
+    home = tmp_path / "home"
+    env = {**os.environ, "IABN_ZOO_HOME": str(home), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", PYTHON_USER.format(tests=str(REPO / "tests"), folder=str(tmp_path))],
+                   env=env, check=True, capture_output=True, timeout=240)
+    (home / "checkpoints" / "stray.bin").write_bytes(b"12345")
+    return {"IABN_ZOO_HOME": str(home)}, home
+
+
+def test_prune_in_a_process_asks_first_and_keeps_weights_registered_from_python(
+        cache_with_python_registered_weights):
+    env, home = cache_with_python_registered_weights
+    listing = run_cli("cache", "list", "--json", env=env)
+    kinds = {Path(row["path"]).name: row["kind"] for row in json.loads(listing.stdout)}
+    assert kinds == {"tiny_vistas.pth.tar": "unregistered", "registered_from_python.safetensors": "unregistered",
+                     "stray.bin": "orphan"}
+    before = sorted(path.name for path in home.rglob("*") if path.is_file())
+
+    refused = run_cli("cache", "prune", env=env)  # stdin is not a terminal: never deletes
+    assert refused.returncode == 2 and "pass --yes" in refused.stderr and "stray.bin" in refused.stdout
+    assert "keeping 2 file(s)" in refused.stderr and "--include-unregistered" in refused.stderr
+    dry = run_cli("cache", "prune", "--dry-run", env=env)
+    assert dry.returncode == 0 and "would be deleted (--dry-run)" in dry.stderr
+    declined = run_cli("cache", "prune", env=env, tty=True, answer="n\n")
+    assert declined.returncode == 0 and "nothing was deleted" in declined.stderr
+    assert sorted(path.name for path in home.rglob("*") if path.is_file()) == before
+
+    agreed = run_cli("cache", "prune", env=env, tty=True, answer="y\n")
+    assert agreed.returncode == 0 and "deleted" in agreed.stderr, agreed.stderr
+    assert not (home / "checkpoints" / "stray.bin").exists()
+    assert (home / "checkpoints" / "tiny_vistas.pth.tar").exists()
+    assert (home / "safetensors" / "registered_from_python.safetensors").exists()
+
+    everything = run_cli("cache", "prune", "--yes", "--include-unregistered", "--json", env=env)
+    assert everything.returncode == 0
+    assert {Path(row["path"]).name for row in json.loads(everything.stdout) if row["kind"] != "lock"} == {
+        "tiny_vistas.pth.tar", "registered_from_python.safetensors"}
+    assert not [path for path in home.rglob("*") if path.is_file() and not path.name.endswith(".json")]
+
+
+def test_verify_in_a_process_keeps_a_mismatching_file_unless_asked(entries, tmp_path, zoo_home):
+    registry = {"IABN_ZOO_REGISTRY": os.environ["IABN_ZOO_REGISTRY"], "IABN_ZOO_HOME": str(zoo_home)}
+    assert run_cli("download", "alpha", "--no-progress", env=registry).returncode == 0
+    target = checkpoint_path(get_weights("alpha"))
+    target.write_bytes(b"a damaged copy")
+    kept = run_cli("verify", "alpha", env=registry)
+    assert kept.returncode == 6 and "is kept" in kept.stderr and target.read_bytes() == b"a damaged copy"
+    deleted = run_cli("verify", "alpha", "--delete-mismatched", env=registry)
+    assert deleted.returncode == 6 and "was deleted" in deleted.stderr and not target.exists()

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from support.cli import registry_toml, run_cli, weights_fields
 from support.segmentation_fixtures import TINY_WEIGHTS, served_tiny_vistas
 
-import iabn_zoo as zoo
 from iabn_zoo.cli.main import main
 from iabn_zoo.tasks.segment import SegmentationPredictor
 
@@ -92,16 +88,33 @@ def test_prob_and_overlay_are_written(served, photos, tmp_path, output, mode):
         assert image.width > 45 and image.height >= 60  # photo plus legend panel
 
 
-def test_existing_outputs_are_kept_unless_overwrite(served, photos, tmp_path, capsys):
+def test_an_output_is_kept_only_when_it_is_the_kind_asked_for(served, photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    street = str(photos / "street.jpg")
+    assert main(["segment", street, "--out", str(out), *FAST]) == 0
+    palette = (out / "street.png").read_bytes()
+    capsys.readouterr()
+    assert main(["segment", street, "--out", str(out), *FAST, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["status"].startswith("kept (a palette output")
+    for other in (["--output", "overlay"], ["--output", "raw"], ["--output", "prob", "--prob-bits", "16"]):
+        assert main(["segment", street, "--out", str(out), *FAST, *other]) == 2
+        err = capsys.readouterr().err
+        assert "street.png (palette)" in err and "--overwrite" in err
+        assert (out / "street.png").read_bytes() == palette
+    assert main(["segment", street, "--out", str(out), *FAST, "--output", "overlay", "--overwrite"]) == 0
+    assert Image.open(out / "street.png").mode == "RGB" and Image.open(out / "street.png").width > 80
+    assert not [path for path in out.iterdir() if path.name.startswith(".")]  # no temporary files left
+
+
+def test_a_file_not_written_by_segment_is_never_kept_in_place_of_an_output(served, photos, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "street.png").write_bytes(b"precious")
-    assert main(["segment", str(photos / "street.jpg"), "--out", str(out), *FAST, "--json"]) == 0
+    assert main(["segment", str(photos / "street.jpg"), "--out", str(out), *FAST]) == 2
+    assert "not a segment output" in capsys.readouterr().err
     assert (out / "street.png").read_bytes() == b"precious"
-    assert json.loads(capsys.readouterr().out)[0]["status"].startswith("kept")
     assert main(["segment", str(photos / "street.jpg"), "--out", str(out), *FAST, "--overwrite"]) == 0
     assert Image.open(out / "street.png").size == (80, 50)
-    assert not [path for path in out.iterdir() if path.name.startswith(".")]  # no temporary files left
 
 
 def test_long_side_option_sets_the_working_resolution(served, photos, tmp_path):
@@ -120,6 +133,8 @@ def test_long_side_option_sets_the_working_resolution(served, photos, tmp_path):
     (["--scales", "0"], 2, "scale"),
     (["--scales", "1,-2"], 2, "scale"),
     (["--scales", "one"], 2, "scales"),
+    (["--scales", "1,,2"], 2, "--scales must be comma-separated numbers"),
+    (["--scales", "1,2,"], 2, "--scales must be comma-separated numbers"),
     (["--long-side", "0"], 2, "long-side"),
     (["--device", "abacus"], 2, "device"),
 ])
@@ -169,43 +184,62 @@ def test_unknown_weights_name_suggests_close_ones(served, photos, tmp_path, caps
     assert "wider_resnet38_deeplab3_vistas" in capsys.readouterr().err
 
 
-def test_command_runs_as_a_process_with_a_progress_bar(tmp_path):
-    """`python -m iabn_zoo segment` in a fresh process: the tiny weights come from an IABN_ZOO_REGISTRY file."""
-    with served_tiny_vistas(tmp_path, name="tiny_vistas_in_a_process") as weights:
-        entry = {key: getattr(weights, key) for key in ("arch", "md5", "file_name", "num_classes", "task",
-                                                        "license", "description", "labels")}
-        registry = tmp_path / "extra.toml"
-        registry.write_text(registry_toml(weights.name, entry, weights))
-        street_image((40, 30), 4).save(tmp_path / "one.png")
-        env = {**os.environ, "IABN_ZOO_REGISTRY": str(registry), "IABN_ZOO_HOME": str(tmp_path / "home"),
-               "OMP_NUM_THREADS": "1"}
-        completed = subprocess.run(
-            [sys.executable, "-c", PLUGIN_RUNNER, "segment", str(tmp_path / "one.png"), "--out",
-             str(tmp_path / "out"), "--weights", weights.name, "--scales", "1"],
-            capture_output=True, text=True, env=env, timeout=120)
-    assert completed.returncode == 0, completed.stderr
-    assert "segment" in completed.stderr and "1/1" in completed.stderr  # tqdm's bar over images
-    assert Image.open(tmp_path / "out" / "one.png").size == (40, 30)
+@pytest.fixture(scope="module")
+def served_in_a_file(tmp_path_factory):
+    """The tiny Vistas weights served from loopback and named in a registry file, for CLI processes."""
+    folder = tmp_path_factory.mktemp("served_in_a_file")
+    with served_tiny_vistas(folder, name="tiny_vistas_in_a_process") as weights:
+        registry = folder / "extra.toml"
+        registry.write_text(registry_toml({weights.name: weights_fields(weights)}))
+        yield weights, {"IABN_ZOO_REGISTRY": str(registry)}
 
 
-# The child process must know the test-only architecture: it imports the fixtures module, then runs the CLI.
-PLUGIN_RUNNER = (
-    f"import sys; sys.path.insert(0, {str(Path(__file__).parents[1])!r}); import support.segmentation_fixtures as fixtures; "
-    "from iabn_zoo.cli.main import main\nwith fixtures.tiny_arch_registered(): sys.exit(main(sys.argv[1:]))"
-)
+def test_command_in_a_process_draws_bars_at_a_terminal_only(served_in_a_file, tmp_path):
+    weights, env = served_in_a_file
+    street_image((40, 30), 4).save(tmp_path / "one.png")
+    street_image((30, 40), 5).save(tmp_path / "two.png")
+    argv = ["segment", tmp_path / "one.png", tmp_path / "two.png", "--weights", weights.name, "--scales", "1"]
+    home = {**env, "IABN_ZOO_HOME": str(tmp_path / "home")}
+    at_terminal = run_cli(*argv, "--out", tmp_path / "a", env=home, plugins=True, tty=True)
+    assert at_terminal.returncode == 0, at_terminal.stderr
+    assert "segment" in at_terminal.stderr and "2/2" in at_terminal.stderr  # tqdm's bar over images
+    piped = run_cli(*argv, "--out", tmp_path / "b", env=home, plugins=True)
+    assert piped.returncode == 0 and piped.stderr == ""  # no bar, no warning, nothing
+    quiet = run_cli(*argv, "--out", tmp_path / "c", "--no-progress", env=home, plugins=True, tty=True)
+    assert quiet.returncode == 0 and "2/2" not in quiet.stderr
+    assert Image.open(tmp_path / "a" / "one.png").size == (40, 30)
 
 
-def registry_toml(name: str, entry: dict, weights: zoo.Weights) -> str:
-    """A registry file in the shipped schema for `weights`."""
-    def value(item) -> str:
-        if isinstance(item, str):
-            return json.dumps(item)
-        if isinstance(item, (list, tuple)):
-            return "[" + ", ".join(value(v) for v in item) + "]"
-        if isinstance(item, dict):
-            return "{ " + ", ".join(f"{k} = {value(v)}" for k, v in item.items()) + " }"
-        return json.dumps(item)
+def test_outputs_of_another_kind_are_refused_in_a_process(served_in_a_file, tmp_path):
+    """Defect 7: `--output overlay` after a palette run into the same folder used to keep the palette image."""
+    weights, env = served_in_a_file
+    street_image((40, 30), 4).save(tmp_path / "one.png")
+    argv = ["segment", tmp_path / "one.png", "--out", tmp_path / "out", "--weights", weights.name, "--scales", "1"]
+    env = {**env, "IABN_ZOO_HOME": str(tmp_path / "home")}
+    assert run_cli(*argv, env=env, plugins=True).returncode == 0
+    palette = (tmp_path / "out" / "one.png").read_bytes()
+    overlay = run_cli(*argv, "--output", "overlay", env=env, plugins=True)
+    assert overlay.returncode == 2, overlay.stderr
+    assert "not overlay outputs" in overlay.stderr and "one.png (palette)" in overlay.stderr
+    assert "--overwrite" in overlay.stderr and (tmp_path / "out" / "one.png").read_bytes() == palette
+    replaced = run_cli(*argv, "--output", "overlay", "--overwrite", env=env, plugins=True)
+    assert replaced.returncode == 0 and Image.open(tmp_path / "out" / "one.png").mode == "RGB"
+    empty_scale = run_cli(*argv, "--scales", "1,,2", env=env, plugins=True)
+    assert empty_scale.returncode == 2 and "--scales must be comma-separated numbers" in empty_scale.stderr
 
-    fields = {**entry, "arch_kwargs": weights.arch_kwargs, "urls": list(weights.urls), "metrics": {},
-              "preprocessing": weights.preprocessing}
-    return f"[{name}]\n" + "".join(f"{key} = {value(item)}\n" for key, item in fields.items())
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_files_follow_the_umask(served_in_a_file, tmp_path, umask):
+    """Defect 8: segment PNGs and the cached .safetensors copy were written 0600 whatever the umask."""
+    weights, env = served_in_a_file
+    street_image((40, 30), 4).save(tmp_path / "one.png")
+    home = tmp_path / "home"
+    done = run_cli("segment", tmp_path / "one.png", "--out", tmp_path / "out", "--weights", weights.name,
+                   "--scales", "1", env={**env, "IABN_ZOO_HOME": str(home)}, plugins=True, umask=umask)
+    assert done.returncode == 0, done.stderr
+    expected = 0o666 & ~umask
+    written = [tmp_path / "out" / "one.png", *home.glob("safetensors/*.safetensors"),
+               *home.glob("checkpoints/*.tar")]
+    assert len(written) == 3, written
+    assert {path.name: oct(path.stat().st_mode & 0o777) for path in written} == \
+        {path.name: oct(expected) for path in written}

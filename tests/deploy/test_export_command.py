@@ -18,7 +18,8 @@ from support.small_networks import randomize_norms
 import iabn_zoo as zoo
 from iabn_zoo import cli
 from iabn_zoo.deploy.runtimes import OnnxModule, onnx_metadata, run_exported_program, run_onnx
-from iabn_zoo.tasks.evaluate import evaluate, evaluate_model, evaluation_set, load_evaluable
+from iabn_zoo.tasks.classifiers import load_classifier
+from iabn_zoo.tasks.evaluate import evaluate, evaluate_model, evaluation_set
 from iabn_zoo.train.finetune import finetune
 from iabn_zoo.weights.catalog import unregister_weights
 
@@ -101,7 +102,7 @@ def test_a_run_exports_and_classifies_as_the_eager_network(trained_run, tmp_path
     onnx_file = zoo.export(run, tmp_path / "run.onnx", image_size=16)
     eager = evaluate(run, val, num_workers=0, device="cpu")
     bf16 = evaluate(run, val, num_workers=0, device="cpu", precision="bf16")
-    dataset = evaluation_set(load_evaluable(run), val)
+    dataset = evaluation_set(load_classifier(run), val)
     in_onnxruntime = evaluate_model(OnnxModule(onnx_file), dataset)
     assert eager["images"] == in_onnxruntime["images"] == bf16["images"] == 24
     assert in_onnxruntime["top1"] == eager["top1"] and abs(bf16["top1"] - eager["top1"]) <= 0.5

@@ -29,7 +29,7 @@ for round in range(400):  # bounded: the download takes a few seconds, one round
     if stop.exists():
         break
     for action in actions:
-        codes.append(main(["cache", action] + ([name] if action == "remove" else [])))
+        codes.append(main(["cache", action] + ([name] if action == "remove" else ["--yes"])))
 print(json.dumps(codes))
 """
 

@@ -9,13 +9,8 @@ from iabn_zoo.data.folders import ImageFolder
 from iabn_zoo.data.transforms import eval_transform
 from iabn_zoo.errors import DataError, InvalidArgumentError, UnknownNameError
 from iabn_zoo.tasks.accuracy import count_correct
-from iabn_zoo.tasks.evaluate import (
-    class_index_map,
-    evaluate,
-    evaluate_model,
-    evaluation_root,
-    label_aliases,
-)
+from iabn_zoo.tasks.classifiers import label_aliases
+from iabn_zoo.tasks.evaluate import class_index_map, evaluate, evaluate_model, evaluation_root
 
 NUM_CLASSES = 7
 SIZE = 16
@@ -102,7 +97,9 @@ def test_bad_inputs_raise_typed_errors(tmp_path):
         evaluate("no_such_model", tmp_path)
     with pytest.raises(InvalidArgumentError, match="batch_size"):
         evaluate("resnet18", tmp_path, batch_size=0)
-    with pytest.raises(InvalidArgumentError, match="no published weights"):
+    with pytest.raises(InvalidArgumentError, match="device 'tpu'"):
+        evaluate("resnet18", tmp_path, device="tpu")
+    with pytest.raises(DataError, match="no class folders"):
         evaluate("resnet18", tmp_path)
     with pytest.raises(DataError, match="no class folders"):
         evaluate_model(RedAtCenter(), ImageFolder(tmp_path))

@@ -239,8 +239,9 @@ def test_list_and_info_commands(published_colour_model, capsys):
     zoo.create_model(NAME, pretrained=True, progress=False)
     assert main(["list", "test_colour*"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["name", "arch", "params", "top1", "top5", "miou", "size", "cached"]
+    assert table[0].split() == ["name", "arch", "weights", "params", "top1", "top5", "miou", "download", "cached"]
     assert table[1].split()[0] == NAME and table[1].split()[-1] == "yes"
+    assert f"{published_colour_model.file_size / 2**20:.1f} MiB" in table[1]
 
     assert main(["list", "resnext*", "--pretrained", "--json"]) == 0
     names = [r["name"] for r in json.loads(capsys.readouterr().out)]

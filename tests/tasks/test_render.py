@@ -12,7 +12,7 @@ from PIL import Image
 import iabn_zoo
 from iabn_zoo.data.labels import class_colors, class_names
 from iabn_zoo.errors import InvalidArgumentError
-from iabn_zoo.tasks.render import classes_present, render
+from iabn_zoo.tasks.render import classes_present, legend_font, legend_lines, render
 from iabn_zoo.tasks.segment import SegmentationResult
 
 VISTAS_CSV = Path(iabn_zoo.__file__).parent / "data" / "label_files" / "vistas_classes.csv"
@@ -120,3 +120,48 @@ def test_bad_requests_are_refused(result):
     for output in ("raw", "palette"):
         with pytest.raises(InvalidArgumentError, match="0..255"):
             render(wide, output, colors=colors, names=[])
+
+
+def test_overlay_legend_leaves_the_photo_pixels_alone(result):
+    photo = Image.effect_noise((44, 30), 60).convert("RGB")
+    colors = class_colors("vistas")
+    image = render(result, "overlay", colors=colors, names=class_names("vistas"), photo=photo)
+    blended = Image.blend(photo, render(result, "palette", colors=colors, names=[]).convert("RGB"), 0.5)
+    assert image.crop((0, 0, 44, 30)).tobytes() == blended.tobytes()
+
+
+def dark_columns(panel: Image.Image, top: int, bottom: int) -> list[int]:
+    """Columns of `panel` with text-dark pixels between rows top and bottom."""
+    gray = panel.convert("L")
+    return [x for x in range(panel.width) if any(gray.getpixel((x, y)) < 100 for y in range(top, bottom))]
+
+
+@pytest.mark.parametrize("height, font_size", [(60, 12), (1024, 26), (2000, 50)])
+def test_legend_text_is_sized_for_the_photo_with_a_gap_before_the_share(height, font_size):
+    assert legend_font(height).size == font_size
+    width = height * 3 // 2
+    classes = torch.full((height, width), 27)  # sky, and a band of road
+    classes[height // 2:, :] = 13
+    photo = Image.new("RGB", (width, height), (128, 128, 128))
+    image = render(SegmentationResult(classes, torch.ones(height, width)), "overlay", colors=class_colors("vistas"),
+                   names=class_names("vistas"), photo=photo)
+    panel = image.crop((width, 0, image.width, image.height))
+    pad = font_size // 2
+    swatch_end = pad + font_size
+    columns = [x for x in dark_columns(panel, pad, pad + font_size) if x > swatch_end + 1]
+    gaps = [b - a for a, b in zip(columns, columns[1:])]
+    assert max(gaps) >= font_size, gaps  # "Sky" and "50.0%" in columns apart, not run together
+
+
+def test_classes_under_half_a_percent_are_left_out_of_the_legend():
+    classes = torch.full((100, 100), 27)
+    classes.view(-1)[:40] = 0  # bird: 0.4% of the pixels
+    classes.view(-1)[40:100] = 19  # person: 0.6%
+    lines = legend_lines(classes, class_names("vistas"))
+    assert [index for index, _, _ in lines] == [27, 19]
+    assert lines[1][2] == "0.6%"
+    colors = class_colors("vistas")
+    image = render(SegmentationResult(classes, torch.ones(100, 100)), "overlay", colors=colors,
+                   names=class_names("vistas"), photo=Image.new("RGB", (100, 100)))
+    panel_colors = {color for _, color in image.crop((100, 0, image.width, image.height)).getcolors(1 << 16)}
+    assert colors[19] in panel_colors and colors[0] not in panel_colors

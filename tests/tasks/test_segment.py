@@ -3,6 +3,7 @@ on a synthetic Vistas-format checkpoint loaded through the registry."""
 
 from __future__ import annotations
 
+import io
 import weakref
 from array import array
 
@@ -280,3 +281,28 @@ def test_nearest_resize_picks_the_pixels_pillow_picks(source, target):
     picture = Image.frombytes("I", (w, h), array("i", range(h * w)).tobytes()).resize((tw, th), Image.NEAREST)
     expected = torch.frombuffer(bytearray(picture.tobytes()), dtype=torch.int32).view(th, tw)
     assert torch.equal(resize_nearest(values, target), expected)
+
+
+class Terminal(io.StringIO):
+    """A text stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_large_image_gets_a_bar_over_its_passes_and_a_small_one_none(tiny_model, monkeypatch):
+    model, weights = tiny_model
+    predictor = SegmentationPredictor(model, mean=weights.preprocessing["mean"], std=weights.preprocessing["std"],
+                                      long_side=None, scales=(0.5, 1), flip=True)
+    photo = Image.new("RGB", (40, 30), (90, 120, 30))
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    predictor.predict(photo, progress=True)
+    assert terminal.getvalue() == ""  # 1200 pixels: over before a bar would say anything
+    monkeypatch.setattr(seg_predict, "PASS_BAR_PIXELS", 1000)
+    predictor.predict(photo, progress=True)
+    assert "passes" in terminal.getvalue() and "/4" in terminal.getvalue()  # two scales, each flipped
+    quiet = Terminal()
+    monkeypatch.setattr("sys.stderr", quiet)
+    predictor.predict(photo)
+    assert quiet.getvalue() == ""

@@ -230,4 +230,4 @@ def test_memory_command_bad_batch_exits_with_usage_code(capsys):
     from iabn_zoo.cli.main import main
 
     assert main(["memory", "resnet18", "--batch", "1", "--size", "32"]) == exit_code(InvalidArgumentError)
-    assert "batch must be" in capsys.readouterr().err
+    assert "--batch-size must be" in capsys.readouterr().err  # the alias --batch is spelt as the option's name

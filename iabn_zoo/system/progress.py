@@ -1,0 +1,29 @@
+"""Progress bars: the one rule for every long step (download, fine-tuning, evaluation, prediction, segmentation,
+export): a tqdm bar on standard error when the caller allows it and standard error is a terminal, silence otherwise
+(a log file or a pipe never fills with bar redraws)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from tqdm import tqdm
+
+
+def shows_progress(enabled: bool | None = True) -> bool:
+    """Whether a bar is drawn: not when the caller said no (False), else only when stderr is a terminal."""
+    if enabled is False:
+        return False
+    stream = sys.stderr
+    return stream is not None and hasattr(stream, "isatty") and stream.isatty()
+
+
+def progress_bar(iterable: Iterable[Any] | None = None, *, enabled: bool | None = True, **options: Any) -> tqdm:
+    """A tqdm bar over `iterable` (or one updated by hand) following `shows_progress`; `options` go to tqdm."""
+    return tqdm(iterable, disable=not shows_progress(enabled), file=sys.stderr, dynamic_ncols=True, **options)
+
+
+def write_line(text: str) -> None:
+    """Print a line on stderr without breaking a bar being drawn there."""
+    tqdm.write(text, file=sys.stderr)

@@ -1,0 +1,104 @@
+"""Memory limits: how much memory a device has, refusing work that cannot fit before it starts, and turning an
+out-of-memory during the work into a ResourceLimitError that says which sizes to lower.
+
+Two halves, because neither alone is enough: an estimate made up front catches sizes that could never fit (an
+image side of 100000 pixels) before anything is read or written, and the guard catches what the estimate cannot
+know (other programs' memory, allocator fragmentation, a limit set with ulimit).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from ..errors import ResourceLimitError, ZooError
+
+CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+# How out-of-memory failures read when they do not come as MemoryError or torch.OutOfMemoryError.
+OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "not enough memory", "out of memory", "is killed by signal: Killed")
+ALLOCATION = re.compile(r"(?:tried to allocate|allocate) (\d+) bytes")
+
+
+def format_bytes(count: int | float) -> str:
+    """A byte count for people: 512 B, 3.2 MiB, 1.5 GiB, 2.0 TiB."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def physical_memory() -> int | None:
+    """The memory this process may use: the machine's RAM, or its container's limit when that is lower."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    for limit_file in CGROUP_LIMITS:
+        try:
+            text = limit_file.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def total_memory(device: torch.device) -> int | None:
+    """All the memory of `device` (None where torch cannot tell)."""
+    if device.type == "cpu":
+        return physical_memory()
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.get_device_properties(index).total_memory
+    if device.type == "mps":
+        return torch.mps.recommended_max_memory()
+    return None
+
+
+def check_fits(needed: int, device: torch.device, *, what: str, lower: Sequence[str]) -> None:
+    """Refuse, before any work, a job whose `needed` bytes (a lower bound) exceed all the memory of `device`;
+    `lower` names the parameters that shrink it."""
+    total = total_memory(device)
+    if total is not None and needed > total:
+        holder = "this machine has" if device.type == "cpu" else f"{device} has"
+        raise ResourceLimitError(f"{what} needs at least {format_bytes(needed)} of memory, and {holder} "
+                                 f"{format_bytes(total)} in all; lower {_alternatives(lower)}", parameters=lower)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is an allocation failure (of the CPU, CUDA or MPS allocators, Python, a killed worker)."""
+    if isinstance(error, ZooError):
+        return False
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in OUT_OF_MEMORY_MESSAGES)
+
+
+@contextmanager
+def out_of_memory_guard(what: str, lower: Sequence[str]) -> Iterator[None]:
+    """Run a block of work; an out-of-memory inside it becomes a ResourceLimitError saying it happened while
+    `what`, and to lower the parameters named in `lower`."""
+    try:
+        yield
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        match = ALLOCATION.search(str(error))
+        detail = f" (an allocation of {format_bytes(int(match.group(1)))} failed)" if match else ""
+        raise ResourceLimitError(f"out of memory while {what}{detail}; lower {_alternatives(lower)}",
+                                 parameters=lower) from None
+
+
+def _alternatives(parameters: Sequence[str]) -> str:
+    """'{a}', '{a} or {b}', '{a}, {b} or {c}': placeholders the error renders as names or options."""
+    names = ["{" + name + "}" for name in parameters]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
