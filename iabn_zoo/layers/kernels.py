@@ -1,5 +1,11 @@
 """The two implementations of InPlace-ABN's arithmetic (pure PyTorch, and the compiled `inplace_abn` kernels) and
-the choice between them.
+the choice between them, made per call from the tensors (`kernels_for`).
+
+Backends: `native` (the compiled kernels wherever they take the tensors), `torch`, and `auto`, the default: the
+compiled kernels for CUDA tensors when the extension was built with CUDA, the torch kernels everywhere else (the
+compiled CPU kernels are single-threaded loops, slower than PyTorch's own vectorised, multi-threaded ones). Either
+way the compiled kernels take float32/float64 contiguous tensors only; other calls (bf16, fp16, channels-last) run
+on the torch kernels, on the tensors as they are (no copy of the activation).
 
 Formulas (as in the authors' kernels): y = act(xhat * (|w| + eps) + b), xhat = (x - mean) / sqrt(var + eps) with the
 biased batch variance. Backward inverts the activation on y, recovers xhat = (z - b) / (|w| + eps) and applies the
@@ -16,7 +22,8 @@ import torch
 from ..errors import InvalidArgumentError
 from .activations import activate_, invert_activation
 
-BACKENDS = ("native", "torch")
+BACKENDS = ("auto", "native", "torch")
+REDUCED_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def channel_view(stat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -34,6 +41,12 @@ def abs_scale(weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight.abs() + eps
 
 
+def stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype statistics are computed and kept in: float64 for float64 tensors, float32 for every other one
+    (bf16 and fp16 activations included, as autocast hands them over)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 class TorchKernels:
     """Pure-PyTorch kernels: run on any device and dtype. Backward works on z = act^-1(y), not on xhat."""
 
@@ -44,17 +57,19 @@ class TorchKernels:
     def statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Per-channel mean, biased variance and sample count."""
         dims = reduce_dims(x)
-        mean = x.mean(dim=dims)
-        var = (x - channel_view(mean, x)).pow_(2).mean(dim=dims)  # two passes: much faster than var_mean on CPU
+        mean = x.mean(dim=dims, dtype=stat_dtype(x.dtype))
+        # two passes (much faster than var_mean on CPU); a reduced-precision x is centred in float32
+        var = (x - channel_view(mean, x)).pow_(2).mean(dim=dims)
         return mean, var, x.numel() // x.shape[1]
 
     @staticmethod
     def forward_(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                  eps: float, activation: str, activation_param: float) -> None:
-        """x <- act(xhat * (|w| + eps) + b), in place."""
-        scale = abs_scale(weight, eps) * torch.rsqrt(var + eps)
-        shift = bias - mean * scale
-        x.mul_(channel_view(scale, x)).add_(channel_view(shift, x))
+        """x <- act(xhat * (|w| + eps) + b), in place; the affine step in the statistics' precision, rounded once."""
+        accumulate = stat_dtype(x.dtype)
+        scale = abs_scale(weight.to(accumulate), eps) * torch.rsqrt(var.to(accumulate) + eps)
+        shift = bias.to(accumulate) - mean.to(accumulate) * scale
+        torch.addcmul(channel_view(shift, x), x, channel_view(scale, x), out=x)
         activate_(x, activation, activation_param)
 
     @staticmethod
@@ -62,9 +77,12 @@ class TorchKernels:
                         activation: str, activation_param: float, y_is_scratch: bool = False):
         """((z, whether z may be overwritten), dz, sum_dy, sum_xhat_dy) from the output y and its gradient."""
         z, dz = invert_activation(y, dy, activation, activation_param)
-        # BatchNorm's own backward reduction with mean = b and invstd = 1 / (|w| + eps) sees exactly xhat
+        # BatchNorm's own backward reduction with mean = b and invstd = 1 / (|w| + eps) sees exactly xhat; it
+        # accumulates reduced-precision inputs in float32 when the per-channel vectors are float32
+        accumulate = stat_dtype(y.dtype)
         _, sum_xhat_dy, sum_dy = torch.ops.aten.native_batch_norm_backward(
-            dz, z, None, None, None, bias, 1.0 / abs_scale(weight, eps), True, eps, [False, True, True])
+            dz, z, None, None, None, bias.to(accumulate), 1.0 / abs_scale(weight.to(accumulate), eps), True, eps,
+            [False, True, True])
         return (z, y_is_scratch or z is not y), dz, sum_dy, sum_xhat_dy
 
     @staticmethod
@@ -74,17 +92,23 @@ class TorchKernels:
         """dx of training mode from the (possibly group-wide) sums."""
         # dx = (dz - sum_dy / n - xhat * sum_xhat_dy / n) * mult with xhat = (z - b) / s, as dz * a + z * b' + c
         z, z_is_scratch = state
-        scale = abs_scale(weight, eps)
-        mult = scale * torch.rsqrt(var + eps)
-        z_coef = channel_view(-sum_xhat_dy / count * mult / scale, z)
+        if z.dtype in REDUCED_PRECISION:  # one rounding at the end, as standard BN's backward does
+            dx = TorchKernels.backward_train((z.float(), True), dz.float(), var, count, sum_dy, sum_xhat_dy,
+                                             weight, bias, eps)
+            return dx.to(z.dtype)
+        scale = abs_scale(weight.to(z.dtype), eps)
+        mult = scale * torch.rsqrt(var.to(z.dtype) + eps)
+        z_coef = channel_view(-sum_xhat_dy.to(z.dtype) / count * mult / scale, z)
         dx = z.mul_(z_coef) if z_is_scratch else z * z_coef  # z is the saved output unless it was recomputed
-        return dx.add_(channel_view(-sum_dy / count * mult, z) - channel_view(bias, z) * z_coef).addcmul_(
-            dz, channel_view(mult, z))
+        shift = channel_view(-sum_dy.to(z.dtype) / count * mult, z) - channel_view(bias.to(z.dtype), z) * z_coef
+        return dx.add_(shift).addcmul_(dz, channel_view(mult, z))
 
     @staticmethod
     def backward_eval(dz: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        """dx of eval mode: dz * (|w| + eps) / sqrt(running_var + eps)."""
-        return dz * channel_view(abs_scale(weight, eps) * torch.rsqrt(var + eps), dz)
+        """dx of eval mode: dz * (|w| + eps) / sqrt(running_var + eps), in dz's dtype, rounded once."""
+        accumulate = stat_dtype(dz.dtype)
+        mult = abs_scale(weight.to(accumulate), eps) * torch.rsqrt(var.to(accumulate) + eps)
+        return torch.mul(dz, channel_view(mult, dz), out=torch.empty_like(dz, memory_format=torch.contiguous_format))
 
 
 class NativeKernels:
@@ -101,10 +125,12 @@ class NativeKernels:
                              "identity": _backend.Activation.Identity}
         self.has_cuda = hasattr(_backend, "reduce_statistics")  # only CUDA builds define it
 
-    def supports(self, x: torch.Tensor) -> bool:
-        """Whether these kernels can take `x`; the others fall back to the torch kernels."""
+    def supports(self, x: torch.Tensor, *others: torch.Tensor | None) -> bool:
+        """Whether these kernels can take `x` and the tensors used with it (same dtype and device, float32/float64,
+        contiguous); calls they cannot take run on the torch kernels."""
         return (x.dtype in (torch.float32, torch.float64) and x.is_contiguous()
-                and (x.device.type == "cpu" or (x.is_cuda and self.has_cuda)))
+                and (x.device.type == "cpu" or (x.is_cuda and self.has_cuda))
+                and all(t is None or (t.dtype == x.dtype and t.device == x.device) for t in others))
 
     def statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Per-channel mean, biased variance and sample count."""
@@ -145,10 +171,9 @@ def native_kernels() -> NativeKernels | None:
 
 
 def resolve_backend(backend: str | None = None) -> str:
-    """The backend to use: `backend`, else `IABN_ZOO_BACKEND`, else `native` when importable, else `torch`."""
-    chosen = backend if backend is not None else os.environ.get("IABN_ZOO_BACKEND") or None
-    if chosen is None:
-        return "native" if native_kernels() is not None else "torch"
+    """The backend a layer asks for: `backend`, else `IABN_ZOO_BACKEND`, else `auto` (chosen per call from the
+    input's device, `kernels_for`)."""
+    chosen = backend if backend is not None else os.environ.get("IABN_ZOO_BACKEND") or "auto"
     if chosen not in BACKENDS:
         source = "backend" if backend is not None else "IABN_ZOO_BACKEND"
         raise InvalidArgumentError(f"{source} must be one of {', '.join(BACKENDS)}, got {chosen!r}")
@@ -157,3 +182,14 @@ def resolve_backend(backend: str | None = None) -> str:
             "backend 'native' needs the compiled inplace-abn package, which cannot be imported here; install it "
             "(see README) or use backend='torch'")
     return chosen
+
+
+def kernels_for(backend: str, x: torch.Tensor, *others: torch.Tensor | None) -> TorchKernels | NativeKernels:
+    """The kernels one call runs on: the compiled ones where `backend` asks for them (`native`: any device they
+    were built for; `auto`: CUDA only) and they take the tensors, the torch ones otherwise."""
+    if backend == "torch":
+        return TorchKernels
+    native = native_kernels()
+    if native is None or (backend == "auto" and not x.is_cuda) or not native.supports(x, *others):
+        return TorchKernels
+    return native
