@@ -16,6 +16,32 @@ from . import ops
 from .sync_stats import reduce_statistics, reduce_sums
 
 
+def inplace_abn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
+                running_mean: torch.Tensor, running_var: torch.Tensor, training: bool, momentum: float, eps: float,
+                activation: str, activation_param: float, backend: str, group: Any) -> torch.Tensor:
+    """x <- act(bn(x) [+ residual]) in place, returning x: through the autograd Function when autograd records this
+    call, straight through the operators when it does not (inference, which tracers also see that way)."""
+    tensors = (x, weight, bias, residual)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return InPlaceABNFunction.apply(x, weight, bias, residual, running_mean, running_var, training, momentum,
+                                        eps, activation, activation_param, backend, group)
+    forward_(x, weight, bias, residual, running_mean, running_var, training, momentum, eps, activation,
+             activation_param, backend, group)
+    return x
+
+
+def forward_(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
+             running_mean: torch.Tensor, running_var: torch.Tensor, training: bool, momentum: float, eps: float,
+             activation: str, activation_param: float, backend: str, group: Any) -> tuple[torch.Tensor, int]:
+    """The forward computation: (variance used, group-wide values per channel, or 0 for local statistics)."""
+    if training and group is not None:
+        return synchronised_forward(x, weight, bias, residual, running_mean, running_var, momentum, eps, activation,
+                                    activation_param, backend, group)
+    var = ops.inplace_abn_(x, weight, bias, residual, running_mean, running_var, training, momentum, eps, activation,
+                           activation_param, backend)
+    return var, 0
+
+
 class InPlaceABNFunction(torch.autograd.Function):
     """x <- act(bn(x) + residual) in place; backward keeps only the output (and the caller's residual).
 
@@ -27,13 +53,8 @@ class InPlaceABNFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
                 running_mean: torch.Tensor, running_var: torch.Tensor, training: bool, momentum: float, eps: float,
                 activation: str, activation_param: float, backend: str, group: Any) -> torch.Tensor:
-        if training and group is not None:
-            var, count = synchronised_forward(x, weight, bias, residual, running_mean, running_var, momentum, eps,
-                                              activation, activation_param, backend, group)
-        else:
-            var = ops.inplace_abn_(x, weight, bias, residual, running_mean, running_var, training, momentum, eps,
-                                   activation, activation_param, backend)
-            count = 0
+        var, count = forward_(x, weight, bias, residual, running_mean, running_var, training, momentum, eps,
+                              activation, activation_param, backend, group)
         ctx.options = (training, eps, activation, activation_param, backend, group, count)
         ctx.save_for_backward(x, var, weight, bias, residual)
         ctx.mark_dirty(x)

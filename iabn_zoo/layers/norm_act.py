@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import InvalidArgumentError
 from .activations import DEFAULT_ACTIVATION_PARAMS, activate_, check_activation
-from .iabn_function import InPlaceABNFunction
+from .iabn_function import inplace_abn
 from .kernels import resolve_backend
 from .sync_stats import active_group
 
@@ -138,9 +138,8 @@ class InPlaceABN(ABN):
             self.check_batch(x)
         if (x.requires_grad and x.is_leaf and torch.is_grad_enabled()) or is_broadcast(x):
             x = x.clone()  # autograd forbids writing over a leaf that requires grad; an expanded view has no room
-        return InPlaceABNFunction.apply(x, self.weight, self.bias, residual, self.running_mean, self.running_var,
-                                        self.training, self.step_momentum(), self.eps, self.activation,
-                                        self.activation_param, self.backend, group)
+        return inplace_abn(x, self.weight, self.bias, residual, self.running_mean, self.running_var, self.training,
+                           self.step_momentum(), self.eps, self.activation, self.activation_param, self.backend, group)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, backend={self.backend}"

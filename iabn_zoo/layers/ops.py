@@ -18,6 +18,9 @@ from .activations import activate_, invert_activation
 from .kernels import kernels_for, stat_dtype
 
 NAMESPACE = "iabn_zoo"
+# The kernels take tensors of any strides. Without this tag inductor copies an input whose strides it cannot match
+# (a conv output of 1x1 spatial size) and, for the mutated x, then fails to schedule the copy back (torch 2.13).
+ANY_LAYOUT = (torch.Tag.flexible_layout,)
 
 
 def _channels(x: torch.Tensor) -> int:
@@ -47,7 +50,7 @@ def _apply(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: torch
         activate_(x.add_(residual), activation, activation_param)
 
 
-@custom_op(f"{NAMESPACE}::inplace_abn_", mutates_args=("x", "running_mean", "running_var"))
+@custom_op(f"{NAMESPACE}::inplace_abn_", mutates_args=("x", "running_mean", "running_var"), tags=ANY_LAYOUT)
 def inplace_abn_(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
                  running_mean: torch.Tensor, running_var: torch.Tensor, training: bool, momentum: float, eps: float,
                  activation: str, activation_param: float, backend: str) -> torch.Tensor:
@@ -101,7 +104,7 @@ def param_grads(weight: torch.Tensor, bias: torch.Tensor, sum_dy: torch.Tensor,
     return torch.where(weight < 0, -sum_xhat_dy, sum_xhat_dy).to(weight.dtype), sum_dy.to(bias.dtype)
 
 
-@custom_op(f"{NAMESPACE}::inplace_abn_backward", mutates_args=())
+@custom_op(f"{NAMESPACE}::inplace_abn_backward", mutates_args=(), tags=ANY_LAYOUT)
 def inplace_abn_backward(y: torch.Tensor, dy: torch.Tensor, var: torch.Tensor, weight: torch.Tensor,
                          bias: torch.Tensor, residual: torch.Tensor | None, training: bool, eps: float,
                          activation: str, activation_param: float, backend: str,
@@ -127,7 +130,7 @@ def _(y, dy, var, weight, bias, residual, training, eps, activation, activation_
     return dx, torch.empty_like(weight), torch.empty_like(bias), d_residual
 
 
-@custom_op(f"{NAMESPACE}::batch_statistics", mutates_args=())
+@custom_op(f"{NAMESPACE}::batch_statistics", mutates_args=(), tags=ANY_LAYOUT)
 def batch_statistics(x: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance of this process's batch (to be reduced over a group)."""
     mean, var, _ = kernels_for(backend, x).statistics(x)
@@ -140,7 +143,7 @@ def _(x, backend):
             x.new_empty(_channels(x), dtype=stat_dtype(x.dtype)))
 
 
-@custom_op(f"{NAMESPACE}::inplace_abn_apply_", mutates_args=("x",))
+@custom_op(f"{NAMESPACE}::inplace_abn_apply_", mutates_args=("x",), tags=ANY_LAYOUT)
 def inplace_abn_apply_(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor,
                        bias: torch.Tensor, residual: torch.Tensor | None, eps: float, activation: str,
                        activation_param: float, backend: str) -> None:
@@ -150,7 +153,7 @@ def inplace_abn_apply_(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, w
     _apply(x, mean, var, weight, bias, residual, eps, activation, activation_param, backend)
 
 
-@custom_op(f"{NAMESPACE}::inplace_abn_backward_sums", mutates_args=())
+@custom_op(f"{NAMESPACE}::inplace_abn_backward_sums", mutates_args=(), tags=ANY_LAYOUT)
 def inplace_abn_backward_sums(y: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                               residual: torch.Tensor | None, eps: float, activation: str, activation_param: float,
                               backend: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +169,7 @@ def _(y, dy, weight, bias, residual, eps, activation, activation_param, backend)
             y.new_empty(_channels(y), dtype=stat_dtype(y.dtype)))
 
 
-@custom_op(f"{NAMESPACE}::inplace_abn_input_grad", mutates_args=())
+@custom_op(f"{NAMESPACE}::inplace_abn_input_grad", mutates_args=(), tags=ANY_LAYOUT)
 def inplace_abn_input_grad(y: torch.Tensor, dy: torch.Tensor, var: torch.Tensor, weight: torch.Tensor,
                            bias: torch.Tensor, residual: torch.Tensor | None, sum_dy: torch.Tensor,
                            sum_xhat_dy: torch.Tensor, count: int, eps: float, activation: str,
