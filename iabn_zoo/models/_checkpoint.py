@@ -26,7 +26,9 @@ from ..layers import ABN, InPlaceABN, LeanMaxPool2d
 
 @contextlib.contextmanager
 def running_stats_kept(module: nn.Module) -> Iterator[None]:
-    """Run code and put every buffer of `module` back as it was: a recomputation must not count a batch twice."""
+    """Run code and put every buffer of `module` back as it was: a recomputation must not count a batch twice.
+    Only changed buffers are written: a write bumps the version of a buffer that autograd may hold (standard BN
+    saves its running statistics) and would fail its backward."""
     buffers = list(module.buffers())
     saved = [buffer.clone() for buffer in buffers]
     try:
@@ -34,7 +36,8 @@ def running_stats_kept(module: nn.Module) -> Iterator[None]:
     finally:
         with torch.no_grad():
             for buffer, value in zip(buffers, saved):
-                buffer.copy_(value)
+                if not torch.equal(buffer, value):
+                    buffer.copy_(value)
 
 
 def recompute_contexts(module: nn.Module) -> tuple[contextlib.AbstractContextManager,
