@@ -89,13 +89,20 @@ def _reduce(y: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, bias: torch
     return kernels, state, dz, sum_dy, sum_xhat_dy, d_residual
 
 
+def _laid_out_like(t: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """`t` with the strides `torch.empty_like(reference)` has, which the fake kernels promise (inductor indexes the
+    output by them); copied only where the kernels produced another layout (inputs of mixed memory formats)."""
+    out = torch.empty_like(reference)
+    return t if t.stride() == out.stride() else out.copy_(t)
+
+
 def _residual_grad(d_residual: torch.Tensor | None, dy: torch.Tensor, y: torch.Tensor,
                    residual: torch.Tensor | None) -> torch.Tensor:
     """dL/dresidual (= dL/dz, which the kernels leave untouched) as an output of its own: a copy where it is dy
     itself (identity activation), empty without a residual."""
     if d_residual is None:
         return y.new_empty(0)
-    return d_residual.to(residual.dtype, copy=d_residual is dy)
+    return _laid_out_like(d_residual.to(residual.dtype, copy=d_residual is dy), residual)
 
 
 def param_grads(weight: torch.Tensor, bias: torch.Tensor, sum_dy: torch.Tensor,
@@ -119,6 +126,7 @@ def inplace_abn_backward(y: torch.Tensor, dy: torch.Tensor, var: torch.Tensor, w
             dx = kernels.backward_train(state, dz, var, _count(y), sum_dy, sum_xhat_dy, weight, bias, eps)
         else:
             dx = kernels.backward_eval(dz, var, weight, eps)
+        dx = _laid_out_like(dx, y)
     d_weight, d_bias = param_grads(weight, bias, sum_dy, sum_xhat_dy)
     return dx, d_weight, d_bias, _residual_grad(d_residual, dy, y, residual)
 
@@ -179,7 +187,7 @@ def inplace_abn_input_grad(y: torch.Tensor, dy: torch.Tensor, var: torch.Tensor,
     kernels, state, dz, _, _, d_residual = _reduce(y, dy, weight, bias, residual, eps, activation,
                                                    activation_param, backend)
     dx = kernels.backward_train(state, dz, var, count, sum_dy, sum_xhat_dy, weight, bias, eps)
-    return dx, _residual_grad(d_residual, dy, y, residual)
+    return _laid_out_like(dx, y), _residual_grad(d_residual, dy, y, residual)
 
 
 @inplace_abn_input_grad.register_fake
