@@ -92,10 +92,6 @@ class TorchKernels:
         """dx of training mode from the (possibly group-wide) sums."""
         # dx = (dz - sum_dy / n - xhat * sum_xhat_dy / n) * mult with xhat = (z - b) / s, as dz * a + z * b' + c
         z, z_is_scratch = state
-        if z.dtype in REDUCED_PRECISION:  # one rounding at the end, as standard BN's backward does
-            dx = TorchKernels.backward_train((z.float(), True), dz.float(), var, count, sum_dy, sum_xhat_dy,
-                                             weight, bias, eps)
-            return dx.to(z.dtype)
         scale = abs_scale(weight.to(z.dtype), eps)
         mult = scale * torch.rsqrt(var.to(z.dtype) + eps)
         z_coef = channel_view(-sum_xhat_dy.to(z.dtype) / count * mult / scale, z)

@@ -15,7 +15,7 @@ import torch
 from torch.library import custom_op
 
 from .activations import activate_, invert_activation
-from .kernels import kernels_for, stat_dtype
+from .kernels import REDUCED_PRECISION, kernels_for, stat_dtype
 
 NAMESPACE = "iabn_zoo"
 # The kernels take tensors of any strides. Without this tag inductor copies an input whose strides it cannot match
@@ -74,7 +74,13 @@ def _(x, weight, bias, residual, running_mean, running_var, training, momentum, 
 
 def _reduce(y: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
             residual: torch.Tensor | None, eps: float, activation: str, activation_param: float, backend: str):
-    """The backward's first step: (kernels, state, dz, sum_dy, sum_xhat_dy, dL/dresidual or None)."""
+    """The backward's first step: (kernels, state, dz, sum_dy, sum_xhat_dy, dL/dresidual or None).
+
+    A reduced-precision (bf16, fp16) output is taken up to float32 first: xhat is recovered from the rounded output,
+    and in a layer with few values per channel the BN backward's cancellations would amplify a second rounding.
+    """
+    if y.dtype in REDUCED_PRECISION:
+        y, dy = y.float(), dy.float()
     if residual is None:
         kernels = kernels_for(backend, y, weight, bias)
         state, dz, sum_dy, sum_xhat_dy = kernels.backward_reduce(y, dy, weight, bias, eps, activation,
@@ -90,10 +96,11 @@ def _reduce(y: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, bias: torch
 
 
 def _laid_out_like(t: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """`t` with the strides `torch.empty_like(reference)` has, which the fake kernels promise (inductor indexes the
-    output by them); copied only where the kernels produced another layout (inputs of mixed memory formats)."""
+    """`t` with the dtype and strides `torch.empty_like(reference)` has, which the fake kernels promise (inductor
+    indexes the output by them); copied only where the kernels worked in float32 or produced another layout
+    (inputs of mixed memory formats)."""
     out = torch.empty_like(reference)
-    return t if t.stride() == out.stride() else out.copy_(t)
+    return t if t.stride() == out.stride() and t.dtype == out.dtype else out.copy_(t)
 
 
 def _residual_grad(d_residual: torch.Tensor | None, dy: torch.Tensor, y: torch.Tensor,
