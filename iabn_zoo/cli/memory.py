@@ -7,6 +7,8 @@ import argparse
 from .output import add_json_flag, emit
 
 COLUMNS = ("bn_mode", "saved_mib", "saved_ratio", "peak_mib", "peak_ratio", "step_seconds", "time_ratio")
+CHECKPOINTING_COLUMNS = (COLUMNS[:1] + ("grad_checkpointing",) + COLUMNS[1:]
+                         + ("ckpt_saved_ratio", "ckpt_time_ratio"))
 
 
 def register(subparsers) -> None:
@@ -21,6 +23,10 @@ def register(subparsers) -> None:
     parser.add_argument("--size", type=int, default=224, help="square input size in pixels (default 224)")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per mode, median reported (default 3)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda; the peak is measured on cuda only")
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="also measure each mode with its blocks recomputed in backward "
+                             "(model.set_grad_checkpointing()): ckpt_saved_ratio and ckpt_time_ratio say what that "
+                             "saves and costs against the same mode without it")
     add_json_flag(parser)
     parser.set_defaults(func=run_memory)
 
@@ -30,12 +36,12 @@ def run_memory(args: argparse.Namespace) -> int:
     from ..train.memory import compare_modes, report_rows
 
     rows = report_rows(compare_modes(args.arch, batch=args.batch, size=args.size, device=args.device,
-                                     repeats=args.repeats))
+                                     repeats=args.repeats, grad_checkpointing=args.grad_checkpointing))
     if args.json:
-        emit({"arch": args.arch, "batch": args.batch, "size": args.size, "device": args.device, "modes": rows},
-             as_json=True)
+        emit({"arch": args.arch, "batch": args.batch, "size": args.size, "device": args.device,
+              "grad_checkpointing": args.grad_checkpointing, "modes": rows}, as_json=True)
     else:
         print(f"{args.arch}: training step (median of {args.repeats}), batch {args.batch}, {args.size}x{args.size} px, "
               f"{args.device}")
-        emit(rows, as_json=False, columns=COLUMNS)
+        emit(rows, as_json=False, columns=CHECKPOINTING_COLUMNS if args.grad_checkpointing else COLUMNS)
     return 0
