@@ -180,12 +180,21 @@ def resolve_backend(backend: str | None = None) -> str:
     return chosen
 
 
-def kernels_for(backend: str, x: torch.Tensor, *others: torch.Tensor | None) -> TorchKernels | NativeKernels:
-    """The kernels one call runs on: the compiled ones where `backend` asks for them (`native`: any device they
-    were built for; `auto`: CUDA only) and they take the tensors, the torch ones otherwise."""
-    if backend == "torch":
-        return TorchKernels
+def kernels_name(backend: str, device_type: str) -> str:
+    """Which kernels `backend` runs for float32 contiguous tensors on `device_type`: `native` or `torch`."""
     native = native_kernels()
-    if native is None or (backend == "auto" and not x.is_cuda) or not native.supports(x, *others):
-        return TorchKernels
-    return native
+    if backend == "torch" or native is None:
+        return "torch"
+    on_cuda = device_type == "cuda" and native.has_cuda
+    if backend == "auto":
+        return "native" if on_cuda else "torch"
+    return "native" if on_cuda or device_type == "cpu" else "torch"
+
+
+def kernels_for(backend: str, x: torch.Tensor, *others: torch.Tensor | None) -> TorchKernels | NativeKernels:
+    """The kernels one call runs on: the compiled ones where `backend` asks for them on x's device (`native`: any
+    device they were built for; `auto`: CUDA only) and they take the tensors, the torch ones otherwise."""
+    native = native_kernels()
+    if kernels_name(backend, x.device.type) == "native" and native.supports(x, *others):
+        return native
+    return TorchKernels

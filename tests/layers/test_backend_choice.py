@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from iabn_zoo.layers import make_norm_act, native_kernels
-from iabn_zoo.layers.kernels import TorchKernels, kernels_for
+from iabn_zoo.layers.kernels import TorchKernels, kernels_for, kernels_name
 
 needs_native = pytest.mark.skipif(native_kernels() is None, reason="inplace-abn is not importable")
 
@@ -53,3 +53,10 @@ def test_default_follows_the_input_to_cuda_and_back():
     assert kernels_for("auto", x) is TorchKernels
     layer.cuda()(x.cuda()).sum()
     layer.cpu()(x)
+
+
+def test_rule_per_device():
+    native = native_kernels()
+    assert kernels_name("auto", "cpu") == "torch" and kernels_name("torch", "cuda") == "torch"
+    assert kernels_name("auto", "cuda") == ("native" if native is not None and native.has_cuda else "torch")
+    assert kernels_name("native", "cpu") == ("native" if native is not None else "torch")
