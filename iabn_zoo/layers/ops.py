@@ -99,8 +99,9 @@ def _laid_out_like(t: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """`t` with the dtype and strides `torch.empty_like(reference)` has, which the fake kernels promise (inductor
     indexes the output by them); copied only where the kernels worked in float32 or produced another layout
     (inputs of mixed memory formats)."""
-    out = torch.empty_like(reference)
-    return t if t.stride() == out.stride() and t.dtype == out.dtype else out.copy_(t)
+    if t.dtype == reference.dtype and t.stride() == torch.empty_like(reference, device="meta").stride():
+        return t
+    return torch.empty_like(reference).copy_(t)
 
 
 def _residual_grad(d_residual: torch.Tensor | None, dy: torch.Tensor, y: torch.Tensor,
@@ -163,8 +164,6 @@ def inplace_abn_apply_(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, w
                        bias: torch.Tensor, residual: torch.Tensor | None, eps: float, activation: str,
                        activation_param: float, backend: str) -> None:
     """x <- act(bn(x) [+ residual]) in place with given (group-wide) statistics."""
-    if kernels_for(backend, x, weight).name == "native":
-        mean, var = mean.to(x.dtype), var.to(x.dtype)
     _apply(x, mean, var, weight, bias, residual, eps, activation, activation_param, backend)
 
 

@@ -28,6 +28,15 @@ def conv_calls(model, step):
     return calls
 
 
+def assert_same_buffers(model, reference, what):
+    """Running statistics and batch counts equal: updated once per step, not once more by the recomputation."""
+    for (name, ours), (_, theirs) in zip(model.named_buffers(), reference.named_buffers()):
+        if ours.is_floating_point():
+            assert_same_function(ours, theirs, f"{what}: {name}")
+        else:
+            assert torch.equal(ours, theirs), f"{what}: {name} is {ours.tolist()}, not {theirs.tolist()}"
+
+
 @pytest.mark.parametrize("family,bn_mode", [(family, "inplace") for family in FAMILIES]
                          + [(family, "standard") for family in ("resnext", "resnet", "densenet")])
 def test_checkpointed_step_equals_plain_step(family, bn_mode):
@@ -46,11 +55,7 @@ def test_checkpointed_step_equals_plain_step(family, bn_mode):
         assert_same_function(dx, ref_dx, f"{what}: input gradient")
         for name, grad in ref_grads.items():
             assert_same_function(grads[name], grad, f"{what}: gradient of {name}")
-    for (name, ours), (_, theirs) in zip(checkpointed.named_buffers(), plain.named_buffers()):
-        if ours.is_floating_point():  # updated once per step, not once more by the recomputation
-            assert_same_function(ours, theirs, f"{family} {bn_mode}: {name} after two steps")
-        else:
-            assert torch.equal(ours, theirs), f"{family} {bn_mode}: {name} is {ours.tolist()}, not {theirs.tolist()}"
+    assert_same_buffers(checkpointed, plain, f"{family} {bn_mode} after two steps")
 
 
 @pytest.mark.parametrize("family", ["resnext", "resnet", "densenet"])
@@ -86,3 +91,23 @@ def test_segmentation_network_passes_the_switch_to_its_body():
     model = small_model("vistas", "inplace")
     model.set_grad_checkpointing()
     assert model.grad_checkpointing and model.body.grad_checkpointing
+
+
+@pytest.mark.parametrize("family", ["resnext", "wider_resnet_a2"])
+def test_checkpointed_network_compiles_whole_and_equals_eager(family):
+    """Under torch.compile the recomputation is AOT autograd's (the buffer updates stay in the forward graph)."""
+    model = small_model(family, "inplace")
+    reference = copy.deepcopy(model)
+    model.set_grad_checkpointing()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    x = images()
+    for step in (1, 2):
+        torch.manual_seed(step)
+        out, dx, grads = train_step(compiled, x)
+        torch.manual_seed(step)
+        ref_out, ref_dx, ref_grads = train_step(reference, x)
+        assert_same_function(out, ref_out, f"{family} step {step}: output")
+        assert_same_function(dx, ref_dx, f"{family} step {step}: input gradient")
+        for name, grad in ref_grads.items():
+            assert_same_function(grads[f"_orig_mod.{name}"], grad, f"{family} step {step}: gradient of {name}")
+    assert_same_buffers(model, reference, family)
