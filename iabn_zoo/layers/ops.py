@@ -27,11 +27,6 @@ def _channels(x: torch.Tensor) -> int:
     return x.shape[1]
 
 
-def _count(x: torch.Tensor) -> int:
-    """Values per channel: what the batch statistics of `x` average over."""
-    return x.numel() // x.shape[1]
-
-
 def update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor, mean: torch.Tensor,
                          var: torch.Tensor, count: int, momentum: float) -> None:
     """Exponential moving average of the batch mean and the unbiased batch variance, in the buffers' dtype."""
@@ -72,9 +67,10 @@ def _(x, weight, bias, residual, running_mean, running_var, training, momentum, 
     return x.new_empty(_channels(x), dtype=stat_dtype(x.dtype))
 
 
-def _reduce(y: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-            residual: torch.Tensor | None, eps: float, activation: str, activation_param: float, backend: str):
-    """The backward's first step: (kernels, state, dz, sum_dy, sum_xhat_dy, dL/dresidual or None).
+def _bn_output(y: torch.Tensor, dy: torch.Tensor, residual: torch.Tensor | None, activation: str,
+               activation_param: float):
+    """What the kernels' backward starts from: (y', dy', activation', parameter', whether y' is scratch, dL/dresidual
+    or None). Without a residual that is y itself; with one, bn(x) = act^-1(y) - residual, an identity layer.
 
     A reduced-precision (bf16, fp16) output is taken up to float32 first: xhat is recovered from the rounded output,
     and in a layer with few values per channel the BN backward's cancellations would amplify a second rounding.
@@ -82,16 +78,20 @@ def _reduce(y: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, bias: torch
     if y.dtype in REDUCED_PRECISION:
         y, dy = y.float(), dy.float()
     if residual is None:
-        kernels = kernels_for(backend, y, weight, bias)
-        state, dz, sum_dy, sum_xhat_dy = kernels.backward_reduce(y, dy, weight, bias, eps, activation,
-                                                                 activation_param)
-        return kernels, state, dz, sum_dy, sum_xhat_dy, None
+        return y, dy, activation, activation_param, False, None
     z, dz = invert_activation(y, dy, activation, activation_param)
-    d_residual = dz
-    bn_out = z - residual if z is y else z.sub_(residual)  # bn(x) = z - residual, in scratch memory
-    kernels = kernels_for(backend, bn_out, weight, bias)
-    state, dz, sum_dy, sum_xhat_dy = kernels.backward_reduce(bn_out, dz, weight, bias, eps, "identity", 0.0,
-                                                             y_is_scratch=True)
+    bn_out = z - residual if z is y else z.sub_(residual)  # in scratch memory
+    return bn_out, dz, "identity", 0.0, True, dz
+
+
+def _reduce(y: torch.Tensor, dy: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+            residual: torch.Tensor | None, eps: float, activation: str, activation_param: float, backend: str):
+    """The backward's reduction: (kernels, state, dz, sum_dy, sum_xhat_dy, dL/dresidual or None)."""
+    y, dy, activation, activation_param, scratch, d_residual = _bn_output(y, dy, residual, activation,
+                                                                          activation_param)
+    kernels = kernels_for(backend, y, weight, bias)
+    state, dz, sum_dy, sum_xhat_dy = kernels.backward_reduce(y, dy, weight, bias, eps, activation, activation_param,
+                                                             y_is_scratch=scratch)
     return kernels, state, dz, sum_dy, sum_xhat_dy, d_residual
 
 
@@ -126,14 +126,15 @@ def inplace_abn_backward(y: torch.Tensor, dy: torch.Tensor, var: torch.Tensor, w
                          need_input_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dweight, dbias, dresidual) of `inplace_abn_` with local statistics, from its output y alone; dx is
     empty when not needed, dresidual when there is no residual."""
-    kernels, state, dz, sum_dy, sum_xhat_dy, d_residual = _reduce(y, dy, weight, bias, residual, eps, activation,
-                                                                   activation_param, backend)
-    dx = y.new_empty(0)
+    if training and need_input_grad:  # the fused path: reduction and input gradient in one call
+        y_in, dy_in, act, param, scratch, d_residual = _bn_output(y, dy, residual, activation, activation_param)
+        dx, sum_dy, sum_xhat_dy = kernels_for(backend, y_in, weight, bias).backward_local(
+            y_in, dy_in, var, weight, bias, eps, act, param, y_is_scratch=scratch)
+    else:
+        kernels, _, dz, sum_dy, sum_xhat_dy, d_residual = _reduce(y, dy, weight, bias, residual, eps, activation,
+                                                                  activation_param, backend)
+        dx = kernels.backward_eval(dz, var, weight, eps) if need_input_grad else y.new_empty(0)
     if need_input_grad:
-        if training:
-            dx = kernels.backward_train(state, dz, var, _count(y), sum_dy, sum_xhat_dy, weight, bias, eps)
-        else:
-            dx = kernels.backward_eval(dz, var, weight, eps)
         dx = _laid_out_like(dx, y)
     d_weight, d_bias = param_grads(weight, bias, sum_dy, sum_xhat_dy)
     return dx, d_weight, d_bias, _residual_grad(d_residual, dy, y, residual)
