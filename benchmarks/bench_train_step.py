@@ -1,9 +1,13 @@
-"""Training step time of whole networks: InPlace-ABN (each backend) against standard BN, same architecture.
+"""Training step time of whole networks: InPlace-ABN (the default backend, and the other kernels) against standard
+BN, same architecture.
 
-A step is forward, cross-entropy, backward and an SGD update. Each side is the network as `create_model` builds it
-for its bn_mode (the in-place modes also turn on the family's memory-lean parts, e.g. the stem pooling), so the
-ratio is what a user pays for switching. DenseNet-264 recomputes its bottlenecks on purpose (memory-efficient), so
-its row reports the cost without a target. Memory (bytes kept, CUDA peak) is bench_memory's.
+The default backend, `auto`, runs the torch kernels on CPU and the compiled ones on CUDA (when the extension has CUDA
+kernels); its rows carry the target. The forced backend whose kernels `auto` does not pick on this device gets a
+row without a target. A step is forward, cross-entropy, backward and an SGD update. Each side is the network as
+`create_model` builds it for its bn_mode (the in-place modes also turn on the family's memory-lean parts, e.g. the
+stem pooling), so the ratio is what a user pays for switching. DenseNet-264 recomputes its bottlenecks on purpose
+(memory-efficient), so its row reports the cost without a target. Memory (bytes kept, CUDA peak) is bench_memory's;
+the compiled step is bench_compile's.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ def measure(arch: str, target: float | None, backend: str, batch: int, size: int
             device: str) -> dict[str, Any]:
     """The step-time row of one architecture with InPlace-ABN on `backend`."""
     import iabn_zoo
-    from iabn_zoo.layers import resolve_backend
+    from iabn_zoo.layers.kernels import kernels_name
 
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, size, size, generator=generator).to(device)
@@ -46,19 +50,21 @@ def measure(arch: str, target: float | None, backend: str, batch: int, size: int
     steps = {name: synchronized(step_function(model, images, labels), device)
              for name, model in (("inplace", inplace), ("standard", standard))}
     ours, base = interleaved_medians(steps["inplace"], steps["standard"], repeats=repeats, warmup=1)
-    role = "default backend" if backend == resolve_backend() else "other backend"
+    kernels = kernels_name(backend, torch.device(device).type)
+    role = "default backend" if backend == "auto" else "forced backend, no target"
     note = "recomputes its bottlenecks on purpose (memory-efficient): cost reported" if target is None else role
-    return row(f"train step {arch} b{batch} {size}px {device} (InPlace-ABN {backend} vs standard BN)", ours, base,
-               target=target, unit="s", note=note)
+    return row(f"train step {arch} b{batch} {size}px {device} (InPlace-ABN {backend} = {kernels} kernels vs "
+               f"standard BN)", ours, base, target=target if backend == "auto" else None, unit="s", note=note)
 
 
-def backends() -> list[str]:
-    """The default backend first, then the other one where it is usable."""
-    from iabn_zoo.layers import native_kernels, resolve_backend
+def backends(device: str) -> list[str]:
+    """`auto` (the default), then the forced backend running the kernels `auto` does not pick on `device`, where
+    those are usable there."""
+    from iabn_zoo.layers.kernels import kernels_name
 
-    default = resolve_backend()
-    other = "torch" if default == "native" else "native"
-    return [default] + ([other] if other == "torch" or native_kernels() is not None else [])
+    device_type = torch.device(device).type
+    other = "torch" if kernels_name("auto", device_type) == "native" else "native"
+    return ["auto"] + ([other] if kernels_name(other, device_type) != kernels_name("auto", device_type) else [])
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
@@ -70,4 +76,4 @@ def run(quick: bool) -> list[dict[str, Any]]:
     else:
         batch, size, repeats = (16, 224, 5) if device.startswith("cuda") else (4, 224, 3)
     return [measure(arch, target, backend, batch, size, repeats, device)
-            for backend in backends() for arch, target in ARCHS.items()]
+            for backend in backends(device) for arch, target in ARCHS.items()]

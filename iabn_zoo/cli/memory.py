@@ -8,6 +8,8 @@ from .options import add_batch_size, add_command, add_device, add_image_size
 from .output import emit
 
 COLUMNS = ("bn_mode", "saved_mib", "saved_ratio", "peak_mib", "peak_ratio", "step_seconds", "time_ratio")
+CHECKPOINTING_COLUMNS = (COLUMNS[:1] + ("grad_checkpointing",) + COLUMNS[1:]
+                         + ("ckpt_saved_ratio", "ckpt_time_ratio"))
 
 
 def register(subparsers) -> None:
@@ -22,6 +24,10 @@ def register(subparsers) -> None:
     add_image_size(parser, "--size", default=224, help="square input side in pixels, as `finetune --image-size`")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per mode, median reported")
     add_device(parser)
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="also measure each mode with its blocks recomputed in backward "
+                             "(model.set_grad_checkpointing()): ckpt_saved_ratio and ckpt_time_ratio say what that "
+                             "saves and costs against the same mode without it")
     parser.set_defaults(func=run_memory)
 
 
@@ -36,12 +42,12 @@ def run_memory(args: argparse.Namespace) -> int:
     check_training_fits(args.arch, args.image_size, args.batch_size, target)
     device = str(target)
     rows = report_rows(compare_modes(args.arch, batch=args.batch_size, size=args.image_size, device=device,
-                                     repeats=args.repeats))
+                                     repeats=args.repeats, grad_checkpointing=args.grad_checkpointing))
     if args.json:
-        emit({"arch": args.arch, "batch": args.batch_size, "size": args.image_size, "device": device, "modes": rows},
-             as_json=True)
+        emit({"arch": args.arch, "batch": args.batch_size, "size": args.image_size, "device": device,
+              "grad_checkpointing": args.grad_checkpointing, "modes": rows}, as_json=True)
     else:
         print(f"{args.arch}: training step (median of {args.repeats}), batch {args.batch_size}, "
               f"{args.image_size}x{args.image_size} px, {device}")
-        emit(rows, as_json=False, columns=COLUMNS)
+        emit(rows, as_json=False, columns=CHECKPOINTING_COLUMNS if args.grad_checkpointing else COLUMNS)
     return 0

@@ -1,5 +1,6 @@
 """Norm-act layers: BatchNorm + activation in standard, InPlace-ABN and synchronised form, the InPlace-ABN function
-and its two kernel implementations, exact mode conversions, and memory-lean pooling. Knows no network.
+(over the `iabn_zoo` custom operators of `ops`) and its two kernel implementations chosen per call, exact mode
+conversions, and memory-lean pooling. Knows no network.
 May import: errors, system."""
 
 from .activations import ACTIVATIONS, DEFAULT_ACTIVATION_PARAMS, INVERTIBLE_ACTIVATIONS, activate_, check_activation

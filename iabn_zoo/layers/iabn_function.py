@@ -1,99 +1,105 @@
 """The InPlace-ABN computation: an autograd Function that overwrites its input with act(bn(x) [+ residual]) and
-recomputes everything its backward needs from that output, on either kernel implementation (`kernels`).
+computes everything its backward needs from that output, through the `iabn_zoo` custom operators (`ops`).
 
 Running statistics: `running <- (1 - momentum) * running + momentum * batch`, with the unbiased batch variance.
+With a process group, the batch statistics and the backward's sums are reduced over it between operators.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ..errors import InvalidArgumentError
-from .activations import activate_, invert_activation
+from . import ops
 from .sync_stats import reduce_statistics, reduce_sums
 
 
-@dataclass(frozen=True)
-class IABNConfig:
-    """The non-tensor arguments of one InPlace-ABN call."""
+def inplace_abn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
+                running_mean: torch.Tensor, running_var: torch.Tensor, training: bool, momentum: float, eps: float,
+                activation: str, activation_param: float, backend: str, group: Any) -> torch.Tensor:
+    """x <- act(bn(x) [+ residual]) in place, returning x: through the autograd Function when autograd records this
+    call, straight through the operators when it does not (inference, which tracers also see that way)."""
+    tensors = (x, weight, bias, residual)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return InPlaceABNFunction.apply(x, weight, bias, residual, running_mean, running_var, training, momentum,
+                                        eps, activation, activation_param, backend, group)
+    forward_(x, weight, bias, residual, running_mean, running_var, training, momentum, eps, activation,
+             activation_param, backend, group)
+    return x
 
-    training: bool
-    momentum: float
-    eps: float
-    activation: str
-    activation_param: float
-    kernels: Any
-    group: Any = None  # a torch.distributed group to synchronise over, None for local statistics
+
+def forward_(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
+             running_mean: torch.Tensor, running_var: torch.Tensor, training: bool, momentum: float, eps: float,
+             activation: str, activation_param: float, backend: str, group: Any) -> tuple[torch.Tensor, int]:
+    """The forward computation: (variance used, group-wide values per channel, or 0 for local statistics)."""
+    if training and group is not None:
+        return synchronised_forward(x, weight, bias, residual, running_mean, running_var, momentum, eps, activation,
+                                    activation_param, backend, group)
+    var = ops.inplace_abn_(x, weight, bias, residual, running_mean, running_var, training, momentum, eps, activation,
+                           activation_param, backend)
+    return var, 0
 
 
 class InPlaceABNFunction(torch.autograd.Function):
-    """x <- act(bn(x) + residual) in place; backward keeps only the output (and the caller's residual)."""
+    """x <- act(bn(x) + residual) in place; backward keeps only the output (and the caller's residual).
+
+    Arguments after the tensors: training, momentum, eps, activation, activation_param, backend (`auto`, `native`
+    or `torch`) and group (a torch.distributed group with more than one member, or None for local statistics).
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, residual, running_mean, running_var, config: IABNConfig):
-        kernels = config.kernels
-        if config.training:
-            mean, var, count = kernels.statistics(x)
-            if config.group is not None:
-                mean, var, count = reduce_statistics(mean, var, count, config.group)
-            if count <= 1:
-                raise InvalidArgumentError(
-                    f"InPlace-ABN needs more than one value per channel in training mode, got input of shape "
-                    f"{tuple(x.shape)}; use a larger batch or spatial size, or call .eval()")
-            update_running_stats(running_mean, running_var, mean, var, count, config.momentum)
-        else:
-            mean, var, count = running_mean, running_var.clone(), 0
-        if residual is None:
-            kernels.forward_(x, mean, var, weight, bias, config.eps, config.activation, config.activation_param)
-        else:
-            kernels.forward_(x, mean, var, weight, bias, config.eps, "identity", 0.0)
-            activate_(x.add_(residual), config.activation, config.activation_param)
-        ctx.config = config
-        ctx.count = count
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
+                running_mean: torch.Tensor, running_var: torch.Tensor, training: bool, momentum: float, eps: float,
+                activation: str, activation_param: float, backend: str, group: Any) -> torch.Tensor:
+        var, count = forward_(x, weight, bias, residual, running_mean, running_var, training, momentum, eps,
+                              activation, activation_param, backend, group)
+        ctx.options = (training, eps, activation, activation_param, backend, group, count)
         ctx.save_for_backward(x, var, weight, bias, residual)
         ctx.mark_dirty(x)
         return x
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, dy):
-        config, kernels = ctx.config, ctx.config.kernels
+    def backward(ctx, dy: torch.Tensor):
+        training, eps, activation, activation_param, backend, group, count = ctx.options
         y, var, weight, bias, residual = ctx.saved_tensors
-        if residual is None:
-            state, dz, sum_dy, sum_xhat_dy = kernels.backward_reduce(
-                y, dy, weight, bias, config.eps, config.activation, config.activation_param)
+        if training and group is not None:
+            dx, d_weight, d_bias, d_residual = synchronised_backward(
+                y, dy, var, weight, bias, residual, count, eps, activation, activation_param, backend, group)
         else:
-            z, dz = invert_activation(y, dy, config.activation, config.activation_param)
-            bn_out = z - residual if z is y else z.sub_(residual)  # bn(x) = z - residual, in scratch memory
-            state, dz, sum_dy, sum_xhat_dy = kernels.backward_reduce(
-                bn_out, dz, weight, bias, config.eps, "identity", 0.0, y_is_scratch=True)
-        need_x, need_w, need_b, need_r = ctx.needs_input_grad[:4]
-        d_residual = None
-        if need_r:  # dL/dresidual = dz; copy it where it aliases dy or the kernels will overwrite it with dx
-            d_residual = dz.clone() if dz is dy or (need_x and kernels.overwrites_dz) else dz
-        dx = None
-        if config.training:
-            global_sum_dy, global_sum_xhat_dy = sum_dy, sum_xhat_dy
-            if config.group is not None:  # every rank takes part, whatever it needs
-                global_sum_dy, global_sum_xhat_dy = reduce_sums(sum_dy, sum_xhat_dy, config.group)
-            if need_x:
-                dx = kernels.backward_train(state, dz, var, ctx.count, global_sum_dy, global_sum_xhat_dy, weight,
-                                            bias, config.eps)
-        elif need_x:
-            dx = kernels.backward_eval(dz, var, weight, config.eps)
-        d_weight = torch.where(weight < 0, -sum_xhat_dy, sum_xhat_dy) if need_w else None
-        d_bias = sum_dy if need_b else None
-        return dx, d_weight, d_bias, d_residual, None, None, None
+            dx, d_weight, d_bias, d_residual = ops.inplace_abn_backward(
+                y, dy, var, weight, bias, residual, training, eps, activation, activation_param, backend,
+                ctx.needs_input_grad[0])
+        return (dx if ctx.needs_input_grad[0] else None, d_weight, d_bias,
+                d_residual if residual is not None else None, None, None, None, None, None, None, None, None, None)
 
 
-def update_running_stats(running_mean: torch.Tensor | None, running_var: torch.Tensor | None, mean: torch.Tensor,
-                         var: torch.Tensor, count: int, momentum: float) -> None:
-    """Exponential moving average of the batch mean and the unbiased batch variance."""
-    if running_mean is None or running_var is None:
-        return
-    running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-    running_var.mul_(1 - momentum).add_(var.to(running_var.dtype), alpha=momentum * count / (count - 1))
+def synchronised_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
+                         running_mean: torch.Tensor, running_var: torch.Tensor, momentum: float, eps: float,
+                         activation: str, activation_param: float, backend: str, group: Any) -> tuple[torch.Tensor, int]:
+    """Training forward with statistics shared over `group`: (variance used, values per channel group-wide)."""
+    mean, var = ops.batch_statistics(x, backend)
+    mean, var, count = reduce_statistics(mean, var, x.numel() // x.shape[1], group)
+    if count <= 1:
+        raise InvalidArgumentError(
+            f"InPlace-ABN needs more than one value per channel in training mode, got input of shape "
+            f"{tuple(x.shape)} over the whole group; use a larger batch or spatial size, or call .eval()")
+    with torch.no_grad():
+        ops.update_running_stats(running_mean, running_var, mean, var, count, momentum)
+    ops.inplace_abn_apply_(x, mean, var, weight, bias, residual, eps, activation, activation_param, backend)
+    return var, count
+
+
+def synchronised_backward(y: torch.Tensor, dy: torch.Tensor, var: torch.Tensor, weight: torch.Tensor,
+                          bias: torch.Tensor, residual: torch.Tensor | None, count: int, eps: float, activation: str,
+                          activation_param: float, backend: str, group: Any):
+    """Training backward with statistics shared over `group`: every rank takes part in the all-reduce."""
+    sum_dy, sum_xhat_dy = ops.inplace_abn_backward_sums(y, dy, weight, bias, residual, eps, activation,
+                                                        activation_param, backend)
+    global_sum_dy, global_sum_xhat_dy = reduce_sums(sum_dy, sum_xhat_dy, group)
+    dx, d_residual = ops.inplace_abn_input_grad(y, dy, var, weight, bias, residual, global_sum_dy,
+                                                global_sum_xhat_dy, count, eps, activation, activation_param,
+                                                backend)
+    d_weight, d_bias = ops.param_grads(weight, bias, sum_dy, sum_xhat_dy)
+    return dx, d_weight, d_bias, d_residual

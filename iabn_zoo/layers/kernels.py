@@ -1,5 +1,11 @@
 """The two implementations of InPlace-ABN's arithmetic (pure PyTorch, and the compiled `inplace_abn` kernels) and
-the choice between them.
+the choice between them, made per call from the tensors (`kernels_for`).
+
+Backends: `native` (the compiled kernels wherever they take the tensors), `torch`, and `auto`, the default: the
+compiled kernels for CUDA tensors when the extension was built with CUDA, the torch kernels everywhere else (the
+compiled CPU kernels are single-threaded loops, slower than PyTorch's own vectorised, multi-threaded ones). Either
+way the compiled kernels take float32/float64 contiguous tensors only; other calls (bf16, fp16, channels-last) run
+on the torch kernels, on the tensors as they are (no copy of the activation).
 
 Formulas (as in the authors' kernels): y = act(xhat * (|w| + eps) + b), xhat = (x - mean) / sqrt(var + eps) with the
 biased batch variance. Backward inverts the activation on y, recovers xhat = (z - b) / (|w| + eps) and applies the
@@ -16,7 +22,8 @@ import torch
 from ..errors import InvalidArgumentError
 from .activations import activate_, invert_activation
 
-BACKENDS = ("native", "torch")
+BACKENDS = ("auto", "native", "torch")
+REDUCED_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def channel_view(stat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -24,14 +31,15 @@ def channel_view(stat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return stat.view((1, -1) + (1,) * (x.dim() - 2))
 
 
-def reduce_dims(x: torch.Tensor) -> tuple[int, ...]:
-    """Every dimension but the channel one: the batch statistics are taken over these."""
-    return (0,) + tuple(range(2, x.dim()))
-
-
 def abs_scale(weight: torch.Tensor, eps: float) -> torch.Tensor:
     """InPlace-ABN's scale |w| + eps, never zero, which keeps the affine step invertible."""
     return weight.abs() + eps
+
+
+def stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype statistics are computed and kept in: float64 for float64 tensors, float32 for every other one
+    (bf16 and fp16 activations included, as autocast hands them over)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class TorchKernels:
@@ -42,19 +50,24 @@ class TorchKernels:
 
     @staticmethod
     def statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Per-channel mean, biased variance and sample count."""
-        dims = reduce_dims(x)
-        mean = x.mean(dim=dims)
-        var = (x - channel_view(mean, x)).pow_(2).mean(dim=dims)  # two passes: much faster than var_mean on CPU
+        """Per-channel mean, biased variance and sample count, by BatchNorm's own statistics kernel (two passes, no
+        temporary: twice as fast as mean + centred square on CPU); reduced-precision inputs accumulate in float32
+        (its mixed-type path, chosen by float32 running buffers that momentum 0 leaves as they are)."""
+        accumulate = stat_dtype(x.dtype)
+        running = None if x.dtype == accumulate else x.new_zeros(x.shape[1], dtype=accumulate)
+        mean, var = torch.batch_norm_update_stats(x, running, None if running is None else running + 1, 0.0)
         return mean, var, x.numel() // x.shape[1]
 
     @staticmethod
     def forward_(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                  eps: float, activation: str, activation_param: float) -> None:
-        """x <- act(xhat * (|w| + eps) + b), in place."""
-        scale = abs_scale(weight, eps) * torch.rsqrt(var + eps)
-        shift = bias - mean * scale
-        x.mul_(channel_view(scale, x)).add_(channel_view(shift, x))
+        """x <- act(xhat * (|w| + eps) + b), in place: BatchNorm's eval transform written over its input (one
+        pass, computed in the statistics' precision and rounded once), then the activation."""
+        accumulate = stat_dtype(x.dtype)
+        unused = x.new_empty(0, dtype=accumulate)
+        torch.ops.aten.native_batch_norm.out(x, abs_scale(weight.to(accumulate), eps), bias.to(accumulate),
+                                             mean.to(accumulate), var.to(accumulate), False, 0.0, eps, out=x,
+                                             save_mean=unused, save_invstd=unused.clone())
         activate_(x, activation, activation_param)
 
     @staticmethod
@@ -62,29 +75,49 @@ class TorchKernels:
                         activation: str, activation_param: float, y_is_scratch: bool = False):
         """((z, whether z may be overwritten), dz, sum_dy, sum_xhat_dy) from the output y and its gradient."""
         z, dz = invert_activation(y, dy, activation, activation_param)
-        # BatchNorm's own backward reduction with mean = b and invstd = 1 / (|w| + eps) sees exactly xhat
+        # BatchNorm's own backward reduction with mean = b and invstd = 1 / (|w| + eps) sees exactly xhat; it
+        # accumulates reduced-precision inputs in float32 when the per-channel vectors are float32
+        accumulate = stat_dtype(y.dtype)
         _, sum_xhat_dy, sum_dy = torch.ops.aten.native_batch_norm_backward(
-            dz, z, None, None, None, bias, 1.0 / abs_scale(weight, eps), True, eps, [False, True, True])
+            dz, z, None, None, None, bias.to(accumulate), 1.0 / abs_scale(weight.to(accumulate), eps), True, eps,
+            [False, True, True])
         return (z, y_is_scratch or z is not y), dz, sum_dy, sum_xhat_dy
+
+    @staticmethod
+    def backward_local(y: torch.Tensor, dy: torch.Tensor, var: torch.Tensor, weight: torch.Tensor,
+                       bias: torch.Tensor, eps: float, activation: str, activation_param: float,
+                       y_is_scratch: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(dx, sum_dy, sum_xhat_dy) of training mode with this batch's statistics, in one call of BatchNorm's
+        backward: with mean = b and invstd = 1 / s it sees xhat, and weight s^2 / sqrt(var + eps) makes its input
+        gradient ours, dx = (dz - mean(dz) - xhat * mean(xhat * dz)) * s / sqrt(var + eps)."""
+        z, dz = invert_activation(y, dy, activation, activation_param)
+        accumulate = stat_dtype(y.dtype)
+        scale = abs_scale(weight.to(accumulate), eps)
+        dx, sum_xhat_dy, sum_dy = torch.ops.aten.native_batch_norm_backward(
+            dz, z, scale * scale * torch.rsqrt(var.to(accumulate) + eps), None, None, bias.to(accumulate),
+            1.0 / scale, True, eps, [True, True, True])
+        return dx, sum_dy, sum_xhat_dy
 
     @staticmethod
     def backward_train(state: tuple[torch.Tensor, bool], dz: torch.Tensor, var: torch.Tensor, count: int,
                        sum_dy: torch.Tensor, sum_xhat_dy: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                        eps: float) -> torch.Tensor:
-        """dx of training mode from the (possibly group-wide) sums."""
+        """dx of training mode from group-wide sums (`backward_local` when they are this batch's)."""
         # dx = (dz - sum_dy / n - xhat * sum_xhat_dy / n) * mult with xhat = (z - b) / s, as dz * a + z * b' + c
         z, z_is_scratch = state
-        scale = abs_scale(weight, eps)
-        mult = scale * torch.rsqrt(var + eps)
-        z_coef = channel_view(-sum_xhat_dy / count * mult / scale, z)
+        scale = abs_scale(weight.to(z.dtype), eps)
+        mult = scale * torch.rsqrt(var.to(z.dtype) + eps)
+        z_coef = channel_view(-sum_xhat_dy.to(z.dtype) / count * mult / scale, z)
         dx = z.mul_(z_coef) if z_is_scratch else z * z_coef  # z is the saved output unless it was recomputed
-        return dx.add_(channel_view(-sum_dy / count * mult, z) - channel_view(bias, z) * z_coef).addcmul_(
-            dz, channel_view(mult, z))
+        shift = channel_view(-sum_dy.to(z.dtype) / count * mult, z) - channel_view(bias.to(z.dtype), z) * z_coef
+        return dx.add_(shift).addcmul_(dz, channel_view(mult, z))
 
     @staticmethod
     def backward_eval(dz: torch.Tensor, var: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        """dx of eval mode: dz * (|w| + eps) / sqrt(running_var + eps)."""
-        return dz * channel_view(abs_scale(weight, eps) * torch.rsqrt(var + eps), dz)
+        """dx of eval mode: dz * (|w| + eps) / sqrt(running_var + eps), in dz's dtype, rounded once."""
+        accumulate = stat_dtype(dz.dtype)
+        mult = abs_scale(weight.to(accumulate), eps) * torch.rsqrt(var.to(accumulate) + eps)
+        return torch.mul(dz, channel_view(mult, dz), out=torch.empty_like(dz, memory_format=torch.contiguous_format))
 
 
 class NativeKernels:
@@ -101,10 +134,12 @@ class NativeKernels:
                              "identity": _backend.Activation.Identity}
         self.has_cuda = hasattr(_backend, "reduce_statistics")  # only CUDA builds define it
 
-    def supports(self, x: torch.Tensor) -> bool:
-        """Whether these kernels can take `x`; the others fall back to the torch kernels."""
+    def supports(self, x: torch.Tensor, *others: torch.Tensor | None) -> bool:
+        """Whether these kernels can take `x` and the tensors used with it (same dtype and device, float32/float64,
+        contiguous); calls they cannot take run on the torch kernels."""
         return (x.dtype in (torch.float32, torch.float64) and x.is_contiguous()
-                and (x.device.type == "cpu" or (x.is_cuda and self.has_cuda)))
+                and (x.device.type == "cpu" or (x.is_cuda and self.has_cuda))
+                and all(t is None or (t.dtype == x.dtype and t.device == x.device) for t in others))
 
     def statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Per-channel mean, biased variance and sample count."""
@@ -134,6 +169,14 @@ class NativeKernels:
         """dx of eval mode: dz * (|w| + eps) / sqrt(running_var + eps)."""
         return self._backend.backward_test(dz, var, weight, eps)
 
+    def backward_local(self, y: torch.Tensor, dy: torch.Tensor, var: torch.Tensor, weight: torch.Tensor,
+                       bias: torch.Tensor, eps: float, activation: str, activation_param: float,
+                       y_is_scratch: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(dx, sum_dy, sum_xhat_dy) of training mode with this batch's statistics."""
+        xhat, dz, sum_dy, sum_xhat_dy = self.backward_reduce(y, dy, weight, bias, eps, activation, activation_param)
+        dx = self.backward_train(xhat, dz, var, y.numel() // y.shape[1], sum_dy, sum_xhat_dy, weight, bias, eps)
+        return dx, sum_dy, sum_xhat_dy
+
 
 @functools.cache
 def native_kernels() -> NativeKernels | None:
@@ -145,10 +188,9 @@ def native_kernels() -> NativeKernels | None:
 
 
 def resolve_backend(backend: str | None = None) -> str:
-    """The backend to use: `backend`, else `IABN_ZOO_BACKEND`, else `native` when importable, else `torch`."""
-    chosen = backend if backend is not None else os.environ.get("IABN_ZOO_BACKEND") or None
-    if chosen is None:
-        return "native" if native_kernels() is not None else "torch"
+    """The backend a layer asks for: `backend`, else `IABN_ZOO_BACKEND`, else `auto` (chosen per call from the
+    input's device, `kernels_for`)."""
+    chosen = backend if backend is not None else os.environ.get("IABN_ZOO_BACKEND") or "auto"
     if chosen not in BACKENDS:
         source = "backend" if backend is not None else "IABN_ZOO_BACKEND"
         raise InvalidArgumentError(f"{source} must be one of {', '.join(BACKENDS)}, got {chosen!r}")
@@ -157,3 +199,23 @@ def resolve_backend(backend: str | None = None) -> str:
             "backend 'native' needs the compiled inplace-abn package, which cannot be imported here; install it "
             "(see README) or use backend='torch'")
     return chosen
+
+
+def kernels_name(backend: str, device_type: str) -> str:
+    """Which kernels `backend` runs for float32 contiguous tensors on `device_type`: `native` or `torch`."""
+    native = native_kernels()
+    if backend == "torch" or native is None:
+        return "torch"
+    on_cuda = device_type == "cuda" and native.has_cuda
+    if backend == "auto":
+        return "native" if on_cuda else "torch"
+    return "native" if on_cuda or device_type == "cpu" else "torch"
+
+
+def kernels_for(backend: str, x: torch.Tensor, *others: torch.Tensor | None) -> TorchKernels | NativeKernels:
+    """The kernels one call runs on: the compiled ones where `backend` asks for them on x's device (`native`: any
+    device they were built for; `auto`: CUDA only) and they take the tensors, the torch ones otherwise."""
+    native = native_kernels()
+    if kernels_name(backend, x.device.type) == "native" and native.supports(x, *others):
+        return native
+    return TorchKernels

@@ -2,7 +2,8 @@
 
 `standard` is BatchNorm followed by the activation; `inplace` is InPlace-ABN (scale |w| + eps, the output overwrites
 the input and is all that backward keeps); `sync` is InPlace-ABN with statistics shared over a torch.distributed
-group. InPlace-ABN runs on the compiled `inplace_abn` kernels (backend `native`) or on pure PyTorch (`torch`).
+group. InPlace-ABN runs on the compiled `inplace_abn` kernels (backend `native`), on pure PyTorch (`torch`) or, by
+default (`auto`), on whichever is faster for the device of each call's input (`kernels.kernels_for`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import torch.nn.functional as F
 
 from ..errors import InvalidArgumentError
 from .activations import DEFAULT_ACTIVATION_PARAMS, activate_, check_activation
-from .iabn_function import IABNConfig, InPlaceABNFunction
-from .kernels import TorchKernels, native_kernels, resolve_backend
+from .iabn_function import inplace_abn
+from .kernels import resolve_backend
 from .sync_stats import active_group
 
 BN_MODES = ("standard", "inplace", "sync")
@@ -129,11 +130,6 @@ class InPlaceABN(ABN):
         """The distributed group the batch statistics are shared over; None: this process's batch only."""
         return None
 
-    def kernels_for(self, x: torch.Tensor) -> Any:
-        """The backend's kernels, or the torch ones for inputs the compiled kernels cannot take."""
-        native = native_kernels() if self.backend == "native" else None
-        return native if native is not None and native.supports(x) else TorchKernels
-
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """act(bn(x) + residual) computed in place in x; `residual` is optional and left untouched."""
         self.check_input(x, residual)
@@ -142,11 +138,8 @@ class InPlaceABN(ABN):
             self.check_batch(x)
         if (x.requires_grad and x.is_leaf and torch.is_grad_enabled()) or is_broadcast(x):
             x = x.clone()  # autograd forbids writing over a leaf that requires grad; an expanded view has no room
-        config = IABNConfig(training=self.training, momentum=self.step_momentum(), eps=self.eps,
-                            activation=self.activation, activation_param=self.activation_param,
-                            kernels=self.kernels_for(x), group=group)
-        return InPlaceABNFunction.apply(x, self.weight, self.bias, residual, self.running_mean, self.running_var,
-                                        config)
+        return inplace_abn(x, self.weight, self.bias, residual, self.running_mean, self.running_var, self.training,
+                           self.step_momentum(), self.eps, self.activation, self.activation_param, self.backend, group)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, backend={self.backend}"

@@ -85,6 +85,11 @@ class IdentityResidualBlock(nn.Module):
             self.proj_conv = conv1x1(in_channels, channels[-1], stride=stride)
         self.out_channels = channels[-1]
 
+    @property
+    def overwrites_input(self) -> bool:
+        """Whether the block writes over its input (an in-place bn1 does), which grad checkpointing must know."""
+        return modifies_input(self.bn1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if hasattr(self, "proj_conv"):
             normalized = self.bn1(x)
@@ -158,17 +163,6 @@ def init_conv_weights(model: nn.Module, activation: str, activation_param: float
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.xavier_normal_(module.weight, gain)
-
-
-def run_stages(stages: Sequence[Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, *,
-               copy_between: bool) -> list[torch.Tensor]:
-    """Every stage's output in turn; with `copy_between`, all but the last are copied, for when the next stage
-    normalises its input in place (pre-activation blocks)."""
-    outputs = []
-    for index, stage in enumerate(stages):
-        x = stage(x)
-        outputs.append(x.clone() if copy_between and index < len(stages) - 1 else x)
-    return outputs
 
 
 def input_stem(norm_act: NormAct, width: int, *, input_3x3: bool, memory_efficient: bool) -> nn.Sequential:

@@ -9,7 +9,8 @@ The path is a set of per-instance `forward` overrides: modules, parameters, buff
 same objects. A convolution followed by a norm-act layer in an `nn.Sequential` is assumed to feed it (the order
 the zoo's blocks use); a pair is not folded when either module has hooks or has been replaced. Folded weights are
 cached and recomputed when a parameter or buffer changes in place; writes through `.data` are not seen until the
-next `train()`/`eval()`, which drop the caches.
+next `train()`/`eval()`, which drop the caches. Under torch.compile and torch.export (`traced`) the path steps aside
+for the layers' own eval forwards, which the tracer can see through (it does its own folding).
 
 On CPU, dense (groups 1) convolutions, folded or not, on channels-last float32 inputs run on a oneDNN weight packed
 once per input shape: 1x1 ones about 2x faster than `conv2d`, which reorders the weight at every call, larger kernels
@@ -33,6 +34,12 @@ from ..layers import ABN, activate_
 SUPPORTED_ACTIVATIONS = ("leaky_relu", "elu", "relu", "identity")
 STATE_ATTR = "_iabn_fast_eval"
 PACKING_AVAILABLE = hasattr(torch.ops.mkldnn, "_convolution_pointwise") and torch.backends.mkldnn.is_available()
+
+
+def traced() -> bool:
+    """Whether torch.compile or torch.export is tracing this call: the overrides then run the modules' own forwards
+    (the prepacked oneDNN weights and the caches keyed by data pointers cannot be traced)."""
+    return torch.compiler.is_compiling()
 
 
 def eval_affine(layer: ABN, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +142,7 @@ class FastNorm(CachedForward):
             layer.check_input(x, residual)
             out = x if residual is None else x.add_(residual)
             return activate_(out, layer.activation, layer.activation_param)
-        if not can_run_fast(layer) or has_hooks(layer) or needs_autograd(x, layer):
+        if traced() or not can_run_fast(layer) or has_hooks(layer) or needs_autograd(x, layer):
             return type(layer).forward(layer, x, residual)
         layer.check_input(x, residual)
         scale, shift = self.affine()
@@ -183,7 +190,7 @@ class FoldedPair(CachedForward):
         """Whether this call runs folded; the convolution (on its input) and the norm (on the convolution's
         output) reach the same answer, so exactly one of them applies the affine."""
         conv, norm = self.conv, self.norm
-        return (can_run_fast(norm) and self.intact() and conv.out_channels == norm.num_features
+        return (not traced() and can_run_fast(norm) and self.intact() and conv.out_channels == norm.num_features
                 and not has_hooks(conv) and not has_hooks(norm) and not needs_autograd(x, conv, norm))
 
     def run_conv(self, x: torch.Tensor) -> torch.Tensor:
@@ -229,7 +236,7 @@ class PackedConv(CachedForward):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution of `x`, on the packed weight when this call allows it."""
         conv = self.conv
-        if not can_pack(conv, x) or has_hooks(conv) or needs_autograd(x, conv):
+        if traced() or not can_pack(conv, x) or has_hooks(conv) or needs_autograd(x, conv):
             if conv.training:
                 self.cache = None  # training changes the weight: free the packed copy
             return type(conv).forward(conv, x)
@@ -319,6 +326,8 @@ class FastEval:
 
     def input_hook(self, root: nn.Module, args: tuple) -> tuple | None:
         """Forward pre-hook: hand the network a channels-last copy of its input when that is faster."""
+        if traced():
+            return None
         self.converted = None
         if not args or not self.wants_channels_last(args[0]):
             return None
@@ -328,7 +337,7 @@ class FastEval:
 
     def output_hook(self, root: nn.Module, args: tuple, output: Any) -> Any:
         """Forward hook: outputs in the usual contiguous layout when the input hook changed the layout."""
-        if self.converted is None or not args or self.converted() is not args[0]:
+        if traced() or self.converted is None or not args or self.converted() is not args[0]:
             return None
         self.converted = None
         if isinstance(output, torch.Tensor):

@@ -2,45 +2,26 @@
 
 Dense layers can be memory-efficient: the concatenation of a layer's inputs, its norm-act and its 1x1 convolution
 are recomputed in backward instead of kept, so a layer keeps only its own outputs. The recomputation restores the
-running statistics it touched, so a training step updates them exactly once.
+running statistics it touched, so a training step updates them exactly once (`_checkpoint`).
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint as checkpoint
 
 from ..errors import InvalidArgumentError
 from ._base import FeatureInfo, ZooNet
 from ._blocks import build_family, input_stem
+from ._checkpoint import Block, recomputed
 from ._registry import register_arch
 
 NormAct = Callable[..., nn.Module]
 BOTTLENECK_FACTOR = 4
-
-
-@contextlib.contextmanager
-def running_stats_kept(module: nn.Module) -> Iterator[None]:
-    """Run a block and put every buffer of `module` back as it was: a recomputation must not count a batch twice."""
-    buffers = list(module.buffers())
-    saved = [buffer.clone() for buffer in buffers]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, value in zip(buffers, saved):
-                buffer.copy_(value)
-
-
-def recompute_contexts(block: nn.Module) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
-    """`torch.utils.checkpoint` contexts: the forward runs as is, the recomputation keeps `block`'s statistics."""
-    return contextlib.nullcontext(), running_stats_kept(block)
 
 
 def concat_then(block: nn.Module, *features: torch.Tensor) -> torch.Tensor:
@@ -91,8 +72,7 @@ class DenseModule(nn.Module):
         if not (self.memory_efficient and torch.is_grad_enabled()):
             return concat_then(block, *features)
         # The segment has no randomness, so there is no RNG state to stash and replay.
-        return checkpoint.checkpoint(concat_then, block, *features, use_reentrant=False,
-                                     context_fn=partial(recompute_contexts, block), preserve_rng_state=False)
+        return recomputed(partial(concat_then, block), block, *features, preserve_rng_state=False)
 
 
 class Transition(nn.Sequential):
@@ -156,17 +136,16 @@ class DenseNet(ZooNet):
         self.features_only = features_only
         self.make_classifier(num_classes)
 
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Each dense block's output after the norm-act that follows it (the next transition's `bn` or `bn_out`)."""
-        x = self.mod1(x)
+    def stage_blocks(self) -> list[list[Block]]:
+        """Per dense block: the previous transition's compression (mod1, the stem, for the first), the block and
+        the norm-act that follows it (the next transition's `bn`, or `bn_out`), whose output is the stage's."""
         stages = []
         for index in range(2, 6):
-            x = getattr(self, f"mod{index}")(x)
+            previous = getattr(self, f"tra{index - 1}", None)
             transition = getattr(self, f"tra{index}", None)
-            x = transition.bn(x) if transition is not None else self.bn_out(x)
-            stages.append(x)
-            if transition is not None:
-                x = transition.reduce(x)
+            first = Block(self.mod1) if previous is None else Block(previous, previous.reduce, overwrites_input=False)
+            norm = Block(transition.bn) if transition is not None else Block(self.bn_out)
+            stages.append([first, Block(getattr(self, f"mod{index}")), norm])
         return stages
 
 

@@ -17,7 +17,8 @@ import torch.nn as nn
 from ..errors import InvalidArgumentError
 from ..layers import max_pool
 from ._base import FeatureInfo, ZooNet
-from ._blocks import NormAct, ResidualBlock, build_family, run_stages
+from ._blocks import NormAct, ResidualBlock, build_family
+from ._checkpoint import Block, sequence
 from ._registry import register_arch
 
 BASIC_CHANNELS = (64, 64)
@@ -69,14 +70,11 @@ class ResNet(ZooNet):
         self.features_only = features_only
         self.make_classifier(num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The output of mod5, before pooling and classifier."""
-        return self.mod5(self.mod4(self.mod3(self.mod2(self.mod1(x)))))
-
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The outputs of mod2 (stem included), mod3, mod4 and mod5 (none is overwritten later: no copies)."""
-        return run_stages([lambda t: self.mod2(self.mod1(t)), self.mod3, self.mod4, self.mod5], x,
-                          copy_between=False)
+    def stage_blocks(self) -> list[list[Block]]:
+        """mod1 (stem) and mod2's blocks, then mod3's, mod4's and mod5's (post-activation blocks read their
+        input without writing it: the stage outputs need no copies)."""
+        return [[Block(self.mod1)] + sequence(self.mod2), sequence(self.mod3), sequence(self.mod4),
+                sequence(self.mod5)]
 
 
 @register_arch

@@ -14,7 +14,8 @@ import torch.nn as nn
 
 from ..errors import InvalidArgumentError
 from ._base import FeatureInfo, ZooNet
-from ._blocks import IdentityResidualBlock, NormAct, build_family, input_stem, run_stages
+from ._blocks import IdentityResidualBlock, NormAct, build_family, input_stem
+from ._checkpoint import Block, sequence
 from ._registry import register_arch
 
 Dilation = int | Sequence[int | Sequence[int]]
@@ -45,6 +46,8 @@ def block_dilations(dilation: Dilation, structure: Sequence[int]) -> list[list[i
 class ResNeXt(ZooNet):
     """Pre-activation ResNeXt; stage outputs are those of mod2..mod5 (the last one after `bn_out`)."""
 
+    copy_between_stages = True
+
     def __init__(self, structure: Sequence[int], norm_act: NormAct, *, groups: int = 64, input_3x3: bool = True,
                  dilation: Dilation = 1, num_classes: int = 1000, features_only: bool = False,
                  memory_efficient: bool = True):
@@ -67,14 +70,10 @@ class ResNeXt(ZooNet):
             self.feature_info.append(FeatureInfo(f"mod{index + 2}", in_channels, stride))
         self.finish_preactivation(norm_act(in_channels), stride, num_classes=num_classes, features_only=features_only)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The normalised output of the last module (`bn_out`), before pooling and classifier."""
-        return self.bn_out(self.mod5(self.mod4(self.mod3(self.mod2(self.mod1(x))))))
-
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The outputs of mod2 (stem included), mod3, mod4 and bn_out(mod5)."""
-        stages = [lambda t: self.mod2(self.mod1(t)), self.mod3, self.mod4, lambda t: self.bn_out(self.mod5(t))]
-        return run_stages(stages, x, copy_between=True)
+    def stage_blocks(self) -> list[list[Block]]:
+        """mod1 (stem) and mod2's blocks, mod3's, mod4's, mod5's and `bn_out`."""
+        return [[Block(self.mod1)] + sequence(self.mod2), sequence(self.mod3), sequence(self.mod4),
+                sequence(self.mod5) + [Block(self.bn_out)]]
 
 
 @register_arch

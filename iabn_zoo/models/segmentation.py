@@ -15,6 +15,7 @@ import torch.nn as nn
 from ..errors import InvalidArgumentError
 from ..layers import make_norm_act
 from ._base import FeatureInfo, ZooModule, ZooNet, check_num_classes
+from ._checkpoint import Block
 from ._registry import register_arch
 from .deeplab import DeepLabV3Head, pooling_window
 
@@ -47,16 +48,19 @@ class SegmentationNet(ZooModule):
         """The 1x1 classifier convolution, or `nn.Identity()` when there is none."""
         return self.cls if hasattr(self, "cls") else nn.Identity()
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The head's output at the body's output stride (H/8 x W/8 for the Vistas model): what `cls` classifies."""
+    def check_input(self, x: torch.Tensor) -> None:
+        """The body's input check."""
         self.body.check_input(x)
-        return self.head(self.body.forward_features(x))
+
+    def stage_blocks(self) -> list[list[Block]]:
+        """The body's stages, then the head (whose output, at the body's output stride, is what `cls` classifies:
+        H/8 x W/8 for the Vistas model)."""
+        return self.body.stage_blocks() + [[Block(self.head)]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if self.features_only:
-            self.body.check_input(x)
-            stages = self.body.forward_stages(x)
-            return stages + [self.head(stages[-1])]
+            return self.forward_stages(x)
+        self.check_input(x)
         features = self.forward_features(x)
         return self.cls(features) if hasattr(self, "cls") else features
 

@@ -9,16 +9,16 @@ keep one byte per output for backward instead of their input and int64 indices.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 
-import torch
 import torch.nn as nn
 
 from ..errors import InvalidArgumentError
 from ..layers import max_pool
 from ._base import FeatureInfo, ZooNet
-from ._blocks import IdentityResidualBlock, NormAct, build_family, run_stages
+from ._blocks import IdentityResidualBlock, NormAct, build_family
+from ._checkpoint import Block, sequence
 from ._registry import register_arch
 
 # Inner channels of the blocks of mod2..mod7 (two values: basic blocks, three: bottleneck blocks).
@@ -36,6 +36,8 @@ def a2_layout(index: int, dilation: bool) -> tuple[int, int]:
 
 class WiderResNet(ZooNet):
     """Wide ResNet with pre-activation blocks; stage outputs are those of mod2..mod7 (the last after `bn_out`)."""
+
+    copy_between_stages = True
 
     def __init__(self, structure: Sequence[int], norm_act: NormAct, *, a2: bool = False, dilation: bool = False,
                  num_classes: int = 1000, features_only: bool = False, memory_efficient: bool = True):
@@ -61,29 +63,16 @@ class WiderResNet(ZooNet):
             self.feature_info.append(FeatureInfo(f"mod{index + 2}", in_channels, stride))
         self.finish_preactivation(norm_act(in_channels), stride, num_classes=num_classes, features_only=features_only)
 
-    def stage(self, index: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Stage `index` (2 = mod2): the pooling before the module if any, the module; mod1 in front of mod2,
-        bn_out after mod7."""
-        pool = getattr(self, f"pool{index}", None)
-        module = getattr(self, f"mod{index}")
-
-        def run(x: torch.Tensor) -> torch.Tensor:
-            if index == 2:
-                x = self.mod1(x)
-            x = module(pool(x) if pool is not None else x)
-            return self.bn_out(x) if index == 7 else x
-
-        return run
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The normalised output of mod7 (`bn_out`), before pooling and classifier."""
+    def stage_blocks(self) -> list[list[Block]]:
+        """Per module mod2..mod7: the pooling before it if any and its blocks; mod1 in front of mod2, `bn_out`
+        after mod7."""
+        stages = []
         for index in range(2, 8):
-            x = self.stage(index)(x)
-        return x
-
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The outputs of mod2 (stem included) .. mod6 and bn_out(mod7)."""
-        return run_stages([self.stage(index) for index in range(2, 8)], x, copy_between=True)
+            pool = getattr(self, f"pool{index}", None)
+            blocks = ([Block(self.mod1)] if index == 2 else []) + ([Block(pool)] if pool is not None else [])
+            stages.append(blocks + sequence(getattr(self, f"mod{index}")))
+        stages[-1].append(Block(self.bn_out))
+        return stages
 
 
 def _check_dilation(dilation: object) -> bool:

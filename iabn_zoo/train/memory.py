@@ -5,6 +5,10 @@ during the forward pass, parameters excluded, each storage counted once (an in-p
 convolution also saves is one storage). The peak is CUDA's `max_memory_allocated` over the step; on the CPU there
 is no allocator statistic to read, so it is None. The baseline is the network built the usual way
 (`bn_mode="standard"`: BN then activation, and the family's plain formulation).
+
+With gradient checkpointing (`set_grad_checkpointing`) each mode is measured again: what is kept is then mostly the
+blocks' inputs (checkpoint keeps them for the recomputation), and the recomputation of one block in backward adds
+its activations for a moment, which only the CUDA peak sees; the time says what the recomputation costs.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class StepMemory:
     saved_bytes: int
     peak_bytes: int | None
     step_seconds: float
+    grad_checkpointing: bool = False
 
 
 class SavedTensorLedger:
@@ -79,7 +84,8 @@ def training_step(model: nn.Module, inputs: torch.Tensor) -> None:
     output.backward(torch.randn_like(output))
 
 
-def measure_step(model: nn.Module, inputs: torch.Tensor, bn_mode: str = "", repeats: int = 1) -> StepMemory:
+def measure_step(model: nn.Module, inputs: torch.Tensor, bn_mode: str = "", repeats: int = 1,
+                 grad_checkpointing: bool = False) -> StepMemory:
     """Measure training steps of `model` (put in training mode) on `inputs`: bytes and peak of the first, median time.
 
     An unmeasured warm-up step runs first, so that one-off costs (allocator growth, lazy initialisation, thread
@@ -97,7 +103,7 @@ def measure_step(model: nn.Module, inputs: torch.Tensor, bn_mode: str = "", repe
         seconds = [_timed_step(model, inputs)]
     peak = torch.cuda.max_memory_allocated(device) - start_bytes if device.type == "cuda" else None
     seconds += [_timed_step(model, inputs) for _ in range(repeats - 1)]
-    return StepMemory(bn_mode, ledger.saved_bytes, peak, statistics.median(seconds))
+    return StepMemory(bn_mode, ledger.saved_bytes, peak, statistics.median(seconds), grad_checkpointing)
 
 
 def _timed_step(model: nn.Module, inputs: torch.Tensor) -> float:
@@ -119,27 +125,33 @@ def check_step_size(batch: int, size: int) -> None:
         raise bad_argument("size", f"must be an integer >= 32 pixels, got {size!r}")
 
 
-def model_and_inputs(name: str, bn_mode: str, *, batch: int, size: int, device: torch.device,
-                     seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
-    """Model `name` built in `bn_mode` (its default form for that mode) and a random batch, both seeded."""
+def model_and_inputs(name: str, bn_mode: str, *, batch: int, size: int, device: torch.device, seed: int = 0,
+                     grad_checkpointing: bool = False) -> tuple[nn.Module, torch.Tensor]:
+    """Model `name` built in `bn_mode` (its default form for that mode), with gradient checkpointing if asked, and
+    a random batch, both seeded."""
     torch.manual_seed(seed)
     model = create_model(name, bn_mode=bn_mode).to(device).train()
+    model.set_grad_checkpointing(grad_checkpointing)
     inputs = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
     return model, inputs
 
 
 def compare_modes(name: str, *, batch: int = 4, size: int = 224, device: str = "cpu",
-                  modes: tuple[str, ...] = MEASURED_MODES, seed: int = 0, repeats: int = 1) -> list[StepMemory]:
-    """Measure training steps of model `name` in each bn_mode (same seed and input for all; median of `repeats`)."""
+                  modes: tuple[str, ...] = MEASURED_MODES, seed: int = 0, repeats: int = 1,
+                  grad_checkpointing: bool = False) -> list[StepMemory]:
+    """Measure training steps of model `name` in each bn_mode (same seed and input for all; median of `repeats`);
+    with `grad_checkpointing`, each mode once more with its blocks recomputed in backward."""
     check_step_size(batch, size)
     if not isinstance(repeats, int) or repeats < 1:
         raise bad_argument("repeats", f"must be an integer >= 1, got {repeats!r}")
     target = resolve_device(device)
     results = []
-    for bn_mode in modes:
-        model, inputs = model_and_inputs(name, bn_mode, batch=batch, size=size, device=target, seed=seed)
-        results.append(measure_step(model, inputs, bn_mode, repeats))
-        del model
+    for checkpointing in (False, True) if grad_checkpointing else (False,):
+        for bn_mode in modes:
+            model, inputs = model_and_inputs(name, bn_mode, batch=batch, size=size, device=target, seed=seed,
+                                             grad_checkpointing=checkpointing)
+            results.append(measure_step(model, inputs, bn_mode, repeats, checkpointing))
+            del model
     return results
 
 
@@ -151,8 +163,11 @@ def ratio(value: float | None, baseline: float | None) -> float | None:
 
 
 def report_rows(results: list[StepMemory], baseline_mode: str = "standard") -> list[dict]:
-    """Table rows (MiB, seconds, and ratios to the baseline mode) for the command line and benchmarks."""
-    base = next((r for r in results if r.bn_mode == baseline_mode), results[0])
+    """Table rows (MiB, seconds, and ratios to the baseline mode without checkpointing) for the command line and
+    benchmarks; a checkpointed row also gets what checkpointing saves and costs against the same mode without it
+    (`ckpt_saved_ratio`, `ckpt_time_ratio`)."""
+    plain = {r.bn_mode: r for r in results if not r.grad_checkpointing}
+    base = plain.get(baseline_mode, results[0])
     rows = []
     for result in results:
         row = asdict(result)
@@ -161,5 +176,8 @@ def report_rows(results: list[StepMemory], baseline_mode: str = "standard") -> l
         row["saved_ratio"] = ratio(result.saved_bytes, base.saved_bytes)
         row["peak_ratio"] = ratio(result.peak_bytes, base.peak_bytes)
         row["time_ratio"] = ratio(result.step_seconds, base.step_seconds)
+        without = plain.get(result.bn_mode) if result.grad_checkpointing else None
+        row["ckpt_saved_ratio"] = None if without is None else ratio(result.saved_bytes, without.saved_bytes)
+        row["ckpt_time_ratio"] = None if without is None else ratio(result.step_seconds, without.step_seconds)
         rows.append(row)
     return rows

@@ -56,8 +56,8 @@ def test_per_layer_override_changes_what_is_computed():
     assert (norm_act(3, activation="identity")(x.clone()) < -0.5).any()
 
 
-def test_default_backend_is_native_when_importable_and_env_overrides(monkeypatch):
-    assert resolve_backend() == ("native" if native_kernels() is not None else "torch")
+def test_default_backend_is_auto_and_env_overrides(monkeypatch):
+    assert resolve_backend() == "auto" and make_norm_act("inplace")(3).backend == "auto"
     monkeypatch.setenv("IABN_ZOO_BACKEND", "torch")
     assert make_norm_act("inplace")(3).backend == "torch"
     if native_kernels() is not None:
@@ -68,7 +68,7 @@ def test_default_backend_is_native_when_importable_and_env_overrides(monkeypatch
 
 
 def test_unknown_backend_argument_is_refused():
-    with pytest.raises(InvalidArgumentError, match="backend must be one of native, torch, got 'fast'"):
+    with pytest.raises(InvalidArgumentError, match="backend must be one of auto, native, torch, got 'fast'"):
         make_norm_act("inplace", backend="fast")
     with pytest.raises(InvalidArgumentError, match="backend"):
         InPlaceABN(3, backend="fast")
@@ -318,7 +318,7 @@ def test_without_compiled_package_default_is_torch_and_native_is_refused():
         "from iabn_zoo.layers import make_norm_act\n"
         "import torch\n"
         "layer = make_norm_act('inplace')(3)\n"
-        "assert layer.backend == 'torch', layer.backend\n"
+        "assert layer.backend == 'auto', layer.backend\n"
         "layer(torch.randn(2, 3, 4, 4))\n"
         "try:\n"
         "    make_norm_act('inplace', backend='native')\n"

@@ -1,0 +1,78 @@
+"""torch.compile(fullgraph=True) on every family: no graph break, no recompilation on the next step at the same
+shapes, and the eager result (judged in float64), in training (outputs, gradients, running statistics) and eval.
+
+Inductor compiles one training step and one eval per family (the Wide ResNets through the A2 variant, the
+plain one shares its blocks; a cold inductor cache costs ~1 min per network on 2 cores); the cheaper `aot_eager`
+(the same dynamo capture and AOT autograd, without code generation) covers every family in bn_mode inplace and sync
+(one process), each on one backend, so that both modes and both backends meet every family.
+"""
+
+import copy
+
+import pytest
+import torch
+import torch._dynamo
+import torch._inductor.config
+from support.numerics import assert_same_function, train_step
+from support.small_models import FAMILIES, images, small_model
+
+from iabn_zoo.layers import native_kernels
+
+BACKENDS = ["torch"] + (["native"] if native_kernels() is not None else [])
+
+
+def assert_same_state(model, reference, what):
+    """Every buffer (running statistics, batch counts) of two models equal, in float64."""
+    for (name, ours), (_, theirs) in zip(model.named_buffers(), reference.named_buffers()):
+        if ours.is_floating_point():
+            assert_same_function(ours, theirs, f"{what}: buffer {name}")
+        else:
+            assert torch.equal(ours, theirs), f"{what}: buffer {name} is {ours.tolist()}, eager {theirs.tolist()}"
+
+
+def assert_same_step(compiled, reference, x, what):
+    """One training step of the compiled model and of the eager one give the same output and gradients (dropout
+    drawing the same masks from the same seed)."""
+    torch.manual_seed(1)
+    out, dx, grads = train_step(compiled, x)
+    torch.manual_seed(1)
+    ref_out, ref_dx, ref_grads = train_step(reference, x)
+    assert_same_function(out, ref_out, f"{what}: output")
+    assert_same_function(dx, ref_dx, f"{what}: input gradient")
+    for name, grad in ref_grads.items():
+        assert_same_function(grads[f"_orig_mod.{name}"], grad, f"{what}: gradient of {name}")
+
+
+def check_compiled(family, bn_mode, backend, compiler, *, train=True, evaluate=True):
+    """Compile the family's small model with `compiler`; two training steps (the second must not recompile) and
+    two eval calls (likewise), each against the eager model."""
+    model = small_model(family, bn_mode, backend)
+    reference = copy.deepcopy(model)
+    compiled = torch.compile(model, backend=compiler, fullgraph=True)
+    x = images()
+    what = f"{family} {bn_mode} {backend} {compiler}"
+    torch._dynamo.reset()
+    if train:
+        assert_same_step(compiled, reference, x, f"{what} step 1")
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            assert_same_step(compiled, reference, x, f"{what} step 2")
+        assert_same_state(model, reference, what)
+    if evaluate:
+        compiled.eval()
+        reference.eval()
+        with torch.no_grad():
+            for call in (1, 2):
+                with torch._dynamo.config.patch(error_on_recompile=call == 2):
+                    assert_same_function(compiled(x), reference(x), f"{what} eval call {call}")
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "wider_resnet"])
+def test_inductor_compiles_training_and_eval_like_eager(family):
+    with torch._inductor.config.patch(fallback_random=True):  # dropout (WRN-A2) draws the eager masks
+        check_compiled(family, "inplace", None, "inductor")
+
+
+@pytest.mark.parametrize("bn_mode,backend", [("inplace", BACKENDS[-1]), ("sync", "torch")])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_captured_whole_in_both_modes_and_backends(family, bn_mode, backend):
+    check_compiled(family, bn_mode, backend, "aot_eager", evaluate=bn_mode == "inplace")
