@@ -82,7 +82,6 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
             ours_time, curl_time = interleaved_medians(ours, curl_durably, repeats)
             md5_time, hub_time = interleaved_medians(md5_in_memory, torch_hub, repeats)
-        del data
         cached = folder / "cache" / "checkpoints" / "payload.bin"
         ours_hash, base_hash = interleaved_medians(lambda: file_md5(cached), lambda: hashlib_file_md5(cached),
                                                    9 if quick else 5)

@@ -47,14 +47,14 @@ def add_finetune(subparsers: Any) -> None:
     parser = add_command(
         subparsers, "finetune", help="fine-tune a network on DATA/train, validating on DATA/val",
         description="Fine-tune a weights or architecture name on a folder data set (DATA/train/CLASS/*.png, "
-                    "DATA/val/CLASS/*.png); writes metrics.jsonl, model.safetensors, config.json, a resumable "
-                    "checkpoint, TensorBoard logs (RUN/tensorboard) and RUN/curves.png to RUN. Runs unchanged under "
-                    "torchrun (synchronised InPlace-ABN). Options left out take the defaults shown, or on --resume "
-                    "the run's own values.")
+                    "DATA/val/CLASS/*.png); writes metrics.jsonl, model.safetensors, config.json, a resume "
+                    "point (resume.json), TensorBoard logs (RUN/tensorboard) and RUN/curves.png to RUN. Runs "
+                    "unchanged under torchrun (synchronised InPlace-ABN). Options left out take the defaults shown, "
+                    "or on --resume the run's own values.")
     parser.add_argument("model", metavar="MODEL", help="weights name (pretrained) or architecture name")
     parser.add_argument("data", metavar="DATA", help="folder holding train/ and val/")
     parser.add_argument("--out", dest="out_dir", required=True, metavar="RUN", help="run directory to write")
-    parser.add_argument("--resume", action="store_true", help="continue the run in RUN from its last checkpoint")
+    parser.add_argument("--resume", action="store_true", help="continue the run in RUN from its last resume point")
     parser.add_argument("--epochs", type=int, help=f"epochs to train (default {default('epochs')})")
     add_batch_size(parser, default=None, help=f"images per process and step (default {default('batch_size')})")
     parser.add_argument("--lr", type=float, help=f"base learning rate (default {default('lr')})")

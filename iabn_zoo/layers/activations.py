@@ -29,17 +29,22 @@ def check_activation(activation: str, activation_param: float, bn_mode: str) -> 
     return float(activation_param)
 
 
-def activate_(x: torch.Tensor, activation: str, activation_param: float) -> torch.Tensor:
-    """Apply one of the norm-act activations to `x` in place; returns `x`."""
+def activate(x: torch.Tensor, activation: str, activation_param: float, inplace: bool = False) -> torch.Tensor:
+    """Apply one of the norm-act activations to `x`, out of place (what an exported graph holds) or in place."""
     if activation == "leaky_relu":
-        return F.leaky_relu_(x, activation_param)
+        return F.leaky_relu(x, activation_param, inplace)
     if activation == "elu":
-        return F.elu_(x, activation_param)
+        return F.elu(x, activation_param, inplace)
     if activation == "relu":
-        return F.relu_(x)
+        return F.relu(x, inplace)
     if activation == "identity":
         return x
     raise InvalidArgumentError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+
+
+def activate_(x: torch.Tensor, activation: str, activation_param: float) -> torch.Tensor:
+    """Apply one of the norm-act activations to `x` in place; returns `x`."""
+    return activate(x, activation, activation_param, inplace=True)
 
 
 def invert_activation(y: torch.Tensor, dy: torch.Tensor, activation: str,

@@ -77,7 +77,8 @@ class InPlaceABNFunction(torch.autograd.Function):
 
 def synchronised_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
                          running_mean: torch.Tensor, running_var: torch.Tensor, momentum: float, eps: float,
-                         activation: str, activation_param: float, backend: str, group: Any) -> tuple[torch.Tensor, int]:
+                         activation: str, activation_param: float, backend: str,
+                         group: Any) -> tuple[torch.Tensor, int]:
     """Training forward with statistics shared over `group`: (variance used, values per channel group-wide)."""
     mean, var = ops.batch_statistics(x, backend)
     mean, var, count = reduce_statistics(mean, var, x.numel() // x.shape[1], group)

@@ -16,10 +16,9 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..errors import InvalidArgumentError
-from ..layers import ABN, LeanMaxPool2d
+from ..layers import ABN, LeanMaxPool2d, activate
 from ._base import ZooModule
 from ._blocks import ResidualBlock
 from ._fast_eval import STATE_ATTR, disable_fast_eval, eval_affine
@@ -46,24 +45,11 @@ class AffineActivation(nn.Module):
             x = torch.addcmul(self.shift.view(shape), x, self.scale.view(shape))
         if residual is not None:
             x = x + residual
-        return activation(x, self.activation, self.activation_param)
+        return activate(x, self.activation, self.activation_param)
 
     def extra_repr(self) -> str:
         folded = "folded into the convolution before, " if self.scale is None else ""
         return f"{folded}activation={self.activation}[{self.activation_param:g}]"
-
-
-def activation(x: torch.Tensor, name: str, param: float) -> torch.Tensor:
-    """One of the norm-act activations, out of place (an exported graph holds no in-place kernel)."""
-    if name == "leaky_relu":
-        return F.leaky_relu(x, param)
-    if name == "elu":
-        return F.elu(x, param)
-    if name == "relu":
-        return F.relu(x)
-    if name == "identity":
-        return x
-    raise InvalidArgumentError(f"activation {name!r} has no deployable form; use leaky_relu, elu, relu or identity")
 
 
 def folded_conv(conv: nn.Conv2d, norm: ABN, dtype: torch.dtype) -> nn.Conv2d:

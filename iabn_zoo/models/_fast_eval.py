@@ -180,11 +180,12 @@ class FoldedPair(CachedForward):
         self.cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
 
     def intact(self) -> bool:
-        """Both modules are still in place, next to each other, with this pair's forwards."""
+        """Both modules are still in place, next to each other, with this pair's forwards. Bound methods compare
+        with ==: a deepcopy may copy one method twice (once per reference), both bound to the same copied pair."""
         modules = self.parent._modules
         return (modules.get(self.conv_name) is self.conv and modules.get(self.norm_name) is self.norm
-                and self.conv.__dict__.get("forward") is self.conv_forward
-                and self.norm.__dict__.get("forward") is self.norm_forward)
+                and self.conv.__dict__.get("forward") == self.conv_forward
+                and self.norm.__dict__.get("forward") == self.norm_forward)
 
     def folding(self, x: torch.Tensor) -> bool:
         """Whether this call runs folded; the convolution (on its input) and the norm (on the convolution's
@@ -310,7 +311,7 @@ class FastEval:
     def uninstall(self) -> None:
         """Give every overridden module its class forward back; drop the hooks and the cached weights."""
         for module, forward in self.overridden:
-            if module.__dict__.get("forward") is forward:
+            if module.__dict__.get("forward") == forward:
                 del module.__dict__["forward"]
         for handle in self.handles:
             handle.remove()

@@ -4,11 +4,10 @@ the tensors; `torch` always. Calls the compiled kernels cannot take fall back to
 
 import pytest
 import torch
+from support.backends import needs_native
 
 from iabn_zoo.layers import make_norm_act, native_kernels
 from iabn_zoo.layers.kernels import TorchKernels, kernels_for, kernels_name
-
-needs_native = pytest.mark.skipif(native_kernels() is None, reason="inplace-abn is not importable")
 
 
 def test_default_runs_the_torch_kernels_on_cpu():

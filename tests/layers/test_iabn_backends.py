@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.backends import BACKENDS
 from support.numerics import (
     FLOAT64_TOL,
     PURE_FLOAT64_TOL,
@@ -16,9 +17,8 @@ from support.numerics import (
     inversion_condition,
 )
 
-from iabn_zoo.layers import ABN, make_norm_act, native_kernels
+from iabn_zoo.layers import ABN, make_norm_act
 
-BACKENDS = ["torch"] + (["native"] if native_kernels() is not None else [])
 ACTIVATIONS = [("leaky_relu", 0.01), ("elu", 1.0), ("identity", 0.0), ("leaky_relu", 0.3), ("elu", 0.5)]
 GRADIENT_NAMES = ("input gradient", "weight gradient", "bias gradient", "residual gradient")
 

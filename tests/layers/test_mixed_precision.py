@@ -6,12 +6,13 @@ import copy
 
 import pytest
 import torch
+from support.backends import BACKENDS as SUPPORT_BACKENDS
 from support.numerics import assert_within_noise, noise_floor
 from support.small_models import images, small_model
 
-from iabn_zoo.layers import InPlaceABN, convert_norm, make_norm_act, native_kernels, ops
+from iabn_zoo.layers import InPlaceABN, convert_norm, make_norm_act, ops
 
-BACKENDS = ["auto", "torch"] + (["native"] if native_kernels() is not None else [])
+BACKENDS = ["auto", *SUPPORT_BACKENDS]
 
 
 class ShallowNet(torch.nn.Module):

@@ -1,14 +1,14 @@
 """The norm-act factory, layer contract, backend choice, bad input and the exact conversions of convert_norm."""
 
+import copy
 import os
 import subprocess
 import sys
 
-import copy
-
 import pytest
 import torch
 import torch.nn as nn
+from support.backends import BACKENDS, needs_native
 from support.numerics import (
     FLOAT64_TOL,
     PURE_FLOAT64_TOL,
@@ -32,7 +32,6 @@ from iabn_zoo.layers import (
 # A few float32 ulps: the rounding of a handful of float32 operations, the same on every machine.
 FLOAT32_ULPS = 4 * torch.finfo(torch.float32).eps
 KEYS = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
-needs_native = pytest.mark.skipif(native_kernels() is None, reason="inplace-abn is not importable")
 
 
 @pytest.mark.parametrize("bn_mode,cls", [("standard", ABN), ("inplace", InPlaceABN), ("sync", InPlaceABNSync)])
@@ -165,7 +164,7 @@ def test_legacy_state_dict_without_num_batches_tracked_loads_strictly():
     assert torch.equal(layer.weight.detach(), state["weight"]) and int(layer.num_batches_tracked) == 0
 
 
-@pytest.mark.parametrize("backend", ["torch"] + (["native"] if native_kernels() else []))
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_sync_without_distributed_behaves_as_inplace(backend):
     torch.manual_seed(0)
     sync, plain = InPlaceABNSync(4, backend=backend), InPlaceABN(4, backend=backend)
@@ -331,7 +330,7 @@ def test_without_compiled_package_default_is_torch_and_native_is_refused():
     assert "backend 'native' needs the compiled inplace-abn package" in result.stdout
 
 
-@pytest.mark.parametrize("backend", ["native", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("training", [True, False])
 def test_expanded_input_is_copied_not_written_over(backend, training):
     layer = make_norm_act("inplace", backend=backend)(4).double().train(training)

@@ -3,10 +3,10 @@ AOT dispatch with dynamic shapes) on both backends, and tracers see them as one 
 
 import pytest
 import torch
+from support.backends import BACKENDS
 
-from iabn_zoo.layers import make_norm_act, native_kernels, ops
+from iabn_zoo.layers import make_norm_act, ops
 
-BACKENDS = ["torch"] + (["native"] if native_kernels() is not None else [])
 ACTIVATIONS = [("leaky_relu", 0.01), ("elu", 1.0), ("identity", 0.0)]
 
 

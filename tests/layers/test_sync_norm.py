@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from support.backends import BACKENDS
 from support.numerics import PURE_FLOAT64_TOL, assert_differs, assert_same_function
 
-from iabn_zoo.layers import InPlaceABN, InPlaceABNSync, native_kernels
+from iabn_zoo.layers import InPlaceABN, InPlaceABNSync
 
-BACKENDS = ["torch"] + (["native"] if native_kernels() is not None else [])
 SPLIT = (3, 5)
 # name: (input shape for the whole batch, activation, activation_param, fused residual)
 CASES = {

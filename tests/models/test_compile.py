@@ -13,12 +13,9 @@ import pytest
 import torch
 import torch._dynamo
 import torch._inductor.config
+from support.backends import BACKENDS
 from support.numerics import assert_same_function, train_step
 from support.small_models import FAMILIES, images, small_model
-
-from iabn_zoo.layers import native_kernels
-
-BACKENDS = ["torch"] + (["native"] if native_kernels() is not None else [])
 
 
 def assert_same_state(model, reference, what):

@@ -5,13 +5,13 @@ The head's computations are judged against the direct ones in float64 (convoluti
 import pytest
 import torch
 import torch.nn.functional as F
+from support.backends import BACKENDS
 from support.numerics import PURE_FLOAT64_TOL, assert_differs, assert_same_function, float64_tol
 
 from iabn_zoo.errors import InvalidArgumentError
-from iabn_zoo.layers import make_norm_act, native_kernels
+from iabn_zoo.layers import make_norm_act
 from iabn_zoo.models.deeplab import DeepLabV3Head, sliding_average
 
-BACKENDS = ["torch"] + (["native"] if native_kernels() is not None else [])
 AUTHORS_KEYS = ["map_convs.0.weight", "map_convs.1.weight", "map_convs.2.weight", "map_convs.3.weight",
                 "map_bn.weight", "global_pooling_conv.weight", "global_pooling_bn.weight", "red_conv.weight",
                 "pool_red_conv.weight", "red_bn.weight"]

@@ -7,15 +7,15 @@ from collections import Counter
 
 import pytest
 import torch
+from support.backends import BACKENDS
 from support.numerics import assert_same_function, float64_tol
 
 from iabn_zoo.errors import InvalidArgumentError
 from iabn_zoo.factory import create_model
-from iabn_zoo.layers import convert_norm, make_norm_act, native_kernels
+from iabn_zoo.layers import convert_norm, make_norm_act
 from iabn_zoo.models._checkpoint import running_stats_kept
 from iabn_zoo.models.densenet import DenseModule
 
-BACKENDS = ["torch"] + (["native"] if native_kernels() is not None else [])
 SMALL = {"growth": 4, "num_classes": 7}  # full depth, a fraction of the width
 
 

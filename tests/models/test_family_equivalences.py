@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+from support.backends import needs_native
 from support.numerics import assert_same_function, assert_within_noise, float64_tol, noise_floor, train_step
 
 from iabn_zoo.factory import create_model
@@ -13,6 +14,7 @@ from iabn_zoo.layers import InPlaceABN, convert_norm
 ARCHS = ("resnet18", "resnext50")
 
 
+@needs_native
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("training", [True, False])
 def test_backends_compute_the_same_function(arch, training):

@@ -11,6 +11,7 @@ from collections import OrderedDict
 import pytest
 import torch
 import torch.nn as nn
+from support.backends import BACKENDS, needs_native
 from support.numerics import assert_as_close_as_standard, assert_differs, assert_same_function, float64_tol
 
 import iabn_zoo
@@ -26,8 +27,6 @@ from iabn_zoo.models._fast_eval import (
     fast_eval_state,
     is_fast_eval_enabled,
 )
-
-BACKENDS = ("native", "torch")
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -86,10 +85,15 @@ def reference_copy(model: nn.Module) -> nn.Module:
     return reference.eval()
 
 
+def fast_path_cache_owners(model: nn.Module) -> list:
+    """The fast-path objects (pairs, lone norms, packed convolutions) that built a cache in `model`."""
+    owners = {id(fn.__self__): fn.__self__ for _, fn in fast_eval_state(model).overridden}
+    return [owner for owner in owners.values() if owner.cache is not None]
+
+
 def fast_path_caches(model: nn.Module) -> list:
     """The cached affines and folded weights the fast path built: proof that it ran, not the layers' own forward."""
-    owners = {id(fn.__self__): fn.__self__ for _, fn in fast_eval_state(model).overridden}
-    return [owner.cache for owner in owners.values() if owner.cache is not None]
+    return [owner.cache for owner in fast_path_cache_owners(model)]
 
 
 def packed_convs(model: nn.Module) -> tuple[int, int]:
@@ -152,6 +156,7 @@ def test_packing_falls_back_to_the_folded_path(no_packing, monkeypatch):
     assert packed_convs(model) == (0, 0) and len(fast_path_caches(model)) > 0
 
 
+@needs_native
 def test_packed_weights_follow_input_size_and_weight_changes():
     model = stack("inplace", "native").eval()
     enable_fast_eval(model)
@@ -252,6 +257,7 @@ def test_features_only_outputs_match_and_are_contiguous():
     assert all(out.is_contiguous() for out in outputs)
 
 
+@needs_native
 def test_train_restores_memory_saving_layers_with_same_parameters():
     torch.manual_seed(0)
     model = randomize(iabn_zoo.create_model("resnet18", num_classes=4, backend="native"))
@@ -309,6 +315,7 @@ def test_replaced_layers_in_eval_mode_are_not_folded_twice():
     assert_matches_reference(model, reference_copy(model), x)
 
 
+@needs_native
 def test_gradients_in_eval_mode_come_from_the_layers():
     model = randomize(stack("inplace", "native")).eval()
     reference = reference_copy(model)
@@ -363,6 +370,8 @@ def test_copies_and_pickles_of_an_eval_model_compute_the_same():
             model(torch.randn(1, 3, 32, 32)[:, :2])  # fails between the input and output hooks
         for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
             assert_within_layers_noise(other(x.clone()), expected, expected64)
+            folded = [owner for owner in fast_path_cache_owners(other) if isinstance(owner, FoldedPair)]
+            assert folded, "a copy of an eval model runs its layers' own forwards: the folded pairs were lost"
             other.train()
             assert not any("forward" in m.__dict__ for m in other.modules())
 

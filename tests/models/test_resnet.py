@@ -4,6 +4,7 @@
 import pytest
 import torch
 import torch.nn as nn
+from support.backends import BACKENDS
 from support.numerics import train_step
 
 from iabn_zoo.errors import InvalidArgumentError, UnknownNameError
@@ -42,7 +43,7 @@ def test_downsampling_sits_where_the_authors_put_it():
     assert not hasattr(create_model("resnet18").mod2.block1, "proj_conv")  # 64 -> 64 at stride 1
 
 
-@pytest.mark.parametrize("backend", ["native", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_small_training_step_and_eval(backend):
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=7, backend=backend)

@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 import torch.nn as nn
+from support.backends import BACKENDS
 from support.numerics import assert_same_function, float64_tol, train_step
 
 from iabn_zoo.errors import InvalidArgumentError, UnknownNameError
@@ -60,7 +61,7 @@ def test_stem_options_and_downsampling():
     assert block.convs.conv1.stride == (2, 2) and block.proj_conv.stride == (2, 2)
 
 
-@pytest.mark.parametrize("backend", ["native", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_small_training_step_and_eval(backend):
     torch.manual_seed(0)
     model = create_model("resnext50", num_classes=6, backend=backend)

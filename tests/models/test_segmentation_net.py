@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.backends import BACKENDS
 from support.numerics import assert_differs, assert_same_function, float64_tol
 
 from iabn_zoo.errors import InvalidArgumentError
 from iabn_zoo.factory import create_model
-from iabn_zoo.layers import convert_norm, make_norm_act, native_kernels
+from iabn_zoo.layers import convert_norm, make_norm_act
 from iabn_zoo.models.deeplab import DeepLabV3Head
 from iabn_zoo.models.densenet import DenseNet
 from iabn_zoo.models.segmentation import SegmentationNet
 
-BACKENDS = ["torch"] + (["native"] if native_kernels() is not None else [])
 MANIFEST = Path(__file__).parent / "manifests" / "wider_resnet38_deeplab3_vistas.json"
 
 

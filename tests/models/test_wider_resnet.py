@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from support.backends import BACKENDS
 
 from iabn_zoo.errors import InvalidArgumentError, UnknownNameError
 from iabn_zoo.factory import create_model, list_models
@@ -85,7 +86,7 @@ def test_dilated_a2_dilations():
     assert model.mod6.block1.convs.conv1.stride == (1, 1)
 
 
-@pytest.mark.parametrize("backend", ["native", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_small_training_step_and_eval(backend):
     torch.manual_seed(0)
     model = create_model("wider_resnet16_a2", num_classes=3, backend=backend)

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.backends import BACKENDS
 from support.numerics import PURE_FLOAT64_TOL, assert_same_function, assert_same_step, float64_tol
 
 from iabn_zoo.cli import memory as memory_command
@@ -20,8 +21,6 @@ from iabn_zoo.layers import ABN, convert_norm, make_norm_act
 from iabn_zoo.layers.pooling import LeanMaxPool2d
 from iabn_zoo.models._blocks import IdentityResidualBlock, ResidualBlock
 from iabn_zoo.train.memory import SavedTensorLedger, compare_modes, measure_step, report_rows
-
-BACKENDS = ["native", "torch"]
 
 
 def grads_of(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor | None = None):
