@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch._dynamo
 import torch._inductor.config
-from support.backends import BACKENDS
+from support.backends import needs_native
 from support.numerics import assert_same_function, train_step
 from support.small_models import FAMILIES, images, small_model
 
@@ -69,7 +69,7 @@ def test_inductor_compiles_training_and_eval_like_eager(family):
         check_compiled(family, "inplace", None, "inductor")
 
 
-@pytest.mark.parametrize("bn_mode,backend", [("inplace", BACKENDS[-1]), ("sync", "torch")])
+@pytest.mark.parametrize("bn_mode,backend", [pytest.param("inplace", "native", marks=needs_native), ("sync", "torch")])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_captured_whole_in_both_modes_and_backends(family, bn_mode, backend):
     check_compiled(family, bn_mode, backend, "aot_eager", evaluate=bn_mode == "inplace")

@@ -5,6 +5,12 @@ import pytest
 
 from iabn_zoo.layers import native_kernels
 
-needs_native = pytest.mark.skipif(native_kernels() is None, reason="inplace-abn (the compiled kernels) is not importable")
-NATIVE = pytest.param("native", marks=needs_native)
-BACKENDS = ["torch", NATIVE]
+HAVE_NATIVE = native_kernels() is not None
+needs_native = pytest.mark.skipif(not HAVE_NATIVE, reason="inplace-abn (the compiled kernels) is not importable")
+BACKENDS = ["torch", pytest.param("native", marks=needs_native)]
+AVAILABLE_BACKENDS = ["torch"] + (["native"] if HAVE_NATIVE else [])  # for loops inside one test or process
+
+
+def backend_case(*values):
+    """One parametrize case; skipped without inplace-abn when it runs the compiled kernels."""
+    return pytest.param(*values, marks=needs_native) if "native" in values else values

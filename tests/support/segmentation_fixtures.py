@@ -22,6 +22,7 @@ import torch.nn as nn
 from iabn_zoo.layers import make_norm_act
 from iabn_zoo.models._base import FeatureInfo, ZooNet
 from iabn_zoo.models._blocks import IdentityResidualBlock
+from iabn_zoo.models._checkpoint import Block
 from iabn_zoo.models._registry import is_arch, register_arch, unregister_arch
 from iabn_zoo.models.deeplab import DeepLabV3Head
 from iabn_zoo.models.segmentation import SegmentationNet
@@ -48,10 +49,9 @@ class TinyBody(ZooNet):
         self.feature_info = [FeatureInfo("bn_out", self.num_features, 8)]
         self.make_classifier(0)
 
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        for module in (self.mod1, self.mod2, self.mod3, self.mod4, self.mod5, self.bn_out):
-            x = module(x)
-        return [x]
+    def stage_blocks(self) -> list[list[Block]]:
+        """One stage (its one feature map at stride 8), a block per module."""
+        return [[Block(module) for module in (self.mod1, self.mod2, self.mod3, self.mod4, self.mod5, self.bn_out)]]
 
 
 def tiny_vistas_deeplab3(bn_mode: str = "inplace", activation: str = "leaky_relu", activation_param: float = 0.01,
