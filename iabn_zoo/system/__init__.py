@@ -1,2 +1,3 @@
 """The machine-facing mechanisms every layer shares, each with one owner: atomic file writes, file hashing,
-safetensors files and device checks. May import: errors (nothing else of the package)."""
+safetensors files, device checks, progress bars and memory limits.
+May import: errors (nothing else of the package)."""
