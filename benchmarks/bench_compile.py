@@ -19,23 +19,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from benchmarks.bench_train_step import step_function
 from benchmarks.common import bench_device, interleaved_medians, row, synchronized
 
 TARGET_STEP_RATIO = 1.05
 MEMORY_SLACK = 0.05  # the compiled memory ratio may exceed the eager one by this much
 NUM_CLASSES = 1000
-
-
-def step_function(model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
-    """A callable running one SGD training step of `model` (compiled or not) on the batch."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(images.clone()), labels).backward()
-        optimizer.step()
-
-    return step
 
 
 def kept_bytes(model: nn.Module, parameters: list[torch.Tensor], images: torch.Tensor,

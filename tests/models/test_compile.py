@@ -14,17 +14,8 @@ import torch
 import torch._dynamo
 import torch._inductor.config
 from support.backends import needs_native
-from support.numerics import assert_same_function, train_step
+from support.numerics import assert_same_buffers, assert_same_function, train_step
 from support.small_models import FAMILIES, images, small_model
-
-
-def assert_same_state(model, reference, what):
-    """Every buffer (running statistics, batch counts) of two models equal, in float64."""
-    for (name, ours), (_, theirs) in zip(model.named_buffers(), reference.named_buffers()):
-        if ours.is_floating_point():
-            assert_same_function(ours, theirs, f"{what}: buffer {name}")
-        else:
-            assert torch.equal(ours, theirs), f"{what}: buffer {name} is {ours.tolist()}, eager {theirs.tolist()}"
 
 
 def assert_same_step(compiled, reference, x, what):
@@ -53,7 +44,7 @@ def check_compiled(family, bn_mode, backend, compiler, *, train=True, evaluate=T
         assert_same_step(compiled, reference, x, f"{what} step 1")
         with torch._dynamo.config.patch(error_on_recompile=True):
             assert_same_step(compiled, reference, x, f"{what} step 2")
-        assert_same_state(model, reference, what)
+        assert_same_buffers(model, reference, what)
     if evaluate:
         compiled.eval()
         reference.eval()

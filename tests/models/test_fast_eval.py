@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 from support.backends import BACKENDS, needs_native
 from support.numerics import assert_as_close_as_standard, assert_differs, assert_same_function, float64_tol
+from support.small_networks import randomize_norms
 
 import iabn_zoo
 from iabn_zoo.errors import InvalidArgumentError
@@ -27,20 +28,6 @@ from iabn_zoo.models._fast_eval import (
     fast_eval_state,
     is_fast_eval_enabled,
 )
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Trained-like norm-act layers: weights of both signs, non-zero biases, means and variances away from 0 and 1."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in model.modules():
-            if isinstance(layer, ABN):
-                size = layer.num_features
-                layer.weight.copy_(torch.rand(size, generator=generator) * 3 - 1.5)
-                layer.bias.copy_(torch.randn(size, generator=generator) * 0.2)
-                layer.running_mean.copy_(torch.randn(size, generator=generator) * 0.2)
-                layer.running_var.copy_(torch.rand(size, generator=generator) * 1.5 + 0.5)
-    return model
 
 
 def as_list(outputs) -> list[torch.Tensor]:
@@ -112,7 +99,7 @@ def stack(bn_mode: str, backend: str, activation: str = "leaky_relu", param: flo
     """A small network of our own: folded pairs (with and without conv bias, grouped, 1x1), a lone norm layer, a
     lone 1x1 convolution."""
     norm_act = make_norm_act(bn_mode, activation, param, backend=backend)
-    return randomize(nn.Sequential(OrderedDict([
+    return randomize_norms(nn.Sequential(OrderedDict([
         ("conv1", nn.Conv2d(3, 8, 3, padding=1)),
         ("bn1", norm_act(8)),
         ("conv2", nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4, bias=False)),
@@ -186,7 +173,7 @@ def test_train_drops_the_packed_weights():
 
 @pytest.mark.parametrize("bn_mode", ["inplace", "standard"])
 def test_eval_affine_follows_the_layer_formula(bn_mode):
-    layer = randomize(make_norm_act(bn_mode, "identity", backend="torch")(5)).eval()
+    layer = randomize_norms(make_norm_act(bn_mode, "identity", backend="torch")(5)).eval()
     scale, shift = eval_affine(layer)
     weight = layer.weight.abs() + layer.eps if bn_mode == "inplace" else layer.weight
     expected_scale = weight / torch.sqrt(layer.running_var + layer.eps)
@@ -209,7 +196,7 @@ FAMILIES = [  # arch, options, input size, whether folded convolutions are packe
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("arch,options,size,folded_packed", FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_every_family_matches_inplace_abn_in_eval(arch, options, size, folded_packed, backend):
-    model = randomize(iabn_zoo.create_model(arch, bn_mode="inplace", backend=backend, num_classes=10, **options))
+    model = randomize_norms(iabn_zoo.create_model(arch, bn_mode="inplace", backend=backend, num_classes=10, **options))
     reference = reference_copy(model)
     model.eval()
     assert is_fast_eval_enabled(model)
@@ -230,7 +217,7 @@ def test_families_fold_the_convolutions_before_their_norm_layers():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_segmentation_network_matches_in_eval(backend):
-    model = randomize(iabn_zoo.create_model("wider_resnet38_a2_deeplab3", num_classes=5, pooling_size=4,
+    model = randomize_norms(iabn_zoo.create_model("wider_resnet38_a2_deeplab3", num_classes=5, pooling_size=4,
                                             backend=backend))
     reference = reference_copy(model)
     disable_fast_eval(reference.body)
@@ -248,7 +235,7 @@ def test_segmentation_network_matches_in_eval(backend):
 
 
 def test_features_only_outputs_match_and_are_contiguous():
-    model = randomize(iabn_zoo.create_model("resnext50", features_only=True))
+    model = randomize_norms(iabn_zoo.create_model("resnext50", features_only=True))
     reference = reference_copy(model)
     model.eval()
     x = torch.randn(1, 3, 64, 64)
@@ -260,7 +247,7 @@ def test_features_only_outputs_match_and_are_contiguous():
 @needs_native
 def test_train_restores_memory_saving_layers_with_same_parameters():
     torch.manual_seed(0)
-    model = randomize(iabn_zoo.create_model("resnet18", num_classes=4, backend="native"))
+    model = randomize_norms(iabn_zoo.create_model("resnet18", num_classes=4, backend="native"))
     twin = copy.deepcopy(model)  # never sees eval()
     norm_layers = {name: m for name, m in model.named_modules() if isinstance(m, ABN)}
     parameters = [id(p) for p in model.parameters()]
@@ -296,18 +283,18 @@ def test_train_restores_memory_saving_layers_with_same_parameters():
 
 
 def test_eval_sees_parameter_changes_made_after_a_forward():
-    model = randomize(iabn_zoo.create_model("resnext50", num_classes=10)).eval()
+    model = randomize_norms(iabn_zoo.create_model("resnext50", num_classes=10)).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         before = model(x.clone())
-    new_state = randomize(copy.deepcopy(model), seed=7).state_dict()
+    new_state = randomize_norms(copy.deepcopy(model), seed=7).state_dict()
     model.load_state_dict(new_state)  # in eval mode, in place: the folded copies must follow
     out, _, _ = assert_matches_reference(model, reference_copy(model), x)
     assert_differs(out, before, 1e-2, "outputs before and after the new parameters")
 
 
 def test_replaced_layers_in_eval_mode_are_not_folded_twice():
-    model = randomize(iabn_zoo.create_model("resnext50", num_classes=10)).eval()
+    model = randomize_norms(iabn_zoo.create_model("resnext50", num_classes=10)).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         model(x.clone())
@@ -317,7 +304,7 @@ def test_replaced_layers_in_eval_mode_are_not_folded_twice():
 
 @needs_native
 def test_gradients_in_eval_mode_come_from_the_layers():
-    model = randomize(stack("inplace", "native")).eval()
+    model = randomize_norms(stack("inplace", "native")).eval()
     reference = reference_copy(model)
     enable_fast_eval(model)
     x = torch.randn(2, 3, 12, 12)
@@ -362,7 +349,7 @@ def test_disable_lasts_over_train_and_eval():
 
 
 def test_copies_and_pickles_of_an_eval_model_compute_the_same():
-    model = randomize(iabn_zoo.create_model("resnet18", num_classes=3, backend="torch")).eval()
+    model = randomize_norms(iabn_zoo.create_model("resnet18", num_classes=3, backend="torch")).eval()
     x = torch.randn(1, 3, 32, 32)
     _, expected, expected64 = assert_matches_reference(model, reference_copy(model), x)
     with torch.no_grad():
@@ -403,7 +390,7 @@ class FusedResidualBlock(nn.Module):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_folded_norm_with_residual_matches_and_checks_the_residual(backend):
-    block = randomize(FusedResidualBlock(make_norm_act("inplace", backend=backend))).eval()
+    block = randomize_norms(FusedResidualBlock(make_norm_act("inplace", backend=backend))).eval()
     reference = reference_copy(block)
     enable_fast_eval(block)
     x, shortcut = torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6)
@@ -414,7 +401,7 @@ def test_folded_norm_with_residual_matches_and_checks_the_residual(backend):
 
 
 def test_strided_input_to_a_lone_inplace_layer():
-    layer = randomize(make_norm_act("inplace", backend="torch")(4)).eval()
+    layer = randomize_norms(make_norm_act("inplace", backend="torch")(4)).eval()
     reference = reference_copy(layer)
     enable_fast_eval(layer)
     x = torch.randn(2, 4, 6, 6)

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from support.numerics import assert_same_function, train_step
+from support.numerics import assert_same_buffers, assert_same_function, train_step
 from support.small_models import FAMILIES, images, small_model
 
 from iabn_zoo.train.memory import SavedTensorLedger
@@ -26,15 +26,6 @@ def conv_calls(model, step):
         for handle in handles:
             handle.remove()
     return calls
-
-
-def assert_same_buffers(model, reference, what):
-    """Running statistics and batch counts equal: updated once per step, not once more by the recomputation."""
-    for (name, ours), (_, theirs) in zip(model.named_buffers(), reference.named_buffers()):
-        if ours.is_floating_point():
-            assert_same_function(ours, theirs, f"{what}: {name}")
-        else:
-            assert torch.equal(ours, theirs), f"{what}: {name} is {ours.tolist()}, not {theirs.tolist()}"
 
 
 @pytest.mark.parametrize("family,bn_mode", [(family, "inplace") for family in FAMILIES]
@@ -74,7 +65,8 @@ def test_blocks_are_recomputed_and_keep_less(family):
     plain_calls = conv_calls(model, lambda: step(False))
     checkpointed_calls = conv_calls(model, lambda: step(True))
     assert all(checkpointed_calls[key] == count + 1 for key, count in plain_calls.items()), (
-        f"every convolution runs once more: {sorted(checkpointed_calls.values())} against {sorted(plain_calls.values())}")
+        f"every convolution runs once more: {sorted(checkpointed_calls.values())} against "
+        f"{sorted(plain_calls.values())}")
     kept, plain_kept = ledgers[True].saved_bytes, ledgers[False].saved_bytes
     assert kept < 0.6 * plain_kept, f"checkpointed {family} keeps {kept} bytes for backward, plain {plain_kept}"
 

@@ -124,3 +124,12 @@ def assert_differs(actual: torch.Tensor, other: torch.Tensor, margin: float, nam
     difference = scaled_difference(actual, other)
     assert difference > margin, (
         f"{name or 'tensors'} should differ, but max |diff| / (1 + max |other|) = {difference:.3g} <= {margin:g}")
+
+
+def assert_same_buffers(model, reference, what: str) -> None:
+    """Every buffer of two models (running statistics, batch counts) equal: floats in float64, counts exactly."""
+    for (name, ours), (_, theirs) in zip(model.named_buffers(), reference.named_buffers()):
+        if ours.is_floating_point():
+            assert_same_function(ours, theirs, f"{what}: buffer {name}")
+        else:
+            assert torch.equal(ours, theirs), f"{what}: buffer {name} is {ours.tolist()}, expected {theirs.tolist()}"
