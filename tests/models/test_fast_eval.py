@@ -218,7 +218,7 @@ def test_families_fold_the_convolutions_before_their_norm_layers():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_segmentation_network_matches_in_eval(backend):
     model = randomize_norms(iabn_zoo.create_model("wider_resnet38_a2_deeplab3", num_classes=5, pooling_size=4,
-                                            backend=backend))
+                                                  backend=backend))
     reference = reference_copy(model)
     disable_fast_eval(reference.body)
     model.eval()
