@@ -146,12 +146,18 @@ def finite_or_none(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def write_results(rows: list[dict[str, Any]], results_dir: Path, header: str) -> None:
-    """latest.json (the list of rows) and latest.md (header, table, summary), each written whole or not at all."""
+def results_stem(quick: bool, only: str | None) -> str:
+    """`latest` for a full run of every module (`make bench`), `partial` for a --quick or --only run, so that a
+    smoke run or one module's rerun never replaces the full run's figures."""
+    return "partial" if quick or only else "latest"
+
+
+def write_results(rows: list[dict[str, Any]], results_dir: Path, header: str, stem: str = "latest") -> None:
+    """STEM.json (the list of rows) and STEM.md (header, table, summary), each written whole or not at all."""
     results_dir.mkdir(parents=True, exist_ok=True)
     markdown = "\n".join([f"# Benchmarks\n\n{header}\n", *table_lines(rows, markdown=True), "", summary(rows), ""])
     clean = [{key: finite_or_none(value) for key, value in entry.items()} for entry in rows]
-    for name, text in (("latest.json", json.dumps(clean, indent=2, default=float) + "\n"), ("latest.md", markdown)):
+    for name, text in ((f"{stem}.json", json.dumps(clean, indent=2, default=float) + "\n"), (f"{stem}.md", markdown)):
         tmp = results_dir / f"{name}.tmp"
         tmp.write_text(text)
         tmp.replace(results_dir / name)
@@ -179,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                      "900 full)")
     parser.add_argument("--bench-dir", type=Path, default=BENCH_DIR, help=argparse.SUPPRESS)
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results",
-                        help="where latest.json and latest.md go (default benchmarks/results)")
+                        help="where the results go (default benchmarks/results): latest.json and latest.md for a "
+                             "full run, partial.json and partial.md for --quick or --only")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     return parser
@@ -209,8 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"compares it with the target (>= for throughputs, <= for times and memory).")
     print("\n".join(table_lines(rows, markdown=False)))
     print(summary(rows))
-    write_results(rows, args.results_dir, header)
-    print(f"results: {args.results_dir / 'latest.json'}, {args.results_dir / 'latest.md'}")
+    stem = results_stem(args.quick, args.only)
+    write_results(rows, args.results_dir, header, stem)
+    print(f"results: {args.results_dir / f'{stem}.json'}, {args.results_dir / f'{stem}.md'}")
     return 1 if any(entry.get("error") for entry in rows) else 0
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # benchmarks/gpu.sh: the memory and speed rows on a CUDA machine, in one command of under 8 minutes.
 #
-#   bash benchmarks/gpu.sh    # from anywhere; writes benchmarks/results/gpu/latest.json and latest.md
+#   bash benchmarks/gpu.sh    # from anywhere; writes benchmarks/results/gpu/partial.json and partial.md
 #
 # It builds .venv-gpu (reusing a CUDA torch already installed system-wide, else `pip install torch`, whose Linux
 # wheel is the CUDA build), compiles inplace-abn 1.1.0 for this GPU's architecture only (TORCH_CUDA_ARCH_LIST from
@@ -74,4 +74,4 @@ say "runner on cuda: $MODULES ($REMAINING s left)"
 IABN_BENCH_DEVICE=cuda "$PY" -m benchmarks --only "$MODULES" --results-dir "$OUT" \
     --timeout "$(( REMAINING > 60 ? REMAINING / 2 : 30 ))" || say "some modules failed: see the table"
 
-say "done in $((SECONDS - START)) s: $OUT/latest.md"
+say "done in $((SECONDS - START)) s: $OUT/partial.md"

@@ -50,10 +50,13 @@ def bench_dir(tmp_path: Path, **modules: str) -> Path:
 
 
 def run_runner(tmp_path: Path, folder: Path, *args: str) -> tuple[int, list[dict], str]:
+    """Run the runner; the rows and Markdown of the files it writes (partial.* for --quick or --only runs)."""
     results = tmp_path / "results"
     code = main(["--bench-dir", str(folder), "--results-dir", str(results), *args])
-    rows = json.loads((results / "latest.json").read_text()) if (results / "latest.json").exists() else []
-    return code, rows, (results / "latest.md").read_text() if (results / "latest.md").exists() else ""
+    stem = "partial" if "--quick" in args or "--only" in args else "latest"
+    json_path, markdown_path = results / f"{stem}.json", results / f"{stem}.md"
+    rows = json.loads(json_path.read_text()) if json_path.exists() else []
+    return code, rows, markdown_path.read_text() if markdown_path.exists() else ""
 
 
 def test_rows_of_every_module_and_an_error_row_for_each_failure(tmp_path, capsys):
@@ -115,9 +118,20 @@ def test_bad_timeout_is_refused(tmp_path, capsys):
 def test_previous_results_survive_a_run_that_cannot_start(tmp_path, capsys):
     folder = bench_dir(tmp_path, good=GOOD)
     run_runner(tmp_path, folder, "--quick")
-    before = (tmp_path / "results" / "latest.json").read_text()
+    before = (tmp_path / "results" / "partial.json").read_text()
     assert run_runner(tmp_path, folder, "--only", "missing")[0] == 2
-    assert (tmp_path / "results" / "latest.json").read_text() == before
+    assert (tmp_path / "results" / "partial.json").read_text() == before
+
+
+def test_only_and_quick_runs_leave_the_full_run_s_files_alone(tmp_path, capsys):
+    folder = bench_dir(tmp_path, good=GOOD, other=GOOD)
+    assert run_runner(tmp_path, folder)[0] == 0
+    full = {name: (tmp_path / "results" / name).read_text() for name in ("latest.json", "latest.md")}
+    assert "Full run of 2 module(s)" in full["latest.md"]
+    for args in (("--only", "good"), ("--quick",)):
+        code, rows, markdown = run_runner(tmp_path, folder, *args)
+        assert code == 0 and rows and "results/partial.json" in capsys.readouterr().out
+        assert {name: (tmp_path / "results" / name).read_text() for name in full} == full, args
 
 
 def test_only_patterns_accept_words_and_lists(tmp_path):
