@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from support.cli import registry_toml, run_cli, weights_fields
+from support.cli import registry_file, run_cli
 from support.image_folders import write_colour_dataset
 from support.segmentation_fixtures import served_tiny_vistas
 
@@ -75,9 +75,7 @@ def test_library_entry_points_check_the_device_and_name_the_python_parameter(dat
 def tiny_weights_env(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_sizes")
     with served_tiny_vistas(folder, name="tiny_vistas_for_sizes") as weights:
-        registry = folder / "extra.toml"
-        registry.write_text(registry_toml({weights.name: weights_fields(weights)}))
-        yield weights, {"IABN_ZOO_REGISTRY": str(registry), "IABN_ZOO_HOME": str(folder / "home")}
+        yield weights, {"IABN_ZOO_REGISTRY": str(registry_file(folder, weights)), "IABN_ZOO_HOME": str(folder / "home")}
 
 
 def test_sizes_that_cannot_fit_are_refused_before_any_work(data, tmp_path, tiny_weights_env):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from PIL import Image
-from support.cli import registry_toml, run_cli, weights_fields
+from support.cli import registry_file, run_cli
 from support.segmentation_fixtures import TINY_WEIGHTS, served_tiny_vistas
 
 from iabn_zoo.cli.main import main
@@ -189,9 +189,7 @@ def served_in_a_file(tmp_path_factory):
     """The tiny Vistas weights served from loopback and named in a registry file, for CLI processes."""
     folder = tmp_path_factory.mktemp("served_in_a_file")
     with served_tiny_vistas(folder, name="tiny_vistas_in_a_process") as weights:
-        registry = folder / "extra.toml"
-        registry.write_text(registry_toml({weights.name: weights_fields(weights)}))
-        yield weights, {"IABN_ZOO_REGISTRY": str(registry)}
+        yield weights, {"IABN_ZOO_REGISTRY": str(registry_file(folder, weights))}
 
 
 def test_command_in_a_process_draws_bars_at_a_terminal_only(served_in_a_file, tmp_path):

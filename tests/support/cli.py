@@ -135,3 +135,10 @@ def weights_fields(weights) -> dict:
     keys = ("arch", "arch_kwargs", "urls", "md5", "file_name", "num_classes", "task", "metrics", "license",
             "preprocessing", "description", "labels", "file_size")
     return {key: getattr(weights, key) for key in keys if getattr(weights, key) is not None}
+
+
+def registry_file(folder: Path, *weights) -> Path:
+    """`folder/extra.toml` naming each Weights entry, for CLI processes (IABN_ZOO_REGISTRY)."""
+    path = folder / "extra.toml"
+    path.write_text(registry_toml({entry.name: weights_fields(entry) for entry in weights}))
+    return path
