@@ -53,6 +53,7 @@ class RunInfo:
     classes: tuple[str, ...]
     preprocessing: dict[str, Any]
     config: dict[str, Any]
+    task: str = "classification"  # or "segmentation"; runs written before segmentation training have no field
 
     @property
     def num_classes(self) -> int:
@@ -73,7 +74,8 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunInfo:
     try:
         return RunInfo(run_dir=run_dir, arch=document["arch"], arch_kwargs=dict(document["arch_kwargs"]),
                        bn_mode=document["bn_mode"], classes=tuple(document["classes"]),
-                       preprocessing=dict(document["preprocessing"]), config=dict(document["config"]))
+                       preprocessing=dict(document["preprocessing"]), config=dict(document["config"]),
+                       task=str(document.get("task", "classification")))
     except (KeyError, TypeError) as error:
         raise CheckpointError(f"{run_dir / CONFIG_FILE} lacks field {error}; was it written by iabn-zoo finetune?")\
             from None
