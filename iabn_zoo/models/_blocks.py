@@ -213,7 +213,8 @@ def strided_options(network_class: Callable[..., nn.Module], output_stride: int,
     `stage_downsamples`); an explicit dilation as well is a contradiction."""
     if check_output_stride(output_stride) == FULL_STRIDE:
         return options
-    if options.get("dilation", 1) not in (1, False):
+    dilation = options.get("dilation", 1)
+    if dilation is not False and (isinstance(dilation, bool) or dilation != 1):
         raise InvalidArgumentError(f"give output_stride={output_stride} or dilation={options['dilation']!r}, "
                                    "not both: output_stride sets the dilations")
     return {**options, "dilation": stage_dilations(output_stride, network_class.stage_downsamples)}

@@ -85,7 +85,8 @@ def resnext50(bn_mode: str = "inplace", activation: str = "leaky_relu", activati
     return build_family(ResNeXt, (3, 4, 6, 3),
                          bn_mode=bn_mode, activation=activation, activation_param=activation_param,
                          num_classes=num_classes, backend=backend, features_only=features_only,
-                         memory_efficient=memory_efficient, input_3x3=input_3x3, dilation=dilation, groups=groups, output_stride=output_stride)
+                         memory_efficient=memory_efficient, input_3x3=input_3x3, dilation=dilation, groups=groups,
+                         output_stride=output_stride)
 
 
 @register_arch
@@ -97,7 +98,8 @@ def resnext101(bn_mode: str = "inplace", activation: str = "leaky_relu", activat
     return build_family(ResNeXt, (3, 4, 23, 3),
                          bn_mode=bn_mode, activation=activation, activation_param=activation_param,
                          num_classes=num_classes, backend=backend, features_only=features_only,
-                         memory_efficient=memory_efficient, input_3x3=input_3x3, dilation=dilation, groups=groups, output_stride=output_stride)
+                         memory_efficient=memory_efficient, input_3x3=input_3x3, dilation=dilation, groups=groups,
+                         output_stride=output_stride)
 
 
 @register_arch
@@ -109,4 +111,5 @@ def resnext152(bn_mode: str = "inplace", activation: str = "leaky_relu", activat
     return build_family(ResNeXt, (3, 8, 36, 3),
                          bn_mode=bn_mode, activation=activation, activation_param=activation_param,
                          num_classes=num_classes, backend=backend, features_only=features_only,
-                         memory_efficient=memory_efficient, input_3x3=input_3x3, dilation=dilation, groups=groups, output_stride=output_stride)
+                         memory_efficient=memory_efficient, input_3x3=input_3x3, dilation=dilation, groups=groups,
+                         output_stride=output_stride)

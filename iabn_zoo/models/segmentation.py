@@ -1,8 +1,9 @@
 """Segmentation networks: `SegmentationNet` (`body`, DeepLabV3 `head`, 1x1 `cls`) and the Vistas network on it, a
 dilated WideResNet38-A2 body as in the checkpoint (`deeplabv3` builds the same on any zoo backbone).
 
-`forward` returns class logits at the body's output resolution, 1/output_stride of the input (ceil-sized: ceil(H / 8)
-x ceil(W / 8) at the Vistas network's stride 8); resizing them to the image, test-time scales and flips belong to the predictor (`iabn_zoo.tasks.segment`).
+`forward` returns class logits at the body's output resolution, 1/output_stride of the input, ceil-sized (ceil(H / 8)
+x ceil(W / 8) at the Vistas network's stride 8); resizing them to the image, test-time scales and flips belong to
+the predictor (`iabn_zoo.tasks.segment`).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ class SegmentationNet(ZooModule):
         self.head = head
         self.features_only = features_only
         head_stride = body.feature_info[-1].stride  # the head keeps the resolution of the body's output
-        self.feature_info = [FeatureInfo(f"body.{info.module}", info.channels, info.stride) for info in body.feature_info
-                             ] + [FeatureInfo("head", head.out_channels, head_stride)]
+        self.feature_info = [FeatureInfo(f"body.{info.module}", info.channels, info.stride)  # as named_modules
+                             for info in body.feature_info] + [FeatureInfo("head", head.out_channels, head_stride)]
         self.make_classifier(num_classes)
 
     def make_classifier(self, num_classes: int) -> None:

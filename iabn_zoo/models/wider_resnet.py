@@ -100,7 +100,8 @@ def wider_resnet16(bn_mode: str = "inplace", activation: str = "leaky_relu", act
     """Wide ResNet-16 (one block per module), down-sampling by max pooling before mod2..mod6."""
     return build_family(WiderResNet, (1, 1, 1, 1, 1, 1), bn_mode=bn_mode, activation=activation,
                          activation_param=activation_param, num_classes=num_classes, backend=backend,
-                         features_only=features_only, memory_efficient=memory_efficient, a2=False, output_stride=output_stride)
+                         features_only=features_only, memory_efficient=memory_efficient, a2=False,
+                         output_stride=output_stride)
 
 
 @register_arch
@@ -110,7 +111,8 @@ def wider_resnet20(bn_mode: str = "inplace", activation: str = "leaky_relu", act
     """Wide ResNet-20 (1, 1, 1, 3, 1, 1 blocks), down-sampling by max pooling before mod2..mod6."""
     return build_family(WiderResNet, (1, 1, 1, 3, 1, 1), bn_mode=bn_mode, activation=activation,
                          activation_param=activation_param, num_classes=num_classes, backend=backend,
-                         features_only=features_only, memory_efficient=memory_efficient, a2=False, output_stride=output_stride)
+                         features_only=features_only, memory_efficient=memory_efficient, a2=False,
+                         output_stride=output_stride)
 
 
 @register_arch
@@ -120,13 +122,15 @@ def wider_resnet38(bn_mode: str = "inplace", activation: str = "leaky_relu", act
     """Wide ResNet-38 (3, 3, 6, 3, 1, 1 blocks), down-sampling by max pooling before mod2..mod6."""
     return build_family(WiderResNet, (3, 3, 6, 3, 1, 1), bn_mode=bn_mode, activation=activation,
                          activation_param=activation_param, num_classes=num_classes, backend=backend,
-                         features_only=features_only, memory_efficient=memory_efficient, a2=False, output_stride=output_stride)
+                         features_only=features_only, memory_efficient=memory_efficient, a2=False,
+                         output_stride=output_stride)
 
 
 @register_arch
 def wider_resnet16_a2(bn_mode: str = "inplace", activation: str = "leaky_relu", activation_param: float = 0.01,
                       num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
-                      memory_efficient: bool | None = None, *, dilation: bool = False, output_stride: int = 32) -> WiderResNet:
+                      memory_efficient: bool | None = None,
+                      *, dilation: bool = False, output_stride: int = 32) -> WiderResNet:
     """Wide ResNet-16 A2: pooling before mod2, mod3, strided blocks after, dropout in mod6, mod7; `dilation`: OS 8."""
     return build_family(WiderResNet, (1, 1, 1, 1, 1, 1), bn_mode=bn_mode, activation=activation,
                          activation_param=activation_param, num_classes=num_classes, backend=backend,
@@ -137,7 +141,8 @@ def wider_resnet16_a2(bn_mode: str = "inplace", activation: str = "leaky_relu", 
 @register_arch
 def wider_resnet20_a2(bn_mode: str = "inplace", activation: str = "leaky_relu", activation_param: float = 0.01,
                       num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
-                      memory_efficient: bool | None = None, *, dilation: bool = False, output_stride: int = 32) -> WiderResNet:
+                      memory_efficient: bool | None = None,
+                      *, dilation: bool = False, output_stride: int = 32) -> WiderResNet:
     """Wide ResNet-20 A2: pooling before mod2, mod3, strided blocks after, dropout in mod6, mod7; `dilation`: OS 8."""
     return build_family(WiderResNet, (1, 1, 1, 3, 1, 1), bn_mode=bn_mode, activation=activation,
                          activation_param=activation_param, num_classes=num_classes, backend=backend,
@@ -148,7 +153,8 @@ def wider_resnet20_a2(bn_mode: str = "inplace", activation: str = "leaky_relu", 
 @register_arch
 def wider_resnet38_a2(bn_mode: str = "inplace", activation: str = "leaky_relu", activation_param: float = 0.01,
                       num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
-                      memory_efficient: bool | None = None, *, dilation: bool = False, output_stride: int = 32) -> WiderResNet:
+                      memory_efficient: bool | None = None,
+                      *, dilation: bool = False, output_stride: int = 32) -> WiderResNet:
     """Wide ResNet-38 A2: pooling before mod2, mod3, strided blocks after, dropout in mod6, mod7; `dilation`: OS 8
     (the Vistas segmentation body, built with num_classes=0)."""
     return build_family(WiderResNet, (3, 3, 6, 3, 1, 1), bn_mode=bn_mode, activation=activation,
