@@ -7,6 +7,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -98,9 +99,8 @@ def build_with_backbone(arch: str, arch_kwargs: dict[str, Any], source: Backbone
     if source is None:
         return _build(arch, arch_kwargs, bn_mode=bn_mode, num_classes=num_classes, **kwargs)
     wanted = bn_mode or {**arch_kwargs, **kwargs}.get("bn_mode", "inplace")
-    options = {**source.activation, **kwargs,
-               "backbone_kwargs": {**source.backbone_kwargs, **(kwargs.get("backbone_kwargs") or {})}}
-    model = _build(arch, arch_kwargs, bn_mode=source.bn_mode, num_classes=num_classes, **options)
+    model = _build(arch, arch_kwargs, bn_mode=source.bn_mode, num_classes=num_classes,
+                   **_source_options(source, kwargs))
     load_checked(model.body, source.read(progress), source=source.name)
     return convert_norm(model, wanted) if wanted != source.bn_mode else model
 
@@ -142,6 +142,12 @@ def _build_pretrained(weights: Weights, *, bn_mode: str | None, num_classes: int
     return model
 
 
+def _source_options(source: BackboneSource, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Build options that make the backbone take `source`'s tensors: its activation and architecture options."""
+    return {**source.activation, **kwargs,
+            "backbone_kwargs": {**source.backbone_kwargs, **(kwargs.get("backbone_kwargs") or {})}}
+
+
 def build_run_model(info: RunInfo, bn_mode: str | None = None) -> nn.Module:
     """A run's network freshly initialised, in the norm mode it was trained with (or `bn_mode`)."""
     options = {k: v for k, v in info.arch_kwargs.items() if k not in ("bn_mode", "num_classes")}
@@ -180,6 +186,13 @@ def _create_from_run(run_dir: str | os.PathLike[str], *, pretrained: bool, num_c
 def count_parameters(name: str) -> int:
     """Parameters of the network `name` builds, counted on the meta device (nothing allocated or initialised)."""
     list_archs()  # import the family modules outside the meta context
+    options: dict[str, Any] = {}
+    backbone = backbone_of(name) if is_arch(name) else None
+    if backbone is not None:  # the network its default backbone weights shape, without reading them
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            source = backbone_source(backbone, DEFAULT_BACKBONE)
+        options = _source_options(source, {}) if source is not None else {}
     with torch.device("meta"):
-        model = create_model(name, backbone_weights=None)  # nothing downloaded: the count is the same
+        model = create_model(name, backbone_weights=None, **options)
     return sum(parameter.numel() for parameter in model.parameters())
