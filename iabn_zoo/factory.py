@@ -148,6 +148,19 @@ def _source_options(source: BackboneSource, kwargs: dict[str, Any]) -> dict[str,
             "backbone_kwargs": {**source.backbone_kwargs, **(kwargs.get("backbone_kwargs") or {})}}
 
 
+def backbone_options(arch: str, backbone_weights: Any = DEFAULT_BACKBONE) -> dict[str, Any]:
+    """The build options `backbone_weights` bring to architecture `arch` (the activation and `backbone_kwargs` the
+    backbone needs to take them; {} for other architectures or random weights): what a run's `arch_kwargs` records
+    to rebuild the network without them. Reads and downloads nothing, warns nothing."""
+    backbone = backbone_of(arch)
+    if backbone is None:
+        return {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = backbone_source(backbone, backbone_weights)
+    return _source_options(source, {}) if source is not None else {}
+
+
 def build_run_model(info: RunInfo, bn_mode: str | None = None) -> nn.Module:
     """A run's network freshly initialised, in the norm mode it was trained with (or `bn_mode`)."""
     options = {k: v for k, v in info.arch_kwargs.items() if k not in ("bn_mode", "num_classes")}
@@ -186,13 +199,7 @@ def _create_from_run(run_dir: str | os.PathLike[str], *, pretrained: bool, num_c
 def count_parameters(name: str) -> int:
     """Parameters of the network `name` builds, counted on the meta device (nothing allocated or initialised)."""
     list_archs()  # import the family modules outside the meta context
-    options: dict[str, Any] = {}
-    backbone = backbone_of(name) if is_arch(name) else None
-    if backbone is not None:  # the network its default backbone weights shape, without reading them
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            source = backbone_source(backbone, DEFAULT_BACKBONE)
-        options = _source_options(source, {}) if source is not None else {}
+    options = backbone_options(name) if is_arch(name) else {}  # as its default backbone weights shape it
     with torch.device("meta"):
         model = create_model(name, backbone_weights=None, **options)
     return sum(parameter.numel() for parameter in model.parameters())

@@ -11,6 +11,7 @@ from support.segmentation_fixtures import TINY_WEIGHTS, served_tiny_vistas
 
 import iabn_zoo as zoo
 from iabn_zoo.errors import CheckpointError, InvalidArgumentError
+from iabn_zoo import factory
 from iabn_zoo.factory import build_run_model, count_parameters, load_run
 from iabn_zoo.layers import ABN, convert_norm
 from iabn_zoo.weights.catalog import unregister_weights
@@ -205,3 +206,11 @@ def test_export_of_a_deeplabv3_network_and_of_a_segmentation_run(tmp_path):
     run, _ = segmentation_run(tmp_path, output_stride=8)
     program = zoo.export(run, tmp_path / "run.pt2", image_size=64, dynamic_size=True, progress=False)
     assert program.is_file()
+
+
+def test_backbone_options_are_what_a_run_records_to_rebuild_without_weights(loopback_server, registered, tmp_path):
+    serve(loopback_server, registered, tmp_path, trained_like())
+    options = factory.backbone_options("deeplabv3_resnet18", NAME)
+    assert options == {"activation": "leaky_relu", "activation_param": 0.01, "backbone_kwargs": {}}
+    assert factory.backbone_options("deeplabv3_resnet18", "none") == {} == factory.backbone_options("resnet18")
+    assert downloads(loopback_server) == 0
