@@ -19,7 +19,7 @@ from .models._registry import get_arch, is_arch, list_archs
 from .models.deeplabv3 import backbone_of
 from .weights.backbone import DEFAULT as DEFAULT_BACKBONE
 from .weights.backbone import BackboneSource, backbone_source
-from .weights.catalog import Weights, default_weights_for, get_weights, is_weights, list_weights
+from .weights.catalog import Weights, default_weights_for, get_weights, is_weights, list_weights, weights_for_arch
 from .weights.loading import build_pretrained, load_checked
 from .weights.run_reader import RunInfo, is_run_dir, read_run, run_state_dict
 
@@ -70,6 +70,7 @@ def create_model(
         return _create_from_run(name, pretrained=pretrained, num_classes=num_classes, bn_mode=bn_mode)
     weights = resolve_weights(name)
     if weights is None and pretrained:
+        _check_has_weights(name)
         weights = default_weights_for(name)
     if weights is not None and pretrained:
         _check_no_backbone_weights(name, backbone_weights)
@@ -81,6 +82,14 @@ def create_model(
         return _build(arch, arch_kwargs, bn_mode=bn_mode, num_classes=num_classes, **kwargs)
     return build_with_backbone(arch, arch_kwargs, backbone_source(backbone, backbone_weights), bn_mode=bn_mode,
                                num_classes=num_classes, progress=progress, **kwargs)
+
+
+def _check_has_weights(arch: str) -> None:
+    """pretrained=True on a DeepLabV3 architecture without segmentation weights: say what loads by default."""
+    if backbone_of(arch) is not None and not weights_for_arch(arch):
+        raise InvalidArgumentError(
+            f"{arch} has no published segmentation weights; without pretrained=True its backbone starts from "
+            f"{backbone_of(arch)}'s default published weights (choose others with backbone_weights=...)")
 
 
 def _check_no_backbone_weights(name: str, backbone_weights: Any) -> None:

@@ -100,11 +100,12 @@ def run_weights(run_dir: str | os.PathLike[str], *, name: str, url: str, descrip
     info = read_run(run_dir)
     weights_file = info.run_dir / MODEL_FILE
     metrics = read_metrics(info.run_dir)
-    scores = {key: float(metrics[-1][f"val_{key}"]) for key in ("top1", "top5")
+    keys = ("miou", "pixel_accuracy") if info.task == "segmentation" else ("top1", "top5")
+    scores = {key: float(metrics[-1][f"val_{key}"]) for key in keys
               if metrics and metrics[-1].get(f"val_{key}") is not None}
     return Weights(
         name=name, arch=info.arch, arch_kwargs={**info.arch_kwargs, "bn_mode": info.bn_mode}, urls=(url,),
         md5=file_md5(weights_file), file_name=f"{name}.safetensors", num_classes=info.num_classes,
-        task="classification", metrics=scores, license="", preprocessing=dict(info.preprocessing),
+        task=info.task, metrics=scores, license="", preprocessing=dict(info.preprocessing),
         description=description or f"{info.config.get('model')} fine-tuned on {info.config.get('data_dir')}",
         labels=str((info.run_dir / CLASSES_FILE).resolve()), file_size=weights_file.stat().st_size)

@@ -214,3 +214,17 @@ def test_backbone_options_are_what_a_run_records_to_rebuild_without_weights(loop
     assert options == {"activation": "leaky_relu", "activation_param": 0.01, "backbone_kwargs": {}}
     assert factory.backbone_options("deeplabv3_resnet18", "none") == {} == factory.backbone_options("resnet18")
     assert downloads(loopback_server) == 0
+
+
+def test_pretrained_deeplabv3_architecture_without_segmentation_weights_says_what_loads():
+    with pytest.raises(InvalidArgumentError, match="no published segmentation weights; without pretrained=True"):
+        zoo.create_model("deeplabv3_resnet18", pretrained=True)
+
+
+def test_a_published_segmentation_run_is_registered_as_segmentation_weights(tmp_path):
+    run, network = segmentation_run(tmp_path)
+    (run / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 1.0, "val_miou": 41.5, '
+                                       '"val_pixel_accuracy": 80.25}\n')
+    weights = zoo.run_weights(run, name="test_seg_run", url="http://127.0.0.1:1/seg.safetensors")
+    assert weights.task == "segmentation" and weights.metrics == {"miou": 41.5, "pixel_accuracy": 80.25}
+    assert weights.arch == "deeplabv3_resnet18" and weights.arch_kwargs["output_stride"] == 16
