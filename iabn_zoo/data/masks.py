@@ -46,8 +46,11 @@ def image_size(path: Path) -> tuple[int, int]:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 width, height = image.size
-                orientation = image.getexif().get(EXIF_ORIENTATION)
-                image.verify()  # chunk checksums of a PNG; the header of other formats
+                if image.format == "PNG":
+                    image.verify()  # the chunks' checksums, without decoding
+                    orientation = None
+                else:
+                    orientation = image.getexif().get(EXIF_ORIENTATION)
     except (*DECODE_ERRORS, Image.DecompressionBombWarning) as error:
         raise _decode_error(path, "image", error) from None
     return (height, width) if orientation in TRANSPOSING_ORIENTATIONS else (width, height)

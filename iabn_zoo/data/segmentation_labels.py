@@ -81,7 +81,8 @@ def read_classes_csv(path: Path) -> list[str]:
             continue
         if number == 1 and [cell.strip().lower() for cell in row[:2]] == ["index", "name"]:
             continue
-        names[_class_index(path, number, row, names)] = row[1].strip()
+        index = _class_index(path, number, row, names)
+        names[index] = row[1].strip()
     if not names:
         raise DataError(f"{path}: no classes; write one 'index,name' line per class (0,background ...).")
     if sorted(names) != list(range(len(names))):
