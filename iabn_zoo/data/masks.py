@@ -23,6 +23,7 @@ EIGHT_BIT_MODES = frozenset({"L", "P", "1"})
 WIDE_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 EXIF_ORIENTATION = 0x0112
 TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+EIGHT_BIT_MAX = 255
 
 
 class UnreadableFileError(DataError):
@@ -137,7 +138,10 @@ def _mask_header_size(path: Path) -> tuple[int, int]:
 
 
 def to_class_mask(mask: Image.Image, table: LabelTable, ignore_index: int) -> Image.Image:
-    """An 'I' image of class indices (ignore_index where a raw value has no class) from a raw 'L' / 'I' mask."""
+    """An image of class indices (ignore_index where a raw value has no class) from a raw 'L' / 'I' mask: 'L'
+    when every index fits in 8 bits (Pillow maps it through a lookup table), else 'I'."""
+    if mask.mode == "L" and 0 <= ignore_index <= EIGHT_BIT_MAX and len(table.classes) <= EIGHT_BIT_MAX:
+        return mask if table.mapping is None else mask.point(table.lookup(ignore_index))
     values = mask_tensor(mask)
     if table.mapping is not None:
         size = max(256, int(values.max()) + 1) if values.numel() else 256

@@ -92,7 +92,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def load(self, index: int) -> tuple[Image.Image, Image.Image]:
-        """The RGB image and the 'I' class-index mask of pair `index`."""
+        """The RGB image and the class-index mask ('L', or 'I' past 8 bits) of pair `index`."""
         image_path, mask_path = self.pairs[index]
         try:
             image = open_rgb(image_path)

@@ -33,12 +33,13 @@ def classes_from_colours(image: torch.Tensor) -> torch.Tensor:
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), crop=st.tuples(st.integers(8, 80), st.integers(8, 80)),
-       low=st.floats(0.3, 1.0), spread=st.floats(0.0, 1.5), draws=st.integers(0, 2**31))
-def test_mask_stays_aligned_with_the_image_through_scale_crop_and_flip(seed, crop, low, spread, draws):
+       low=st.floats(0.3, 1.0), spread=st.floats(0.0, 1.5), draws=st.integers(0, 2**31),
+       mode=st.sampled_from(["L", "I"]))
+def test_mask_stays_aligned_with_the_image_through_scale_crop_and_flip(seed, crop, low, spread, draws, mode):
     image, mask = scene(seed)
     transform = SegmentationTrainTransform(crop, scale_range=(low, low + spread), ignore_index=255, **RAW)
     torch.manual_seed(draws)
-    pixels, labels = transform(image, as_mask(mask))
+    pixels, labels = transform(image, mask.convert(mode))
     assert pixels.shape == (3, *crop) and labels.shape == crop and labels.dtype == torch.int64
     colour_class = classes_from_colours(pixels)
     labelled = (labels != 255) & (colour_class >= 0)

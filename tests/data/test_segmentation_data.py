@@ -131,6 +131,16 @@ def test_vistas_v12_config_lines_up_with_the_vistas_network_classes(tmp_path):
     assert len(labels) == 66 and data.classes == vistas_classes()
 
 
+def test_vistas_versioned_folders_and_config_name_are_found(tmp_path):
+    write_vistas_data(tmp_path)
+    (tmp_path / "config.json").rename(tmp_path / "config_v1.2.json")
+    for split in ("training", "validation"):
+        (tmp_path / split / "v1.2").mkdir()
+        (tmp_path / split / "labels").rename(tmp_path / split / "v1.2" / "labels")
+    data = open_segmentation_data(tmp_path)
+    assert data.layout == "vistas" and len(data.val) == 2 and data.classes[0] == "Bird"
+
+
 def test_vistas_bad_config_and_label_ids_beyond_it_are_refused(tmp_path):
     write_vistas_data(tmp_path)
     label = next((tmp_path / "training" / "labels").iterdir())
