@@ -3,7 +3,7 @@ scale, crop and flip, augmentation as a function of (seed, epoch, index), `augme
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from support.segmentation_layouts import PALETTE, scene, write_folders_data
