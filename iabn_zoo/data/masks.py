@@ -9,7 +9,6 @@ fast; only masks wider than 8 bits go through torch.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
@@ -40,19 +39,25 @@ def _decode_error(path: Path, what: str, error: BaseException) -> UnreadableFile
     return UnreadableFileError(f"{what} {path} cannot be read ({type(error).__name__}: {error}); remove or replace it.")
 
 
+def _refuse_bomb(image: Image.Image) -> None:
+    """Refuse more pixels than Pillow's limit (without changing warning filters, which threads share)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and image.width * image.height > limit:
+        raise Image.DecompressionBombError(f"{image.width}x{image.height} pixels exceed Pillow's limit of {limit}")
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) of an image as the network sees it (EXIF orientation applied), from its header only."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                if image.format == "PNG":
-                    image.verify()  # the chunks' checksums, without decoding
-                    orientation = None
-                else:
-                    orientation = image.getexif().get(EXIF_ORIENTATION)
-    except (*DECODE_ERRORS, Image.DecompressionBombWarning) as error:
+        with Image.open(path) as image:
+            _refuse_bomb(image)
+            width, height = image.size
+            if image.format == "PNG":
+                image.verify()  # the chunks' checksums, without decoding
+                orientation = None
+            else:
+                orientation = image.getexif().get(EXIF_ORIENTATION)
+    except DECODE_ERRORS as error:
         raise _decode_error(path, "image", error) from None
     return (height, width) if orientation in TRANSPOSING_ORIENTATIONS else (width, height)
 
@@ -60,19 +65,18 @@ def image_size(path: Path) -> tuple[int, int]:
 def read_mask(path: Path) -> Image.Image:
     """The mask at `path` as an 'L' (8-bit) or 'I' (32-bit) image of its raw index values."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                _refuse_mode(path, image.mode)
-                image.load()
-                if image.mode == "P":  # the indices themselves; convert("L") would give the palette's grey levels
-                    return Image.frombytes("L", image.size, image.tobytes())
-                if image.mode == "1":
-                    return image.convert("L").point(lambda value: value // 255)
-                return image.convert("I") if image.mode in WIDE_MODES else image.copy()
+        with Image.open(path) as image:
+            _refuse_mode(path, image.mode)
+            _refuse_bomb(image)
+            image.load()
+            if image.mode == "P":  # the indices themselves; convert("L") would give the palette's grey levels
+                return Image.frombytes("L", image.size, image.tobytes())
+            if image.mode == "1":
+                return image.convert("L").point(lambda value: value // 255)
+            return image.convert("I") if image.mode in WIDE_MODES else image.copy()
     except DataError:
         raise
-    except (*DECODE_ERRORS, Image.DecompressionBombWarning) as error:
+    except DECODE_ERRORS as error:
         raise _decode_error(path, "mask", error) from None
 
 
@@ -129,6 +133,7 @@ def _mask_header_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             _refuse_mode(path, image.mode)
+            _refuse_bomb(image)
             image.verify()
             return image.size
     except DataError:

@@ -10,8 +10,10 @@ seeded by (seed, e, i), so resumes, worker counts and ranks see the same samples
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,7 @@ __all__ = ["SegmentationData", "SegmentationDataset", "detect_layout", "is_segme
 
 JointTransform = Callable[[Image.Image, Image.Image], tuple[torch.Tensor, torch.Tensor]]
 PROGRESS_FROM = 200  # pairs; smaller data sets are checked without a bar
+SCAN_THREADS = min(8, os.cpu_count() or 1)
 
 
 def check_ignore_index(ignore_index: int, num_classes: int) -> int:
@@ -64,16 +67,24 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.skipped: list[tuple[Path, str]] = []
         self.pairs = self._scan(list_pairs(source))
 
+    def _problem(self, pair: tuple[Path, Path]) -> UnreadableFileError | None:
+        """None when the pair passes every check, the error when a file cannot be read; other errors raise."""
+        try:
+            check_pair(*pair, self.source.table, self.ignore_index)
+        except UnreadableFileError as error:
+            return error
+        return None
+
     def _scan(self, pairs: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
-        kept = []
-        bar = progress_bar(pairs, enabled=len(pairs) >= PROGRESS_FROM, desc=f"checking {self.root}", unit="pair")
-        for image, mask in bar:
-            try:
-                check_pair(image, mask, self.source.table, self.ignore_index)
-            except UnreadableFileError as error:
-                self.skipped.append((image, str(error)))
-                continue
-            kept.append((image, mask))
+        # Pillow decodes and counts without the GIL, so threads check several masks at once.
+        pool = ThreadPoolExecutor(max_workers=SCAN_THREADS)
+        try:
+            problems = list(progress_bar(pool.map(self._problem, pairs), total=len(pairs), unit="pair",
+                                         enabled=len(pairs) >= PROGRESS_FROM, desc=f"checking {self.root}"))
+        finally:
+            pool.shutdown(cancel_futures=True)  # after a wrong mask, check no further
+        kept = [pair for pair, problem in zip(pairs, problems) if problem is None]
+        self.skipped = [(pair[0], str(problem)) for pair, problem in zip(pairs, problems) if problem is not None]
         if self.skipped and self.on_error == "raise":
             listing = "\n".join(f"  {reason}" for _, reason in self.skipped)
             raise DataError(f"{len(self.skipped)} unreadable file(s) under {self.root}; remove or replace them, or "
