@@ -23,6 +23,8 @@ WIDE_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 EXIF_ORIENTATION = 0x0112
 TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 EIGHT_BIT_MAX = 255
+# What reading a file may raise: Pillow's decode errors, and its bomb warning where warning filters make it one.
+READ_ERRORS = (*DECODE_ERRORS, Image.DecompressionBombWarning)
 
 
 class UnreadableFileError(DataError):
@@ -57,7 +59,7 @@ def image_size(path: Path) -> tuple[int, int]:
                 orientation = None
             else:
                 orientation = image.getexif().get(EXIF_ORIENTATION)
-    except DECODE_ERRORS as error:
+    except READ_ERRORS as error:
         raise _decode_error(path, "image", error) from None
     return (height, width) if orientation in TRANSPOSING_ORIENTATIONS else (width, height)
 
@@ -76,7 +78,7 @@ def read_mask(path: Path) -> Image.Image:
             return image.convert("I") if image.mode in WIDE_MODES else image.copy()
     except DataError:
         raise
-    except DECODE_ERRORS as error:
+    except READ_ERRORS as error:
         raise _decode_error(path, "mask", error) from None
 
 
@@ -138,7 +140,7 @@ def _mask_header_size(path: Path) -> tuple[int, int]:
             return image.size
     except DataError:
         raise
-    except DECODE_ERRORS as error:
+    except READ_ERRORS as error:
         raise _decode_error(path, "mask", error) from None
 
 

@@ -2,7 +2,8 @@
 
 - "folders":    DATA/{train,val}/images/NAME.{jpg,jpeg,png,...} with DATA/{train,val}/masks/NAME.png (sub-folders
                 mirrored), optional DATA/classes.csv.
-- "cityscapes": DATA/leftImg8bit/{train,val}/CITY/X_leftImg8bit.png with DATA/gtFine/{train,val}/CITY/X_gtFine_labelIds.png.
+- "cityscapes": DATA/leftImg8bit/{train,val}/CITY/X_leftImg8bit.png with
+                DATA/gtFine/{train,val}/CITY/X_gtFine_labelIds.png.
 - "vistas":     DATA/{training,validation}/images/KEY.jpg with .../labels/KEY.png (or .../v1.2/labels/KEY.png), and
                 DATA/config.json (or config_v1.2.json).
 """

@@ -237,3 +237,23 @@ def test_a_file_broken_after_the_scan_is_replaced_in_skip_mode(tmp_path):
         warnings.simplefilter("always")
         image, mask = data.val[1]
     assert image.shape == (3, 32, 48) and any(str(path) in str(w.message) for w in caught)
+
+
+def test_an_image_whose_exif_turns_it_is_paired_with_a_mask_of_the_turned_size(tmp_path):
+    write_folders_data(tmp_path, val=1)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    image_path = tmp_path / "val" / "images" / "000.png"
+    image_path.unlink()
+    Image.new("RGB", (48, 32), (255, 0, 0)).save(image_path.with_suffix(".jpg"), exif=exif)
+    Image.new("L", (32, 48), 1).save(tmp_path / "val" / "masks" / "000.png")
+    image, mask = open_segmentation_data(tmp_path, splits=("val",)).val[0]
+    assert image.shape == (3, 48, 32) and mask.shape == (48, 32)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_files_over_pillows_pixel_limit_are_unreadable(tmp_path, monkeypatch):
+    write_folders_data(tmp_path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 48 * 32 - 1)
+    with pytest.raises(DataError, match="(?s)3 unreadable file.*exceed Pillow's limit"):
+        open_segmentation_data(tmp_path, on_error="raise", splits=("val",))
