@@ -64,8 +64,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.on_error = on_error
         self.seed = seed
         self.epoch = 0
-        self.skipped: list[tuple[Path, str]] = []
-        self.pairs = self._scan(list_pairs(source))
+        self.pairs, self.skipped = self._scan(list_pairs(source))
 
     def _problem(self, pair: tuple[Path, Path]) -> UnreadableFileError | None:
         """None when the pair passes every check, the error when a file cannot be read; other errors raise."""
@@ -75,7 +74,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             return error
         return None
 
-    def _scan(self, pairs: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    def _scan(self, pairs: list[tuple[Path, Path]]) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
+        """The pairs that pass every check, and (image, reason) of those skipped as unreadable."""
         # Pillow decodes and counts without the GIL, so threads check several masks at once.
         pool = ThreadPoolExecutor(max_workers=SCAN_THREADS)
         try:
@@ -84,16 +84,16 @@ class SegmentationDataset(torch.utils.data.Dataset):
         finally:
             pool.shutdown(cancel_futures=True)  # after a wrong mask, check no further
         kept = [pair for pair, problem in zip(pairs, problems) if problem is None]
-        self.skipped = [(pair[0], str(problem)) for pair, problem in zip(pairs, problems) if problem is not None]
-        if self.skipped and self.on_error == "raise":
-            listing = "\n".join(f"  {reason}" for _, reason in self.skipped)
-            raise DataError(f"{len(self.skipped)} unreadable file(s) under {self.root}; remove or replace them, or "
+        skipped = [(pair[0], str(problem)) for pair, problem in zip(pairs, problems) if problem is not None]
+        if skipped and self.on_error == "raise":
+            listing = "\n".join(f"  {reason}" for _, reason in skipped)
+            raise DataError(f"{len(skipped)} unreadable file(s) under {self.root}; remove or replace them, or "
                             f"skip them with {{on_error}} skip:\n{listing}", parameters=("on_error",))
-        for _, reason in self.skipped:
+        for _, reason in skipped:
             warnings.warn(f"skipping a pair: {reason}", stacklevel=3)
         if not kept:
             raise DataError(f"no readable image and mask pair under {self.root}; {LAYOUT_HINT}.")
-        return kept
+        return kept, skipped
 
     def __len__(self) -> int:
         return len(self.pairs)
