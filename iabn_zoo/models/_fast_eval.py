@@ -175,14 +175,14 @@ class FoldedPair(CachedForward):
         """Whether this call runs folded; the convolution (on its input) and the norm (on the convolution's
         output) reach the same answer, so exactly one of them applies the affine."""
         conv, norm = self.conv, self.norm
-        return (not traced() and can_run_fast(norm) and self.intact() and conv.out_channels == norm.num_features
+        return (not traced() and self.intact() and can_run_fast(norm) and conv.out_channels == norm.num_features
                 and not has_hooks(conv) and not has_hooks(norm) and not needs_autograd(x, conv, norm))
 
     def run_conv(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution's forward: folded weights in eval, its own forward otherwise."""
         if not self.folding(x):
-            if self.norm.training:
-                self.cache = None  # training changes the weights: free the folded copy
+            if self.norm is None or self.norm.training:
+                self.cache = None  # training changes the weights (or the norm is gone): free the folded copy
             return type(self.conv).forward(self.conv, x)
         shape = x.shape if can_pack(self.conv, x) else None
         weight, bias = self.folded(spatial_format(x), shape)
