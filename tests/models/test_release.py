@@ -125,3 +125,17 @@ def test_the_fast_eval_objects_go_with_the_network():
         return [model, *owners.values(), *(owner.cache[1] for owner in owners.values() if owner.cache)]
 
     assert_released(use, "fast eval forwards and caches")
+
+
+def test_a_compiled_network_is_freed():
+    """torch 2.13's compile caches do not hold the network (torch._dynamo.reset() would drop them otherwise)."""
+    def use() -> list[nn.Module]:
+        model = build("resnet")
+        compiled = torch.compile(model)
+        loss(compiled(images(dtype=torch.float32))).backward()
+        model.eval()
+        with torch.no_grad():
+            compiled(images(dtype=torch.float32))
+        return [model, compiled]
+
+    assert_released(use, "a compiled network", warm_up=True)
