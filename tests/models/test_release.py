@@ -19,6 +19,7 @@ from iabn_zoo.models._deployable import deployable_copy
 
 
 def build(family: str, **options) -> nn.Module:
+    """`family` at its smallest, in float32, in training mode."""
     return small_model(family, dtype=torch.float32, **options)
 
 
@@ -31,6 +32,7 @@ def eval_forward(model: nn.Module) -> nn.Module:
 
 
 def loss(outputs: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """A scalar from a network's output (or its list of stage maps), for backward."""
     return sum(out.square().mean() for out in (outputs if isinstance(outputs, list) else [outputs]))
 
 
@@ -51,29 +53,35 @@ def grad_in_eval(model: nn.Module) -> nn.Module:
 
 
 def round_trips(model: nn.Module) -> nn.Module:
+    """eval -> train -> eval, running each: the fast path installed, removed and installed again."""
     return eval_forward(train_step(eval_forward(model)))
 
 
 def checkpointed(model: nn.Module) -> nn.Module:
+    """Gradient checkpointing on, a training step, then inference."""
     model.set_grad_checkpointing()
     return eval_forward(train_step(model))
 
 
 def copied(model: nn.Module) -> list[nn.Module]:
+    """A deepcopy of a network on the fast path (caches built), run: both must go."""
     twin = copy.deepcopy(eval_forward(model))
     return [model, eval_forward(twin)]
 
 
 def pickled(model: nn.Module) -> list[nn.Module]:
+    """A pickled and unpickled network on the fast path, run: both must go."""
     twin = pickle.loads(pickle.dumps(eval_forward(model)))
     return [model, eval_forward(twin)]
 
 
 def converted(model: nn.Module) -> nn.Module:
+    """Norm layers replaced in eval mode (the fast path's pairs lose their norm), run again."""
     return eval_forward(convert_norm(eval_forward(model), "standard"))
 
 
 def deployable(model: nn.Module) -> list[nn.Module]:
+    """The folded deployable copy, run: both must go."""
     return [model, eval_forward(deployable_copy(eval_forward(model)))]
 
 
@@ -91,6 +99,7 @@ MODES = {
 
 
 def as_list(used) -> list:
+    """What a mode returned, as the list of objects that must be freed."""
     return used if isinstance(used, list) else [used]
 
 
