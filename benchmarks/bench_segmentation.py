@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchmarks.common import interleaved_medians, row
+from benchmarks.common import current_rss_bytes, interleaved_medians, row
 
 SCALES = (0.7, 1.0, 1.2)
 CLASSES = 65
@@ -71,14 +71,6 @@ def naive(net: nn.Module, x: torch.Tensor, fusion: str) -> torch.Tensor:
         return classes.gather(0, best.argmax(dim=0, keepdim=True))[0]
     total = sum(logits.softmax(dim=1) for logits in passes)
     return total.argmax(dim=1)
-
-
-def current_rss_bytes() -> int:
-    """This process's resident set size now."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def measure_child(method: str, fusion: str, long_side: int) -> dict[str, float]:

@@ -6,6 +6,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -57,3 +58,11 @@ def synchronized(fn: Callable[[], Any], device: str) -> Callable[[], Any]:
         return result
 
     return run
+
+
+def current_rss_bytes() -> int:
+    """This process's resident set size now."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")

@@ -13,6 +13,7 @@ replaces the target, anything else raises `ExportError` and leaves the target as
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import logging
@@ -290,9 +291,13 @@ def export_with_report(model_or_name: nn.Module | str | os.PathLike[str], path: 
     was_training = model.training
     model.eval()
     try:
-        return write_checked(trace_network(model, request, geometry, source.facts), request, started)
+        report = write_checked(trace_network(model, request, geometry, source.facts), request, started)
     finally:
         model.train(was_training)
+    # torch.export's tracer leaves reference cycles holding the traced deployable copy (all its weights): free them
+    # now, not whenever Python's cyclic collector next happens to run
+    gc.collect()
+    return report
 
 
 def export(model_or_name: nn.Module | str | os.PathLike[str], path: str | os.PathLike[str], *,

@@ -12,6 +12,9 @@ cached and recomputed when a parameter or buffer changes in place; writes throug
 next `train()`/`eval()`, which drop the caches. Under torch.compile and torch.export (`traced`) the path steps aside
 for the layers' own eval forwards, which the tracer can see through (it does its own folding).
 
+A module owns its forward override and the root owns the network's FastEval (and its hooks): each names the modules
+it works on weakly (`_weakly_held`), so that a network and its caches are freed by reference counting.
+
 On CPU, dense (groups 1) convolutions, folded or not, on channels-last float32 inputs run on a oneDNN weight packed
 once per input shape: 1x1 ones about 2x faster than `conv2d`, which reorders the weight at every call, larger kernels
 a few percent. Grouped ones measured slower packed, NCHW inputs too. The activation stays a separate in-place step:
@@ -30,6 +33,8 @@ from torch.nn.modules import module as torch_module
 
 from ..errors import InvalidArgumentError
 from ..layers import ABN, activate_
+from ._eval_kernels import dense, eval_affine, pack_weight, packed_conv, spatial_format, tensors_key
+from ._weakly_held import WeakAttribute, WeaklyHeld
 
 SUPPORTED_ACTIVATIONS = ("leaky_relu", "elu", "relu", "identity")
 STATE_ATTR = "_iabn_fast_eval"
@@ -40,22 +45,6 @@ def traced() -> bool:
     """Whether torch.compile or torch.export is tracing this call: the overrides then run the modules' own forwards
     (the prepacked oneDNN weights and the caches keyed by data pointers cannot be traced)."""
     return torch.compiler.is_compiling()
-
-
-def eval_affine(layer: ABN, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel (scale, shift) of a norm-act layer in eval mode: its output is act(x * scale + shift).
-    Computed in `dtype`, by default the layer's own but never below float32 (half types lose ~1e-2 here)."""
-    dtype = dtype or torch.promote_types(layer.weight.dtype, torch.float32)
-    weight, bias = layer.weight.to(dtype), layer.bias.to(dtype)
-    weight = weight if layer.bn_mode == "standard" else weight.abs() + layer.eps
-    scale = weight / torch.sqrt(layer.running_var.to(dtype) + layer.eps)
-    return scale, bias - layer.running_mean.to(dtype) * scale
-
-
-def tensors_key(*tensors: torch.Tensor | None) -> tuple:
-    """Identity, version, dtype and device of tensors: a cache built from them is stale when the key changes."""
-    return tuple(None if t is None else (t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype, t.device)
-                 for t in tensors)
 
 
 def has_hooks(module: nn.Module) -> bool:
@@ -80,18 +69,6 @@ def can_run_fast(layer: ABN) -> bool:
     return not layer.training and layer.activation in SUPPORTED_ACTIVATIONS
 
 
-def dense(x: torch.Tensor) -> bool:
-    """Whether every element of `x` has its own memory (contiguous in some layout), so it can be written over."""
-    return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
-
-
-def spatial_format(x: torch.Tensor) -> torch.memory_format:
-    """The memory format a 4-D activation is in, so cached weights can match it."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def packable(conv: nn.Conv2d) -> bool:
     """Whether a convolution is one that runs faster on a packed weight: dense (groups 1), zero padding given as
     numbers."""
@@ -105,30 +82,21 @@ def can_pack(conv: nn.Conv2d, x: torch.Tensor) -> bool:
             and x.dim() == 4 and spatial_format(x) is torch.channels_last)
 
 
-def pack_weight(conv: nn.Conv2d, weight: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """`weight` (shaped as `conv`'s) reordered into the oneDNN layout best for inputs of `shape`."""
-    return torch._C._nn.mkldnn_reorder_conv2d_weight(weight.contiguous().to_mkldnn(), list(conv.padding),
-                                                     list(conv.stride), list(conv.dilation), conv.groups, list(shape))
-
-
-def packed_conv(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """`conv`'s convolution of `x` with a packed `weight` and `bias`; the output is channels-last."""
-    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, list(conv.padding), list(conv.stride),
-                                                   list(conv.dilation), conv.groups, "none", [], "")
-
-
-class CachedForward:
+class CachedForward(WeaklyHeld):
     """Base of the per-module forwards: copies and pickles leave the cache out (packed oneDNN weights can be neither
     copied nor pickled); it is rebuilt at the next call."""
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable state: everything but the cache."""
-        return {**self.__dict__, "cache": None}
+        return {**super().__getstate__(), "cache": None}
 
 
 class FastNorm(CachedForward):
     """Eval-time forward of one norm-act layer: act(x * scale + shift (+ residual)), or act(x (+ residual)) when
     the convolution before it already applied the affine."""
+
+    layer = WeakAttribute()
+    pair = WeakAttribute()  # the pair owns this forward; the pair's convolution owns the pair
 
     def __init__(self, layer: ABN, pair: FoldedPair | None = None):
         self.layer = layer
@@ -137,8 +105,8 @@ class FastNorm(CachedForward):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """The layer's eval output; the layer's own forward whenever the fast path does not apply."""
-        layer = self.layer
-        if self.pair is not None and self.pair.folding(x):
+        layer, pair = self.layer, self.pair
+        if pair is not None and pair.folding(x):
             layer.check_input(x, residual)
             out = x if residual is None else x.add_(residual)
             return activate_(out, layer.activation, layer.activation_param)
@@ -169,36 +137,52 @@ class FoldedPair(CachedForward):
     """A convolution and the norm-act layer after it in a Sequential, run in eval as one convolution whose weight
     and bias carry the affine, followed by the activation."""
 
+    parent = WeakAttribute()
+    conv = WeakAttribute()
+    norm = WeakAttribute()
+
     def __init__(self, parent: nn.Sequential, conv_name: str, norm_name: str):
         self.parent = parent
         self.conv_name = conv_name
         self.norm_name = norm_name
-        self.conv: nn.Conv2d = parent._modules[conv_name]
-        self.norm: ABN = parent._modules[norm_name]
-        self.conv_forward = self.run_conv
-        self.norm_forward = FastNorm(self.norm, self).forward
+        self.conv = parent._modules[conv_name]
+        self.norm = parent._modules[norm_name]
+        self.norm_fast = FastNorm(self.norm, self)
         self.cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def conv_forward(self) -> Any:
+        """The convolution's override (a bound method made on demand: stored on the pair it would be a cycle)."""
+        return self.run_conv
+
+    @property
+    def norm_forward(self) -> Any:
+        """The norm layer's override."""
+        return self.norm_fast.forward
 
     def intact(self) -> bool:
         """Both modules are still in place, next to each other, with this pair's forwards. Bound methods compare
         with ==: a deepcopy may copy one method twice (once per reference), both bound to the same copied pair."""
-        modules = self.parent._modules
-        return (modules.get(self.conv_name) is self.conv and modules.get(self.norm_name) is self.norm
-                and self.conv.__dict__.get("forward") == self.conv_forward
-                and self.norm.__dict__.get("forward") == self.norm_forward)
+        parent, conv, norm = self.parent, self.conv, self.norm
+        if parent is None or conv is None or norm is None:
+            return False
+        modules = parent._modules
+        return (modules.get(self.conv_name) is conv and modules.get(self.norm_name) is norm
+                and conv.__dict__.get("forward") == self.conv_forward
+                and norm.__dict__.get("forward") == self.norm_forward)
 
     def folding(self, x: torch.Tensor) -> bool:
         """Whether this call runs folded; the convolution (on its input) and the norm (on the convolution's
         output) reach the same answer, so exactly one of them applies the affine."""
         conv, norm = self.conv, self.norm
-        return (not traced() and can_run_fast(norm) and self.intact() and conv.out_channels == norm.num_features
+        return (not traced() and self.intact() and can_run_fast(norm) and conv.out_channels == norm.num_features
                 and not has_hooks(conv) and not has_hooks(norm) and not needs_autograd(x, conv, norm))
 
     def run_conv(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution's forward: folded weights in eval, its own forward otherwise."""
         if not self.folding(x):
-            if self.norm.training:
-                self.cache = None  # training changes the weights: free the folded copy
+            if self.norm is None or self.norm.training:
+                self.cache = None  # training changes the weights (or the norm is gone): free the folded copy
             return type(self.conv).forward(self.conv, x)
         shape = x.shape if can_pack(self.conv, x) else None
         weight, bias = self.folded(spatial_format(x), shape)
@@ -229,6 +213,8 @@ class FoldedPair(CachedForward):
 class PackedConv(CachedForward):
     """Eval-time forward of a packable convolution that is not folded: its own weight, packed for the input shape
     while no autograd, hooks or unsuited input are involved; its own forward otherwise."""
+
+    conv = WeakAttribute()
 
     def __init__(self, conv: nn.Conv2d):
         self.conv = conv
@@ -265,21 +251,36 @@ def folded_pairs(module: nn.Module) -> Iterator[FoldedPair]:
                 yield FoldedPair(sequential, conv_name, norm_name)
 
 
-class FastEval:
+class FastEval(WeaklyHeld):
     """The fast path of one network: whether it is wanted, and while installed, the forwards it overrode and the
-    channels-last hooks on its root. Modules another FastEval already overrode (a nested network) stay its own."""
+    channels-last hooks on its root. Modules another FastEval already overrode (a nested network) stay its own.
+    The root owns it (and its hooks): it names the root and the overridden modules weakly."""
+
+    root = WeakAttribute()
 
     def __init__(self, root: nn.Module, *, enabled: bool = True, channels_last: bool | None = None):
         self.root = root
         self.enabled = enabled
         self.channels_last = channels_last
-        self.overridden: list[tuple[nn.Module, Any]] = []
+        self.installed: list[tuple[weakref.ref, Any]] = []
         self.handles: list[Any] = []
         self.converted: weakref.ref | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        """Picklable state: the reference to a call's converted input is transient (and weak)."""
-        return {**self.__dict__, "converted": None}
+        """Picklable state: the overridden modules named strongly, no reference to a call's converted input (it is
+        transient, and weak)."""
+        state = {key: value for key, value in super().__getstate__().items() if key != "installed"}
+        return {**state, "overridden": self.overridden, "converted": None}
+
+    @property
+    def overridden(self) -> list[tuple[nn.Module, Any]]:
+        """(module, forward) for every override this FastEval installed and whose module is still alive."""
+        return [(module, forward) for module, forward in ((ref(), forward) for ref, forward in self.installed)
+                if module is not None]
+
+    @overridden.setter
+    def overridden(self, pairs: list[tuple[nn.Module, Any]]) -> None:
+        self.installed = [(weakref.ref(module), forward) for module, forward in pairs]
 
     def install(self) -> None:
         """(Re)install on the root's current modules: overrides for pairs, lone norm layers and lone packable
@@ -305,7 +306,7 @@ class FastEval:
         if "forward" in module.__dict__:
             return any(owned is module for owned, _ in self.overridden)
         module.forward = forward
-        self.overridden.append((module, forward))
+        self.installed.append((weakref.ref(module), forward))
         return True
 
     def uninstall(self) -> None:
@@ -315,12 +316,12 @@ class FastEval:
                 del module.__dict__["forward"]
         for handle in self.handles:
             handle.remove()
-        self.overridden.clear()
+        self.installed.clear()
         self.handles.clear()
 
-    def wants_channels_last(self, x: Any) -> bool:
+    def wants_channels_last(self, root: nn.Module, x: Any) -> bool:
         """Channels-last for this call: eval, no autograd, a contiguous 4-D input, on CPU unless set explicitly."""
-        if (self.root.training or torch.is_grad_enabled() or not isinstance(x, torch.Tensor) or x.dim() != 4
+        if (root.training or torch.is_grad_enabled() or not isinstance(x, torch.Tensor) or x.dim() != 4
                 or not x.is_contiguous()):
             return False
         return self.channels_last if self.channels_last is not None else x.device.type == "cpu"
@@ -330,7 +331,7 @@ class FastEval:
         if traced():
             return None
         self.converted = None
-        if not args or not self.wants_channels_last(args[0]):
+        if not args or not self.wants_channels_last(root, args[0]):
             return None
         converted = args[0].contiguous(memory_format=torch.channels_last)
         self.converted = weakref.ref(converted)
