@@ -42,13 +42,15 @@ def resolve_weights(name: str) -> Weights | None:
 def create_model(
     name: str,
     *,
-    pretrained: bool = False,
+    pretrained: bool | None = None,
     num_classes: int | None = None,
     bn_mode: str | None = None,
     progress: bool = True,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build architecture or weights `name`; `pretrained=True` downloads, verifies and loads the published weights.
+    """Build architecture or weights `name`; `pretrained=True` downloads, verifies and loads the published weights
+    (a name without any is refused), left out or False builds random weights. A fine-tuning RUN directory always
+    means its trained weights unless `pretrained=False` asks for a fresh network of its architecture.
 
     A `num_classes` other than the checkpoint's keeps the backbone and gives a freshly initialised classifier;
     `bn_mode` overrides the mode the weights were trained with through the exact conversions of `convert_norm`.
@@ -58,7 +60,7 @@ def create_model(
     if bn_mode is not None and bn_mode not in BN_MODES:
         raise InvalidArgumentError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
     if not is_arch(name) and not is_weights(name) and is_run_dir(name):  # a fine-tuning RUN directory
-        return _create_from_run(name, pretrained=pretrained, num_classes=num_classes, bn_mode=bn_mode)
+        return _create_from_run(name, pretrained=pretrained is not False, num_classes=num_classes, bn_mode=bn_mode)
     weights = resolve_weights(name)
     if weights is None and pretrained:
         weights = default_weights_for(name)

@@ -6,7 +6,15 @@ import argparse
 import sys
 
 from .exit_codes import exit_code
-from .options import add_batch_size, add_command, add_device, add_image_size, add_precision, progress_allowed
+from .options import (
+    add_batch_size,
+    add_command,
+    add_device,
+    add_image_size,
+    add_precision,
+    add_pretrained,
+    progress_allowed,
+)
 from .output import emit
 
 PREDICT_COLUMNS = ("image", "rank", "index", "name", "probability")
@@ -17,8 +25,8 @@ def register(subparsers) -> None:
     parser = add_command(
         subparsers, "predict", help="classify images with a network",
         description="Print the most probable classes of each image. MODEL is a weights name, an architecture (its "
-                    "default published weights, or random ones with a warning when it has none) or a fine-tuning "
-                    "RUN directory (its classes). Unreadable images are reported and skipped (exit code 8).")
+                    "default published weights; one without any is refused unless --no-pretrained) or a fine-tuning "
+                    "RUN directory (its weights and classes). Unreadable images are reported and skipped (exit code 8).")
     parser.add_argument("model", metavar="MODEL", help="weights or architecture name, or a RUN directory")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format and mode Pillow reads)")
     parser.add_argument("--topk", type=int, default=5, help="how many classes to show per image")
@@ -27,6 +35,7 @@ def register(subparsers) -> None:
                                 "model's own, 224 for the published weights)")
     add_device(parser)
     add_precision(parser)
+    add_pretrained(parser)
     parser.set_defaults(func=run_predict)
 
 
@@ -51,7 +60,7 @@ def run_predict(args: argparse.Namespace) -> int:
         ratio = preprocessing["resize"] / preprocessing["crop"]
         preprocessing = {**preprocessing, "crop": args.image_size, "resize": round(args.image_size * ratio)}
     check_inference_fits(args.model, preprocessing["crop"], args.batch_size, device, resize=preprocessing["resize"])
-    classifier = load_classifier(args.model, progress=progress_allowed(args))
+    classifier = load_classifier(args.model, progress=progress_allowed(args), pretrained=args.pretrained)
     what = f"classifying {args.batch_size} image(s) at a time at {preprocessing['crop']} px"
     with out_of_memory_guard(what, ("batch_size", "image_size")):
         results = predict_images(classifier.model.to(device), args.images, names=classifier.names,

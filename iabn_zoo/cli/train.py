@@ -15,6 +15,7 @@ from .options import (
     add_num_workers,
     add_on_error,
     add_precision,
+    add_pretrained,
     progress_allowed,
 )
 from .output import emit
@@ -108,6 +109,7 @@ def add_evaluate(subparsers: Any) -> None:
     add_device(parser)
     add_on_error(parser)
     add_precision(parser)
+    add_pretrained(parser)
     parser.set_defaults(func=run_evaluate)
 
 
@@ -150,7 +152,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     scores = evaluate(args.model, args.data, ten_crops=args.ten_crops, scale=args.scale, crop=args.image_size,
                       batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
                       on_error=args.on_error, progress=progress_allowed(args),
-                      precision=args.precision)
+                      precision=args.precision, pretrained=args.pretrained)
     emit(scores, as_json=args.json)
     if scores["skipped"]:
         print(f"iabn-zoo: {scores['skipped']} unreadable image(s) skipped", file=sys.stderr)

@@ -137,13 +137,14 @@ def check_output_folder(folder: str | os.PathLike[str], *, needed: int = 0, advi
     check_room_in(start, needed=needed, target=folder, advice=advice, context=context)
 
 
-def check_output_file(path: str | os.PathLike[str], *, needed: int = 0, advice: str | None = None) -> None:
+def check_output_file(path: str | os.PathLike[str], *, needed: int = 0, advice: str | None = None,
+                      context: str = "") -> None:
     """Refuse, before any work, a file target that cannot be written: a folder in its place, or a parent folder
     that cannot hold it (see `check_output_folder`). Creates nothing."""
     path = Path(path)
     if path.is_dir():
-        raise storage_error(OSError(errno.EISDIR, "is a folder"), path, advice=advice)
-    check_output_folder(path.parent, needed=needed, advice=advice)
+        raise storage_error(OSError(errno.EISDIR, "is a folder"), path, advice=advice, context=context)
+    check_output_folder(path.parent, needed=needed, advice=advice, context=context)
 
 
 def check_room_in(directory: Path, *, needed: int = 0, target: Path | None = None, advice: str | None = None,

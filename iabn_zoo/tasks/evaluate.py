@@ -79,7 +79,7 @@ def evaluate_model(model: nn.Module, dataset: torch.utils.data.Dataset, *, ten_c
 def evaluate(model: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, ten_crops: bool = False,
              scale: int | None = None, crop: int | None = None, batch_size: int = 32, num_workers: int = 2,
              device: str | None = None, on_error: str = "skip", progress: bool = True,
-             precision: str = "fp32") -> dict[str, Any]:
+             precision: str = "fp32", pretrained: bool = True) -> dict[str, Any]:
     """Top-1/top-5 (percent) and image count of `model` (what create_model accepts, or a RUN directory) over the
     folder `data_dir`. `scale` (shorter side) and `crop` default to the network's preprocessing (ImageNet: 256 and
     224); `precision` is fp32, bf16 or fp16 (CUDA only). Every option, the data folder and the memory the sizes need
@@ -94,7 +94,7 @@ def evaluate(model: str | os.PathLike[str], data_dir: str | os.PathLike[str], *,
     scale = scale if scale is not None else int(prep.get("resize", round(crop * 256 / 224)))
     check_inference_fits(model, crop, batch_size * (10 if ten_crops else 1), target, resize=scale,
                          lower=("crop", "scale", "batch_size"))
-    network = load_classifier(model, progress=progress)
+    network = load_classifier(model, progress=progress, pretrained=pretrained)
     dataset = evaluation_set(network, root, ten_crops=ten_crops, scale=scale, crop=crop, on_error=on_error,
                              folders=folders)
     with out_of_memory_guard(f"evaluating at {crop} px with a batch of {batch_size}", ("crop", "batch_size")):

@@ -19,7 +19,8 @@ from iabn_zoo.weights.catalog import unregister_weights
 REPO = Path(__file__).resolve().parents[2]
 KINDS = {errors.ZooError: 1, errors.InvalidArgumentError: 2, errors.UnknownNameError: 3, errors.RegistryError: 4,
          errors.DownloadError: 5, errors.ChecksumError: 6, errors.CheckpointError: 7, errors.DataError: 8,
-         errors.ExportError: 9, errors.ResourceLimitError: 10}
+         errors.ExportError: 9, errors.ResourceLimitError: 10,
+         errors.StorageError: 11}
 
 
 def documented_codes(text: str) -> dict[int, str]:

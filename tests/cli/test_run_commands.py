@@ -108,7 +108,7 @@ def test_resume_refuses_what_cannot_continue_and_continues_the_rest(colour_run, 
     assert [json.loads(line)["epoch"] for line in (copy / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
-def test_predict_takes_a_run_and_an_architecture_without_weights(colour_run):
+def test_predict_takes_a_run_and_an_architecture_without_weights_only_on_request(colour_run):
     data, run, _ = colour_run
     images = sorted((data / "val").rglob("*.png"))
     from_run = run_cli("predict", run, *images, "--topk", "1", "--batch-size", "2", "--json", tty=True)
@@ -117,9 +117,11 @@ def test_predict_takes_a_run_and_an_architecture_without_weights(colour_run):
     assert [r["image"] for r in results] == [str(image) for image in images]
     assert {r["predictions"][0]["name"] for r in results} <= {"blue", "green", "red"}
     assert re.search(rf"predict: +\d+%\|.*\| *\d+/{len(images)}", from_run.stderr)  # the bar, in some state
-    random = run_cli("predict", "resnet18", images[0], "--topk", "2")
+    refused = run_cli("predict", "resnet18", images[0], "--topk", "2")  # the one no-weights rule: asked, refused
+    assert refused.returncode == 2 and "architecture 'resnet18' has no published weights" in refused.stderr
+    assert "--no-pretrained" in refused.stderr and refused.stdout == ""
+    random = run_cli("predict", "resnet18", images[0], "--topk", "2", "--no-pretrained")
     assert random.returncode == 0, random.stderr
-    assert "iabn-zoo: warning: resnet18 has no published weights" in random.stderr
     assert len([line for line in random.stdout.splitlines() if "class " in line]) == 2
     not_a_run = run_cli("predict", data, images[0])
     assert not_a_run.returncode == 8 and "is not a fine-tuning run directory" in not_a_run.stderr
