@@ -80,9 +80,9 @@ def run_segment(args: argparse.Namespace) -> int:
     targets = output_paths(images, args.out)
     kind = output_kind(args.output, args.prob_bits)
     todo = outputs_to_write(targets, kind, overwrite=args.overwrite)
+    check_output_folder(args.out, context="nothing was segmented")
     check_segmentation_fits(weights.name, [images[i] for i in todo], long_side=long_side, scales=scales,
                             fusion=args.fusion, device=device)
-    check_output_folder(args.out, context="nothing was segmented")
     rows = [{"input": str(image), "output": str(target), "status": f"kept (a {kind} output exists; --overwrite "
              "replaces it)"} for image, target in zip(images, targets)]
     failed = 0

@@ -33,15 +33,16 @@ CAUSES: dict[int, tuple[str, str]] = {
     errno.EISDIR: ("not-a-file", "{path} is a folder, not a file"),
     errno.EFBIG: ("too-large", "{path} grew past the largest file this process may write (ulimit -f)"),
 }
-ADVICE = {
-    "full": "free some space there or choose another location",
-    "quota": "free some of your files there or choose another location",
-    "read-only": "choose a location on a writable disk",
-    "permission": "fix its permissions or choose another location",
-    "not-a-folder": "remove or rename that file, or choose another location",
-    "not-a-file": "name a file inside it, or choose another location",
-    "too-large": "raise the limit or choose a smaller output",
-    "other": "check the disk and choose another location if it persists",
+# what fixes each cause where it is; the caller's alternative ("choose another location") follows
+REMEDY = {
+    "full": "free some space there",
+    "quota": "free some of your files there",
+    "read-only": "make it writable",
+    "permission": "fix its permissions",
+    "not-a-folder": "remove or rename that file",
+    "not-a-file": "name a file inside it",
+    "too-large": "raise the limit",
+    "other": "check the disk",
 }
 # safetensors reports I/O failures as its own error whose text holds the OS error's number: "(os error 28)" or
 # "Os { code: 28, ... }", depending on its version
@@ -71,13 +72,14 @@ def os_error_of(error: BaseException) -> OSError | None:
 def storage_error(error: OSError, path: str | os.PathLike[str], *, needed: int | None = None,
                   advice: str | None = None, context: str = "") -> StorageError:
     """The StorageError of `error` met while writing `path`: the cause in words (with the bytes needed and free for
-    a full disk), `context` (what was kept or lost) and what to do."""
+    a full disk), `context` (what was kept or lost) and what to do: the remedy of the cause, or `advice` (the
+    alternative the caller offers, "choose another location" by default)."""
     path = Path(path)
     reason, cause = CAUSES.get(error.errno or 0, ("other", "cannot write {path} ({detail})"))
     text = cause.format(path=path, detail=error.strerror or error)
     if reason == "full":
         text += ": " + room_words(path, needed)
-    parts = [text, context, advice or ADVICE[reason]]
+    parts = [text, context, f"{REMEDY[reason]} or {advice or 'choose another location'}"]
     return StorageError("; ".join(part for part in parts if part), path=str(path), reason=reason)
 
 

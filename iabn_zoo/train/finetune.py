@@ -83,7 +83,7 @@ def finetune(model: str, data_dir: str | os.PathLike[str], out_dir: str | os.Pat
         return FinetuneResult(run_dir=Path(cfg.out_dir), metrics=metrics, model=trainer.model.eval())
 
 
-ADVICE = "free some space there or choose another run folder"
+ADVICE = "choose another run folder"
 
 
 def say_what_the_resume_does(cfg: FinetuneConfig, batch: int) -> None:

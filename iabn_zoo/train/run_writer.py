@@ -120,7 +120,8 @@ def save_epoch(run_dir: Path, point: ResumePoint, *, description: dict[str, Any]
     kept = (f"the run keeps epoch {point.epoch - 1} as its resume point (`--resume` continues from it)"
             if previous is not None else "the run has no finished epoch yet")
     context = f"epoch {point.epoch} was not saved; {kept}"
-    check_room_in(run_dir, needed=needed, context=context)
+    advice = "move the run folder to a disk with room"
+    check_room_in(run_dir, needed=needed, context=context, advice=advice)
     writers = {tensor_name: lambda path: save_file(tensors, str(path), metadata={"epoch": str(point.epoch)}),
                MODEL_FILE: lambda path: save_file(weights, str(path), metadata={
                    "epoch": str(point.epoch), "format": "iabn-zoo fine-tuning run"}),
@@ -128,7 +129,7 @@ def save_epoch(run_dir: Path, point: ResumePoint, *, description: dict[str, Any]
     staged: dict[str, Path] = {}
     committed = False
     try:
-        with storage_guard(run_dir, needed=needed, context=context):
+        with storage_guard(run_dir, needed=needed, context=context, advice=advice):
             for name, write in writers.items():
                 staged[name] = write_temporary(run_dir / name, write)
             # the switch-over: the tensor file under its name, resume.json (the commit point), then the rest

@@ -27,8 +27,7 @@ OFFLINE_ENV = "IABN_ZOO_OFFLINE"
 PART_SUFFIX = ".part"
 LOCK_SUFFIX = ".lock"
 STAMP_DIR = ".verified"
-CACHE_ADVICE = (f"free some space or fix the permissions there, or point {HOME_ENV} to a writable folder with "
-                "room")
+CACHE_ADVICE = f"point {HOME_ENV} to a writable folder with room"
 
 
 def cache_root() -> Path:
