@@ -39,7 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def show_warning_line(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one line each, without the Python file, line and source that `warnings` shows by default."""
+    """Warnings as one line each, without the Python file, line and source that `warnings` shows by default; under
+    torchrun once, by rank 0 (every rank says the same), except what only one rank can know (SampleWarning)."""
+    if os.environ.get("RANK", "0") != "0":
+        from ..data.folders import SampleWarning
+
+        if not issubclass(category, SampleWarning):
+            return
     text = " ".join(str(message).split())
     print(f"iabn-zoo: warning: {text}", file=sys.stderr if file is None else file)
 

@@ -98,7 +98,8 @@ def add_evaluate(subparsers: Any) -> None:
     parser = add_command(
         subparsers, "evaluate", help="top-1/top-5 accuracy over a folder data set",
         description="Score MODEL (whatever create_model accepts, or a fine-tuning RUN directory) on DATA in the "
-                    "ImageFolder layout (or DATA/val when present). Top-5 is null for fewer than five classes.")
+                    "ImageFolder layout (or DATA/val when present). Top-5 is null for five classes or fewer (where "
+                    "it is always 100 percent).")
     parser.add_argument("model", metavar="MODEL", help="weights or architecture name, or a RUN directory")
     parser.add_argument("data", metavar="DATA", help="folder of class sub-folders, or one holding val/")
     parser.add_argument("--ten-crops", action="store_true", help="average the logits of ten crops")

@@ -319,8 +319,8 @@ def export(model_or_name: nn.Module | str | os.PathLike[str], path: str | os.Pat
     program (`.pt2`) of standard operators, checked against the eager network after writing.
 
     `image_size` is one side or (height, width), by default the size the network was trained or published at
-    (a run's crop, the weights' preprocessing crop; 224 for an architecture or a module); `dynamic_size=True` makes height and width dynamic from the
-    network's minimum up (`geometry`); the batch is dynamic unless `dynamic_batch=False`. `precision` fp16/bf16
+    (a run's crop, the weights' preprocessing crop; 224 for an architecture or a module); `dynamic_size=True`
+    makes height and width dynamic from the network's minimum up (`geometry`); the batch is dynamic unless `dynamic_batch=False`. `precision` fp16/bf16
     computes in that type inside the graph (bf16 only as `.pt2`). Raises `ExportError` when the check finds a
     difference above 1e-4 relative (1e-2 in fp16/bf16), `InvalidArgumentError` for bad options before any work."""
     return export_with_report(model_or_name, path, format=format, image_size=image_size, batch_size=batch_size,

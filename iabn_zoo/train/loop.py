@@ -18,7 +18,7 @@ from .loaders import Loaders
 from .logs import RunLogs
 from .model import build_model
 from .optim import freeze, lr_factor, make_optimizer, set_lr, stage_modules
-from .processes import Processes, all_reduce_tally, autocast_dtype
+from .processes import Processes, all_reduce_tally, autocast_dtype, buffer_sync_option
 from .run_writer import ResumePoint, has_resume_point, load_resume_point, save_epoch
 
 
@@ -62,7 +62,7 @@ class Trainer:
             return self.model
         device_ids = [self.procs.device] if self.procs.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids,
-                                                   broadcast_buffers=not self.sync)
+                                                   **buffer_sync_option(self.sync))
 
     def restore(self, state: ResumePoint) -> None:
         """Continue from a resume point: weights, optimizer, scaler, RNG, counters and earlier metrics."""
@@ -134,7 +134,7 @@ class Trainer:
             tally.add(self.criterion(logits, targets).item() * targets.numel(), *count_correct(logits, targets),
                       targets.numel())
         total = all_reduce_tally(tally, self.procs)
-        top5 = total.top5_percent if len(self.classes) >= TOPK else None  # top-5 of fewer classes says nothing
+        top5 = total.top5_percent if len(self.classes) > TOPK else None  # of TOPK classes or fewer: always 100%
         return {"val_loss": total.loss, "val_top1": total.top1_percent, "val_top5": top5, "val_images": total.images}
 
     def save(self) -> None:

@@ -25,7 +25,15 @@ from ..errors import CheckpointError
 from ..system.files import fsync_directory, write_atomic, write_temporary
 from ..system.storage import check_room_in, safetensors_bytes, storage_guard
 from ..system.tensor_files import read_safetensors, storable
-from ..weights.run_reader import CLASSES_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE, RESUME_FILE, read_json, read_metrics
+from ..weights.run_reader import (
+    CLASSES_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    RESUME_FILE,
+    read_json,
+    read_metrics,
+)
 
 FORMAT_VERSION = 1
 OPTIMIZER_PREFIX = "optimizer."

@@ -33,7 +33,8 @@ def test_codes_are_distinct_and_documented_in_cli_and_readme():
     assert {kind: exit_codes.exit_code(kind) for kind in KINDS} == KINDS and len(set(KINDS.values())) == len(KINDS)
     for text in (exit_codes.__doc__, (REPO / "README.md").read_text()):
         documented = documented_codes(text)
-        assert set(KINDS.values()) | {0, exit_codes.EXIT_INTERNAL, exit_codes.EXIT_INTERRUPTED} == set(documented), documented
+        expected = set(KINDS.values()) | {0, exit_codes.EXIT_INTERNAL, exit_codes.EXIT_INTERRUPTED}
+        assert expected == set(documented), documented
         assert "unknown name" in documented[3] and "checksum" in documented[6] and "image" in documented[8]
 
 

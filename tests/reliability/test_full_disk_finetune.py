@@ -87,8 +87,8 @@ def test_a_disk_full_in_the_second_epoch_keeps_the_first_and_resume_ends_as_if_n
     assert "epoch 2 was not saved; the run keeps epoch 1 as its resume point" in stopped.stderr
     assert "internal error" not in stopped.stderr and "Traceback" not in stopped.stderr
     assert sorted(path.name for path in run.iterdir() if path.is_file()) == [
-        "classes.csv", "config.json", "curves.png", "metrics.jsonl", "model.safetensors", "resume-epoch0001.safetensors",
-        "resume.json"], "a partial file of epoch 2 was left behind"
+        "classes.csv", "config.json", "curves.png", "metrics.jsonl", "model.safetensors",
+        "resume-epoch0001.safetensors", "resume.json"], "a partial file of epoch 2 was left behind"
     assert json.loads((run / "resume.json").read_text())["epoch"] == 1
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]
     assert tensorboard_epochs(run) == [1]
@@ -97,6 +97,12 @@ def test_a_disk_full_in_the_second_epoch_keeps_the_first_and_resume_ends_as_if_n
     assert all(torch.equal(saved[key], kept["model." + key]) for key in saved)  # the weights are epoch 1's
 
     del saved, kept  # memory-mapped: the files they map would go on taking space on the small disk
+
+    config = (run / "config.json").read_bytes()  # a resume that cannot continue leaves config.json as it was
+    longer = subprocess.run(finetune_command(data, run, "--resume", "--epochs", "4"), env=process_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert longer.returncode == 11 and "nothing was trained or written" in longer.stderr, longer.stderr
+    assert (run / "config.json").read_bytes() == config
     filler.unlink()
     resumed = subprocess.run(finetune_command(data, run, "--resume"), env=process_env(), capture_output=True,
                              text=True, timeout=300)

@@ -69,7 +69,8 @@ def test_export_into_a_read_only_or_full_folder_writes_nothing(mounts, tmp_path)
     (full / "kept.txt").write_text("already here")
     before = snapshot(full)
     done = run_cli("export", "resnet18", "--no-pretrained", "--out", full / "net.onnx")
-    assert_storage_error(done, f"no space left on the device holding {full}: ", "MB needed, ", "MB free; nothing was exported")
+    assert_storage_error(done, f"no space left on the device holding {full}: ", "MB needed, ",
+                         "MB free; nothing was exported")
     assert snapshot(full) == before
 
 
