@@ -59,10 +59,10 @@ def run_predict(args: argparse.Namespace) -> int:
             raise bad_argument(name, f"must be >= 1, got {value}")
     device = resolve_device(args.device)
     check_precision(args.precision, device)  # before any download
-    images, skipped = image_inputs(args.images)  # the paths too
+    preprocessing = model_preprocessing(args.model)  # an unknown name fails here
+    images, skipped = image_inputs(args.images)  # and the paths too, before any download
     for folder, count in skipped.items():
         print(f"iabn-zoo: {count} file(s) in {folder} skipped: not images by their extension", file=sys.stderr)
-    preprocessing = model_preprocessing(args.model)
     if args.image_size is not None:
         ratio = preprocessing["resize"] / preprocessing["crop"]
         preprocessing = {**preprocessing, "crop": args.image_size, "resize": round(args.image_size * ratio)}
