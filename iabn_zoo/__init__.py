@@ -41,6 +41,7 @@ _EXPORTS = {
     "export": "deploy.exporter",
     "deployable_copy": "models._deployable",
     "ResourceLimitError": "errors",
+    "StorageError": "errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -81,7 +81,19 @@ class DownloadError(ZooError):
     """A file could not be fetched (network, quota page, offline mode, unwritable cache)."""
 
 
-class CacheWriteError(DownloadError):
+class StorageError(ZooError):
+    """A file or folder cannot be written: the disk is full, the quota is spent, the file system is read-only, the
+    permissions forbid it, or a file stands where a folder should be. The message names the path, the cause and
+    what to do; `path` and `reason` (full, quota, read-only, permission, not-a-folder, too-large, other) say it to
+    code. Raised before any work where the need is known in advance; a failed write leaves no partial file."""
+
+    def __init__(self, message: str = "", *, path: str = "", reason: str = "other", parameters=()):
+        self.path = path
+        self.reason = reason
+        super().__init__(message, parameters=parameters)
+
+
+class CacheWriteError(DownloadError, StorageError):
     """The cache cannot be written (disk full, permissions): no other source would help."""
 
 
@@ -110,6 +122,8 @@ class ExportError(ZooError):
     def __init__(self, message: str, *, difference: float | None = None):
         self.difference = difference
         super().__init__(message)
+
+
 class ResourceLimitError(ZooError, MemoryError):
     """The work does not fit this machine (memory of the CPU or the device): the message says how much it needs or
     where it ran out, and which sizes to lower."""

@@ -46,14 +46,16 @@ def resolve_weights(name: str) -> Weights | None:
 def create_model(
     name: str,
     *,
-    pretrained: bool = False,
+    pretrained: bool | None = None,
     num_classes: int | None = None,
     bn_mode: str | None = None,
     progress: bool = True,
     backbone_weights: Any = DEFAULT_BACKBONE,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build architecture or weights `name`; `pretrained=True` downloads, verifies and loads the published weights.
+    """Build architecture or weights `name`; `pretrained=True` downloads, verifies and loads the published weights
+    (a name without any is refused), left out or False builds random weights. A fine-tuning RUN directory always
+    means its trained weights unless `pretrained=False` asks for a fresh network of its architecture.
 
     A `num_classes` other than the checkpoint's keeps the backbone and gives a freshly initialised classifier;
     `bn_mode` overrides the mode the weights were trained with through the exact conversions of `convert_norm`.
@@ -67,7 +69,7 @@ def create_model(
         raise InvalidArgumentError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
     if not is_arch(name) and not is_weights(name) and is_run_dir(name):  # a fine-tuning RUN directory
         _check_no_backbone_weights(name, backbone_weights)
-        return _create_from_run(name, pretrained=pretrained, num_classes=num_classes, bn_mode=bn_mode)
+        return _create_from_run(name, pretrained=pretrained is not False, num_classes=num_classes, bn_mode=bn_mode)
     weights = resolve_weights(name)
     if weights is None and pretrained:
         _check_has_weights(name)

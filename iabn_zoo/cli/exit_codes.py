@@ -3,6 +3,7 @@
 Exit codes: 0 success, 1 other zoo error, 2 bad usage or option, 3 unknown name, 4 malformed registry,
 5 download failed, 6 checksum mismatch, 7 unreadable checkpoint, 8 bad image or data set, 9 export failed or
 differs from the eager network, 10 resource limit (out of memory: lower the sizes the message names),
+11 storage error (no space or quota left or an output path that cannot be written: see the message),
 70 internal error (a bug: run with --debug and report it), 130 interrupted.
 """
 
@@ -17,6 +18,7 @@ from ..errors import (
     InvalidArgumentError,
     RegistryError,
     ResourceLimitError,
+    StorageError,
     UnknownNameError,
     ZooError,
 )
@@ -29,6 +31,7 @@ EXIT_INTERRUPTED = 130
 # Most specific class first: the first entry an error is an instance of gives its code.
 ERROR_CODES: tuple[tuple[type[ZooError], int], ...] = (
     (ChecksumError, 6),
+    (StorageError, 11),
     (DownloadError, 5),
     (InvalidArgumentError, EXIT_USAGE),
     (UnknownNameError, 3),

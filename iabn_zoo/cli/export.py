@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..errors import InvalidArgumentError
-from .options import add_batch_size, add_command, add_precision, progress_allowed
+from .options import add_batch_size, add_command, add_precision, add_pretrained, progress_allowed
 from .output import emit
 
 DESCRIPTION = (
@@ -29,16 +29,17 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--out", required=True, metavar="PATH", help="file to write (.onnx or .pt2)")
     parser.add_argument("--format", choices=("onnx", "exported-program"),
                         help="default: from the suffix of PATH (.onnx, .pt2)", default=None)
-    parser.add_argument("--image-size", default="224", metavar="S|H,W",
-                        help="input side, or height,width; the example size with --dynamic-size")
+    parser.add_argument("--image-size", default=None, metavar="S|H,W",
+                        help="input side, or height,width (default: the size the network was trained or published "
+                             "at: a run's --image-size, the weights' crop; 224 for an architecture); the example "
+                             "size with --dynamic-size")
     add_batch_size(parser, default=1, help="batch of the exported example (the batch stays dynamic unless "
                                            "--static-batch)")
     parser.add_argument("--static-batch", action="store_true", help="fix the batch at --batch-size")
     parser.add_argument("--dynamic-size", action="store_true",
                         help="dynamic height and width (from 64 px for the classifiers, 680 px for Vistas)")
     add_precision(parser, help="weights and activations inside the graph (bf16: .pt2 only)")
-    parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
-                        help="load the published weights (--no-pretrained: random ones)")
+    add_pretrained(parser)
     parser.set_defaults(func=run_export)
 
 
@@ -59,19 +60,22 @@ def run_export(args: argparse.Namespace) -> int:
     """Export, then print the path, the file size and the difference the check measured."""
     from ..deploy import export_with_report
 
-    report = export_with_report(args.model, args.out, format=args.format, image_size=parse_size(args.image_size),
+    size = parse_size(args.image_size) if args.image_size else None  # None: the network's own size
+    report = export_with_report(args.model, args.out, format=args.format, image_size=size,
                                 batch_size=args.batch_size, dynamic_batch=not args.static_batch,
                                 dynamic_size=args.dynamic_size, precision=args.precision,
                                 pretrained=args.pretrained, progress=progress_allowed(args))
     summary = {"path": str(report.path), "format": report.format, "precision": report.precision,
                "file_size": report.file_size, "max_difference": report.max_difference,
                "tolerance": report.tolerance, "check_shape": list(report.check_shape),
+               "input_size": "x".join(map(str, report.metadata["input_size"][1:])),
                "seconds": round(report.seconds, 2),
                "metadata": str(report.metadata_path) if report.metadata_path else None}
     if args.json:
         emit(summary, as_json=True)
     else:
         emit({**summary, "file_size": f"{report.file_size / 2**20:.1f} MiB ({report.file_size} bytes)",
-              "max_difference": f"{report.max_difference:.2e} (relative, allowed {report.tolerance:g})",
-              "check_shape": "x".join(map(str, report.check_shape))}, as_json=False)
+              "max_difference": f"{report.max_difference:.2e} (relative)", "tolerance": f"{report.tolerance:g}",
+              "check_shape": "x".join(map(str, report.check_shape)),
+              "metadata": summary["metadata"] or f"inside {report.path.name}"}, as_json=False)
     return 0

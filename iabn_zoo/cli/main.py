@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import ZooError
 from ..system.resources import out_of_memory_guard
+from ..system.storage import is_storage_failure, os_error_of, storage_error
 from .exit_codes import EXIT_INTERNAL, EXIT_INTERRUPTED, exit_code
 from .options import HelpFormatter, add_shared_flags, merge_global_flags, spell_option
 
@@ -38,7 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def show_warning_line(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one line each, without the Python file, line and source that `warnings` shows by default."""
+    """Warnings as one line each, without the Python file, line and source that `warnings` shows by default; under
+    torchrun once, by rank 0 (every rank says the same), except what only one rank can know (SampleWarning)."""
+    if os.environ.get("RANK", "0") != "0":
+        from ..data.folders import SampleWarning
+
+        if not issubclass(category, SampleWarning):
+            return
     text = " ".join(str(message).split())
     print(f"iabn-zoo: warning: {text}", file=sys.stderr if file is None else file)
 
@@ -77,9 +84,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BrokenPipeError:  # the reader went away (`iabn-zoo list | head`): the command itself succeeded
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
-        except Exception as error:  # a bug, not a user error: say so, keep the traceback behind --debug
-            if args.debug:
+        except Exception as error:
+            if not is_storage_failure(error):  # a bug, not a user error: say so, keep the traceback behind --debug
+                return internal_error(error, args.debug)
+            if args.debug:  # a write the library did not guard: still the user's disk, not a bug
                 traceback.print_exc()
-            print(f"iabn-zoo: internal error: {type(error).__name__}: {error} (rerun with --debug and report it)",
-                  file=sys.stderr)
-            return EXIT_INTERNAL
+            cause = os_error_of(error)
+            failure = storage_error(cause, getattr(cause, "filename", None) or getattr(error, "filename", None)
+                                    or "an output file")
+            print(f"iabn-zoo: error: {failure}", file=sys.stderr)
+            return exit_code(failure)
+
+
+def internal_error(error: Exception, debug: bool) -> int:
+    """Report a bug: say so, keep the traceback behind --debug."""
+    if debug:
+        traceback.print_exc()
+    print(f"iabn-zoo: internal error: {type(error).__name__}: {error} (rerun with --debug and report it)",
+          file=sys.stderr)
+    return EXIT_INTERNAL

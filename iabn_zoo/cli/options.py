@@ -82,6 +82,14 @@ def add_image_size(parser: argparse.ArgumentParser, *aliases: str, default: int 
     parser.add_argument("--image-size", *aliases, dest="image_size", type=int, default=default, help=help)
 
 
+def add_pretrained(parser: argparse.ArgumentParser) -> None:
+    """--pretrained/--no-pretrained: the trained weights (default; a name without any is refused), or random ones
+    on purpose. The one no-weights rule, shared by every command that runs a network."""
+    parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                        help="load the trained weights (default; a name without published weights is refused); "
+                             "--no-pretrained: random weights on purpose (a RUN always has its own)")
+
+
 def add_num_workers(parser: argparse.ArgumentParser, default: int | None = NUM_WORKERS) -> None:
     """--num-workers: data loading processes."""
     parser.add_argument("--num-workers", type=int, default=default,

@@ -6,7 +6,15 @@ import argparse
 import sys
 
 from .exit_codes import exit_code
-from .options import add_batch_size, add_command, add_device, add_image_size, add_precision, progress_allowed
+from .options import (
+    add_batch_size,
+    add_command,
+    add_device,
+    add_image_size,
+    add_precision,
+    add_pretrained,
+    progress_allowed,
+)
 from .output import emit
 
 PREDICT_COLUMNS = ("image", "rank", "index", "name", "probability")
@@ -17,21 +25,26 @@ def register(subparsers) -> None:
     parser = add_command(
         subparsers, "predict", help="classify images with a network",
         description="Print the most probable classes of each image. MODEL is a weights name, an architecture (its "
-                    "default published weights, or random ones with a warning when it has none) or a fine-tuning "
-                    "RUN directory (its classes). Unreadable images are reported and skipped (exit code 8).")
+                    "default published weights; one without any is refused unless --no-pretrained) or a "
+                    "fine-tuning RUN directory (its weights and classes). Unreadable images are reported and skipped "
+                    "(exit code 8).")
     parser.add_argument("model", metavar="MODEL", help="weights or architecture name, or a RUN directory")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format and mode Pillow reads)")
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="image files (any format and mode Pillow reads) or folders of them (searched "
+                             "recursively, in sorted order; files without an image extension skipped)")
     parser.add_argument("--topk", type=int, default=5, help="how many classes to show per image")
     add_batch_size(parser)
     add_image_size(parser, help="center crop side in pixels, the shorter side resized in proportion (default: the "
                                 "model's own, 224 for the published weights)")
     add_device(parser)
     add_precision(parser)
+    add_pretrained(parser)
     parser.set_defaults(func=run_predict)
 
 
 def run_predict(args: argparse.Namespace) -> int:
     """Classify every image; unreadable ones are reported on stderr and make the exit code 8 at the end."""
+    from ..data.folders import image_inputs
     from ..errors import DataError, bad_argument
     from ..system.devices import resolve_device
     from ..system.resources import out_of_memory_guard
@@ -46,15 +59,18 @@ def run_predict(args: argparse.Namespace) -> int:
             raise bad_argument(name, f"must be >= 1, got {value}")
     device = resolve_device(args.device)
     check_precision(args.precision, device)  # before any download
-    preprocessing = model_preprocessing(args.model)
+    preprocessing = model_preprocessing(args.model)  # an unknown name fails here
+    images, skipped = image_inputs(args.images)  # and the paths too, before any download
+    for folder, count in skipped.items():
+        print(f"iabn-zoo: {count} file(s) in {folder} skipped: not images by their extension", file=sys.stderr)
     if args.image_size is not None:
         ratio = preprocessing["resize"] / preprocessing["crop"]
         preprocessing = {**preprocessing, "crop": args.image_size, "resize": round(args.image_size * ratio)}
     check_inference_fits(args.model, preprocessing["crop"], args.batch_size, device, resize=preprocessing["resize"])
-    classifier = load_classifier(args.model, progress=progress_allowed(args))
+    classifier = load_classifier(args.model, progress=progress_allowed(args), pretrained=args.pretrained)
     what = f"classifying {args.batch_size} image(s) at a time at {preprocessing['crop']} px"
     with out_of_memory_guard(what, ("batch_size", "image_size")):
-        results = predict_images(classifier.model.to(device), args.images, names=classifier.names,
+        results = predict_images(classifier.model.to(device), images, names=classifier.names,
                                  preprocessing=preprocessing, topk=args.topk, batch_size=args.batch_size,
                                  progress=progress_allowed(args), precision=args.precision)
     for result in results:

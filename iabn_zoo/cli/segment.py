@@ -46,13 +46,14 @@ def register(subparsers) -> None:
 def run_segment(args: argparse.Namespace) -> int:
     """Segment every input image and write its PNG; returns 8 if some images were unreadable, else 0.
 
-    Every option, the inputs, the existing outputs and the memory the images need are checked before the output
-    folder is created or the weights are loaded."""
+    Every option, the inputs, the existing outputs, the output folder (writable) and the memory the images need
+    are checked before the weights are loaded; the output folder is created once they are."""
     from ..data.images import open_rgb
     from ..errors import bad_argument
     from ..system.devices import resolve_device
     from ..system.progress import progress_bar, write_line
     from ..system.resources import out_of_memory_guard
+    from ..system.storage import check_output_folder
     from ..tasks.precision import check_precision
     from ..tasks.render import render
     from ..tasks.segment import SegmentationPredictor, parse_scales
@@ -79,9 +80,9 @@ def run_segment(args: argparse.Namespace) -> int:
     targets = output_paths(images, args.out)
     kind = output_kind(args.output, args.prob_bits)
     todo = outputs_to_write(targets, kind, overwrite=args.overwrite)
+    check_output_folder(args.out, context="nothing was segmented")
     check_segmentation_fits(weights.name, [images[i] for i in todo], long_side=long_side, scales=scales,
                             fusion=args.fusion, device=device)
-    make_output_folder(args.out)
     rows = [{"input": str(image), "output": str(target), "status": f"kept (a {kind} output exists; --overwrite "
              "replaces it)"} for image, target in zip(images, targets)]
     failed = 0
@@ -89,6 +90,7 @@ def run_segment(args: argparse.Namespace) -> int:
         predictor = SegmentationPredictor.from_weights(weights.name, progress=progress_allowed(args), device=device,
                                                        scales=scales, flip=args.flip, fusion=args.fusion,
                                                        long_side=long_side, precision=args.precision)
+        make_output_folder(args.out)  # only now: a failed download or a bad checkpoint leaves no empty folder
         colors, names = class_table(weights.name, args.output)
         for i in progress_bar(todo, enabled=progress_allowed(args), desc="segment", unit="image"):
             try:

@@ -15,6 +15,7 @@ from .options import (
     add_num_workers,
     add_on_error,
     add_precision,
+    add_pretrained,
     progress_allowed,
 )
 from .output import emit
@@ -97,7 +98,8 @@ def add_evaluate(subparsers: Any) -> None:
     parser = add_command(
         subparsers, "evaluate", help="top-1/top-5 accuracy over a folder data set",
         description="Score MODEL (whatever create_model accepts, or a fine-tuning RUN directory) on DATA in the "
-                    "ImageFolder layout (or DATA/val when present). Top-5 is null for fewer than five classes.")
+                    "ImageFolder layout (or DATA/val when present). Top-5 is null for five classes or fewer (where "
+                    "it is always 100 percent).")
     parser.add_argument("model", metavar="MODEL", help="weights or architecture name, or a RUN directory")
     parser.add_argument("data", metavar="DATA", help="folder of class sub-folders, or one holding val/")
     parser.add_argument("--ten-crops", action="store_true", help="average the logits of ten crops")
@@ -108,6 +110,7 @@ def add_evaluate(subparsers: Any) -> None:
     add_device(parser)
     add_on_error(parser)
     add_precision(parser)
+    add_pretrained(parser)
     parser.set_defaults(func=run_evaluate)
 
 
@@ -150,7 +153,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     scores = evaluate(args.model, args.data, ten_crops=args.ten_crops, scale=args.scale, crop=args.image_size,
                       batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
                       on_error=args.on_error, progress=progress_allowed(args),
-                      precision=args.precision)
+                      precision=args.precision, pretrained=args.pretrained)
     emit(scores, as_json=args.json)
     if scores["skipped"]:
         print(f"iabn-zoo: {scores['skipped']} unreadable image(s) skipped", file=sys.stderr)

@@ -7,8 +7,9 @@ way in `__getitem__`, so a bad file never crashes a loader worker in the middle 
 
 from __future__ import annotations
 
+import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,34 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
 def is_image_file(path: Path) -> bool:
     """Whether `path` has an image extension (matched case-insensitively) and is not a hidden file."""
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+class SampleWarning(UserWarning):
+    """An image of this process's own share of the data failed to load: under torchrun only the rank that met it
+    knows, so every rank reports its own (other messages are the same on every rank: rank 0 alone prints them)."""
+
+
+def image_inputs(inputs: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], dict[Path, int]]:
+    """The image files named by `inputs`: files as given, folders searched recursively in sorted order (hidden
+    files and files without an image extension skipped, counted per folder). A missing path, or a folder holding
+    no image, is a DataError naming it; checked before any network is loaded."""
+    images: list[Path] = []
+    skipped: dict[Path, int] = {}
+    for item in map(Path, inputs):
+        if item.is_file():
+            images.append(item)
+        elif item.is_dir():
+            found = sorted(path for path in item.rglob("*") if path.is_file())
+            kept = [path for path in found if is_image_file(path)]
+            if not kept:
+                raise DataError(f"folder {item} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); name "
+                                "image files or another folder")
+            images.extend(kept)
+            if len(found) > len(kept):
+                skipped[item] = len(found) - len(kept)
+        else:
+            raise DataError(f"{item} does not exist; give image files or folders of images")
+    return images, skipped
 
 
 def find_classes(root: str | Path) -> list[str]:
@@ -150,7 +179,7 @@ class ImageFolder(torch.utils.data.Dataset):
             except DataError as error:
                 if self.on_error == "raise":
                     raise
-                warnings.warn(f"{error} Another image takes its place.", stacklevel=3)
+                warnings.warn(f"{error} Another image takes its place.", SampleWarning, stacklevel=3)
         raise DataError(f"no image under {self.root} could be decoded")
 
     def __getitem__(self, index: int) -> tuple[Any, int]:

@@ -60,7 +60,12 @@ def print_memory(model: str, batch: int, size: int) -> None:
               f"{row['step_seconds']:>7.3f}s {row['time_ratio']:>6.2f}")
 
 
-def deployed_accuracies(run_dir: Path, val_dir: Path, image_size: int) -> None:
+def shown(path: Path, kept: bool) -> str:
+    """`path` when the demo keeps it (--workdir), else words: printing a path deleted at the end would mislead."""
+    return str(path) if kept else "a temporary folder (deleted at the end; --workdir DIR keeps the files)"
+
+
+def deployed_accuracies(run_dir: Path, val_dir: Path, image_size: int, kept: bool) -> None:
     """Export the run to ONNX, then print the held-out top-1 of the eager network, of the ONNX file in
     onnxruntime and of the eager network in bf16."""
     from ..deploy import export_with_report
@@ -69,7 +74,8 @@ def deployed_accuracies(run_dir: Path, val_dir: Path, image_size: int) -> None:
     from ..tasks.evaluate import evaluate, evaluate_model, evaluation_set
 
     report = export_with_report(run_dir, run_dir / "digits.onnx", image_size=image_size)
-    print(f"exported the run to {report.path} ({report.file_size / 2**20:.1f} MiB); checked in onnxruntime: max "
+    print(f"exported the run to ONNX in {shown(report.path, kept)} ({report.file_size / 2**20:.1f} MiB); checked "
+          "in onnxruntime: max "
           f"difference {report.max_difference:.1e} relative to the eager network")
     eager = evaluate(run_dir, val_dir, num_workers=0, device="cpu")
     bf16 = evaluate(run_dir, val_dir, num_workers=0, device="cpu", precision="bf16")
@@ -88,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train_count, val_count = write_digits(workdir / "digits", args.image_size)
         print(f"scikit-learn digits: {train_count} training and {val_count} validation images, 10 classes, "
-              f"{args.image_size}x{args.image_size} px, in {workdir / 'digits'}")
+              f"{args.image_size}x{args.image_size} px, in {shown(workdir / 'digits', args.workdir is not None)}")
         print(f"fine-tuning {args.model} (bn_mode inplace) for {args.epochs} epochs on the CPU ...", flush=True)
         start = time.perf_counter()
         result = finetune(args.model, workdir / "digits", workdir / "run", epochs=args.epochs,
@@ -102,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print_memory(args.model, args.batch_size, max(args.image_size, 32))
         print()
-        deployed_accuracies(workdir / "run", workdir / "digits" / "val", args.image_size)
+        deployed_accuracies(workdir / "run", workdir / "digits" / "val", args.image_size, args.workdir is not None)
         return 0
     finally:
         if args.workdir is None:

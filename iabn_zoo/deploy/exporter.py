@@ -32,10 +32,13 @@ from .. import __version__
 from ..errors import ExportError, InvalidArgumentError
 from ..models._deployable import deployable_copy
 from ..system.files import atomic_path, write_atomic
+from ..system.storage import check_output_file, storage_guard
 from ..tasks.precision import DTYPES, check_precision, to_float32
 from .geometry import Geometry, check_takes, network_geometry, parse_image_size
 from .runtimes import RUNNERS, TOLERANCES, relative_difference
 from .source import resolve_source
+
+DEFAULT_SIZE = 224  # the input side of a network that records none (an architecture, a module)
 
 FORMATS = {"onnx": ".onnx", "exported-program": ".pt2"}
 INPUT_NAME = "images"
@@ -253,7 +256,8 @@ def write_checked(traced: Traced, request: ExportRequest, started: float | None 
     started = time.perf_counter() if started is None else started
     metadata = export_metadata(traced.facts, request, traced.geometry, traced.outputs)
     tolerance = TOLERANCES[request.precision]
-    with atomic_path(request.path) as temporary:
+    with storage_guard(request.path, context=f"nothing was written to {request.path}"), \
+            atomic_path(request.path) as temporary:
         if request.format == "onnx":
             write_onnx(traced.program, temporary, metadata, traced.outputs)
         else:
@@ -267,25 +271,31 @@ def write_checked(traced: Traced, request: ExportRequest, started: float | None 
     metadata_path = None
     if request.format == "exported-program":
         metadata_path = sidecar_path(request.path)
-        write_atomic(metadata_path, (json.dumps(metadata, indent=2) + "\n").encode())
+        with storage_guard(metadata_path, context=f"{request.path} was written, its metadata was not"):
+            write_atomic(metadata_path, (json.dumps(metadata, indent=2) + "\n").encode())
     return ExportReport(request.path, request.format, request.precision, file_size, difference, tolerance,
                         tuple(traced.images.shape), time.perf_counter() - started, metadata, metadata_path)
 
 
 def export_with_report(model_or_name: nn.Module | str | os.PathLike[str], path: str | os.PathLike[str], *,
-                       format: str | None = None, image_size: int | Sequence[int] = 224, batch_size: int = 1,
-                       dynamic_batch: bool = True, dynamic_size: bool = False, precision: str = "fp32",
-                       pretrained: bool = True, progress: bool = True) -> ExportReport:
+                       format: str | None = None, image_size: int | Sequence[int] | None = None,
+                       batch_size: int = 1, dynamic_batch: bool = True, dynamic_size: bool = False,
+                       precision: str = "fp32", pretrained: bool = True, progress: bool = True) -> ExportReport:
     """`export`, returning what was written and the difference its check measured."""
     started = time.perf_counter()
-    request = check_request(path, format=format, image_size=image_size, batch_size=batch_size,
-                            dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, precision=precision)
+    check_request(path, format=format, image_size=image_size or DEFAULT_SIZE, batch_size=batch_size,
+                  dynamic_batch=dynamic_batch, dynamic_size=dynamic_size, precision=precision)
     source = resolve_source(model_or_name, pretrained=pretrained, progress=progress)
+    request = check_request(path, format=format, image_size=image_size or source.size or DEFAULT_SIZE,
+                            batch_size=batch_size, dynamic_batch=dynamic_batch, dynamic_size=dynamic_size,
+                            precision=precision)
     blueprint = source.blueprint()
     geometry = network_geometry(blueprint)
     if request.dynamic_size:
         geometry.check_dynamic(request.size)
     check_takes(blueprint, request.size)
+    check_output_file(request.path, needed=graph_bytes(blueprint, request.precision),
+                      context="nothing was exported")  # before the weights are downloaded and the network traced
     del blueprint
     model = source.build()
     was_training = model.training
@@ -300,15 +310,22 @@ def export_with_report(model_or_name: nn.Module | str | os.PathLike[str], path: 
     return report
 
 
+def graph_bytes(blueprint: nn.Module, precision: str) -> int:
+    """About the size of the exported file: the network's weights in the exported precision (fp32 for fp32)."""
+    width = 4 if precision == "fp32" else 2
+    return sum(t.numel() for t in blueprint.state_dict().values() if t.is_floating_point()) * width
+
+
 def export(model_or_name: nn.Module | str | os.PathLike[str], path: str | os.PathLike[str], *,
-           format: str | None = None, image_size: int | Sequence[int] = 224, batch_size: int = 1,
+           format: str | None = None, image_size: int | Sequence[int] | None = None, batch_size: int = 1,
            dynamic_batch: bool = True, dynamic_size: bool = False, precision: str = "fp32",
            pretrained: bool = True, progress: bool = True) -> Path:
     """Export a network (module, architecture, weights name or RUN directory) to ONNX (`.onnx`) or a torch.export
     program (`.pt2`) of standard operators, checked against the eager network after writing.
 
-    `image_size` is one side or (height, width); `dynamic_size=True` makes height and width dynamic from the
-    network's minimum up (`geometry`); the batch is dynamic unless `dynamic_batch=False`. `precision` fp16/bf16
+    `image_size` is one side or (height, width), by default the size the network was trained or published at
+    (a run's crop, the weights' preprocessing crop; 224 for an architecture or a module); `dynamic_size=True`
+    makes height and width dynamic from the network's minimum up (`geometry`); the batch is dynamic unless `dynamic_batch=False`. `precision` fp16/bf16
     computes in that type inside the graph (bf16 only as `.pt2`). Raises `ExportError` when the check finds a
     difference above 1e-4 relative (1e-2 in fp16/bf16), `InvalidArgumentError` for bad options before any work."""
     return export_with_report(model_or_name, path, format=format, image_size=image_size, batch_size=batch_size,

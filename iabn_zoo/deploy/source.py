@@ -34,6 +34,7 @@ class Source:
     build: Callable[[], nn.Module]
     blueprint: Callable[[], nn.Module]
     facts: dict[str, Any] = field(default_factory=dict)
+    size: int | None = None  # the side it was trained or published at (its preprocessing crop), if recorded
 
 
 def on_meta(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
@@ -75,10 +76,11 @@ def run_source(run_dir: str | os.PathLike[str]) -> Source:
     base = info.config.get("model")
     license_text = resolve_weights(base).license if isinstance(base, str) and is_weights(base) else ""
     prep = info.preprocessing
-    facts = {"weights": None, "run": str(Path(run_dir).resolve()), "arch": info.arch, "task": info.task,
+    facts = {"weights": None, "run": Path(run_dir).resolve().name, "arch": info.arch, "task": info.task,
              "source_md5": file_md5(info.run_dir / MODEL_FILE), "mean": list(prep.get("mean", ())),
              "std": list(prep.get("std", ())), "class_names": list(info.classes), "license": license_text}
-    return Source(lambda: load_run(run_dir), on_meta(lambda: build_run_model(info)), facts)
+    return Source(lambda: load_run(run_dir), on_meta(lambda: build_run_model(info)), facts,
+                  size=prep.get("crop"))
 
 
 def name_source(name: str, *, pretrained: bool, progress: bool) -> Source:
@@ -90,12 +92,13 @@ def name_source(name: str, *, pretrained: bool, progress: bool) -> Source:
         return Source(lambda: create_model(name, backbone_weights=None),
                       on_meta(lambda: create_model(name, backbone_weights=None)),
                       {"weights": None, "arch": name, "source_md5": None, "license": ""})
+    size = weights.preprocessing.get("crop")
     if not pretrained:
         facts = {**weights_facts(weights), "weights": None, "source_md5": None, "license": ""}
         return Source(lambda: create_model(weights.name, backbone_weights=None),
-                      on_meta(lambda: create_model(weights.name, backbone_weights=None)), facts)
+                      on_meta(lambda: create_model(weights.name, backbone_weights=None)), facts, size)
     return Source(lambda: create_model(weights.name, pretrained=True, progress=progress),
-                  on_meta(lambda: create_model(weights.name)), weights_facts(weights))
+                  on_meta(lambda: create_model(weights.name)), weights_facts(weights), size)
 
 
 def resolve_source(model: nn.Module | str | os.PathLike[str], *, pretrained: bool = True,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -58,6 +58,22 @@ def commit(temporary: Path, target: Path) -> None:
     fsync_file(temporary)
     os.replace(temporary, target)
     fsync_directory(target.parent)
+
+
+def write_temporary(target: Path, write: Callable[[Path], object]) -> Path:
+    """The new content of `target` written by `write(path)` (any library) to a fresh temporary sibling and fsynced,
+    for the caller to rename into place with others (`os.replace`) or remove; removed here when writing fails."""
+    temporary = temporary_sibling(target)
+    mode = stat.S_IMODE(temporary.stat().st_mode)
+    try:
+        write(temporary)
+        if stat.S_IMODE(temporary.stat().st_mode) != mode:  # the writer replaced the file (safetensors does, 0600)
+            os.chmod(temporary, mode)
+        fsync_file(temporary)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return temporary
 
 
 @contextmanager

@@ -8,7 +8,6 @@ without published weights a randomly initialised network (said once, since its a
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,15 +56,16 @@ def model_preprocessing(model: str | os.PathLike[str]) -> dict[str, Any]:
     return {**DEFAULT_PREPROCESSING, **(weights.preprocessing if weights is not None else {})}
 
 
-def load_classifier(model: str | os.PathLike[str], *, progress: bool = True) -> Classifier:
-    """The network `model` names, in eval mode on the CPU."""
+def load_classifier(model: str | os.PathLike[str], *, progress: bool = True, pretrained: bool = True) -> Classifier:
+    """The network `model` names, in eval mode on the CPU: a RUN directory with its weights, a name with its
+    published weights (refused when it has none), or with `pretrained=False` a randomly initialised one."""
     if is_run_dir(model):
         classes = list(read_run(model).classes)
         return Classifier(load_run(model), classes, [{name} for name in classes], model_preprocessing(model))
     weights = published_weights(model)
-    if weights is None:
-        warnings.warn(f"{model} has no published weights: its outputs come from a randomly initialised network",
-                      stacklevel=2)
+    if weights is None and pretrained:
+        default_weights_for(str(model))  # raises: the one message for a name without weights
+    if weights is None or not pretrained:
         network = create_model(str(model)).eval()
         outputs = network.get_classifier().out_features
         return Classifier(network, [f"class {index}" for index in range(outputs)], [set() for _ in range(outputs)],

@@ -41,12 +41,19 @@ def class_index_map(folders: list[str], aliases: list[set[str]], root: Path) -> 
                     f"its classes, or give exactly {len(aliases)} folders in output order")
 
 
+SPLIT_NAMES = frozenset({"train", "val", "test"})
+
+
 def evaluation_root(data_dir: str | os.PathLike[str]) -> Path:
     """DATA itself in the ImageFolder layout, or DATA/val when DATA holds a split with class sub-folders."""
     data_dir = Path(data_dir)
     val = data_dir / "val"
     if val.is_dir() and any(p.is_dir() for p in val.iterdir()):
         return val
+    splits = {p.name for p in data_dir.iterdir() if p.is_dir()} if data_dir.is_dir() else set()
+    if splits and splits <= SPLIT_NAMES:  # train/ and val/ are splits, never classes
+        raise DataError(f"{data_dir} holds the split folder(s) {', '.join(sorted(splits))} but {val} holds no class "
+                        "folders; put the validation images in DATA/val/CLASS/ (or name a folder of class folders)")
     return data_dir
 
 
@@ -54,9 +61,9 @@ def evaluation_root(data_dir: str | os.PathLike[str]) -> Path:
 def evaluate_model(model: nn.Module, dataset: torch.utils.data.Dataset, *, ten_crops: bool = False,
                    batch_size: int = 32, num_workers: int = 0, device: str | torch.device = "cpu",
                    progress: bool = False, precision: str = "fp32") -> dict[str, Any]:
-    """Top-1/top-5 (percent; top-5 None for fewer than five outputs) of `model` over `dataset` at `precision` (fp32,
-    bf16, fp16 on CUDA); with `ten_crops` the dataset yields (10, C, H, W) stacks and the logits of the ten crops are
-    averaged, as in the authors' script."""
+    """Top-1/top-5 (percent; top-5 None for five outputs or fewer, where it is always 100) of `model` over
+    `dataset` at `precision` (fp32, bf16, fp16 on CUDA); with `ten_crops` the dataset yields (10, C, H, W) stacks
+    and the logits of the ten crops are averaged, as in the authors' script."""
     check_precision(precision, device)
     model = inference_model(model.to(device), precision)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -72,14 +79,14 @@ def evaluate_model(model: nn.Module, dataset: torch.utils.data.Dataset, *, ten_c
             outputs = logits.shape[1]
             tally.add(0.0, *count_correct(logits.float(), targets), targets.numel())
             bar.update(targets.numel())
-    top5 = tally.top5_percent if outputs >= TOPK else None
+    top5 = tally.top5_percent if outputs > TOPK else None  # with TOPK classes or fewer it is always 100%
     return {"top1": tally.top1_percent, "top5": top5, "images": tally.images}
 
 
 def evaluate(model: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, ten_crops: bool = False,
              scale: int | None = None, crop: int | None = None, batch_size: int = 32, num_workers: int = 2,
              device: str | None = None, on_error: str = "skip", progress: bool = True,
-             precision: str = "fp32") -> dict[str, Any]:
+             precision: str = "fp32", pretrained: bool = True) -> dict[str, Any]:
     """Top-1/top-5 (percent) and image count of `model` (what create_model accepts, or a RUN directory) over the
     folder `data_dir`. `scale` (shorter side) and `crop` default to the network's preprocessing (ImageNet: 256 and
     224); `precision` is fp32, bf16 or fp16 (CUDA only). Every option, the data folder and the memory the sizes need
@@ -94,7 +101,7 @@ def evaluate(model: str | os.PathLike[str], data_dir: str | os.PathLike[str], *,
     scale = scale if scale is not None else int(prep.get("resize", round(crop * 256 / 224)))
     check_inference_fits(model, crop, batch_size * (10 if ten_crops else 1), target, resize=scale,
                          lower=("crop", "scale", "batch_size"))
-    network = load_classifier(model, progress=progress)
+    network = load_classifier(model, progress=progress, pretrained=pretrained)
     dataset = evaluation_set(network, root, ten_crops=ten_crops, scale=scale, crop=crop, on_error=on_error,
                              folders=folders)
     with out_of_memory_guard(f"evaluating at {crop} px with a batch of {batch_size}", ("crop", "batch_size")):

@@ -20,6 +20,7 @@ from ..data.labels import class_colors, class_names
 from ..errors import DataError, InvalidArgumentError
 from ..system.files import atomic_path
 from ..system.resources import check_fits
+from ..system.storage import storage_guard
 from ..weights.catalog import get_weights
 from .footprint import NetworkFootprint
 from .segment import FUSIONS, working_size
@@ -59,11 +60,10 @@ def output_paths(images: Sequence[Path], out_dir: Path) -> list[Path]:
 
 
 def make_output_folder(folder: Path) -> None:
-    """Create --out (and its parents) if needed; a file in the way or no permission is a DataError."""
-    try:
+    """Create --out (and its parents) if needed, once the work is about to write (`check_output_folder` has
+    refused, before any work, a folder that cannot be); a failure is a StorageError."""
+    with storage_guard(folder, context="nothing was written"):
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DataError(f"cannot create the output folder {folder} ({error.strerror}); choose another --out") from None
 
 
 def output_kind(output: str, prob_bits: int = 8) -> str:
@@ -101,7 +101,8 @@ def write_png(image: Image.Image, target: Path, *, kind: str, weights: str) -> N
     info = PngInfo()
     info.add_text(KIND_KEY, kind)
     info.add_text(WEIGHTS_KEY, weights)
-    with atomic_path(target) as temporary:
+    with storage_guard(target, context="the outputs written before it are kept, a rerun keeps them and writes the "
+                                       "rest"), atomic_path(target) as temporary:
         image.save(temporary, format="PNG", pnginfo=info)
 
 

@@ -139,6 +139,7 @@ def nothing_to_resume(run_dir: Path) -> InvalidArgumentError:
     elif not (run_dir / CONFIG_FILE).exists():
         where = f"{run_dir} is not a fine-tuning run (no {CONFIG_FILE})"
     else:
-        where = f"{run_dir} holds no resume point yet (it stopped before its first epoch ended)"
+        where = (f"{run_dir} holds no resume point yet (it stopped before its first epoch was saved: interrupted, "
+                 "or a disk error it reported then)")
     return InvalidArgumentError(f"nothing to resume: {where}; drop {{resume}} to start a new run, or give the "
                                 "{out_dir} of the run to continue", parameters=("resume", "out_dir"))

@@ -10,6 +10,7 @@ writes files. The pieces: `config` (options), `processes` (ranks, devices), `loa
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +21,15 @@ import torch.nn as nn
 
 from ..errors import DataError
 from ..system.resources import out_of_memory_guard
+from ..system.storage import check_output_folder
 from ..tasks.footprint import check_training_fits
-from ..weights.run_reader import CONFIG_FILE, read_json
+from ..weights.run_reader import CONFIG_FILE, RESUME_FILE, read_json
 from .config import FinetuneConfig, resolve_config
 from .loaders import make_loaders
 from .loop import Trainer
 from .model import describe_run
 from .processes import process_group
-from .run_writer import has_resume_point, write_classes_csv, write_json
+from .run_writer import epoch_bytes, has_resume_point, write_classes_csv, write_json
 
 
 @dataclass
@@ -49,26 +51,59 @@ def finetune(model: str, data_dir: str | os.PathLike[str], out_dir: str | os.Pat
 
     `options` are the fields of FinetuneConfig (epochs, batch_size, lr, image_size, augment, ...). With
     `resume=True` an interrupted run continues exactly where its last resume point left off (there must be one).
-    Options, device, memory and data are all checked before anything is written. `on_epoch_end(record)` is
-    called on every rank after each epoch.
+    Options, device, memory, data and the output folder (writable, room for two epochs' files) are all checked
+    before anything is written. A resume writes config.json only with its first saved epoch. `on_epoch_end(record)`
+    is called on every rank after each epoch.
     """
     cfg = resolve_config(model, data_dir, out_dir, resume, options)
+    run_dir = Path(cfg.out_dir)
+    resuming = has_resume_point(run_dir)
+    check_output_folder(run_dir, advice=ADVICE)
     with process_group(cfg.device) as procs:
         check_training_fits(cfg.model, cfg.image_size, cfg.batch_size, procs.device)
         loaders = make_loaders(cfg, procs)  # checks the data before anything is written
         check_resumed_classes(cfg, loaders.classes)
-        description = describe_run(cfg, loaders.classes)
         if procs.is_writer:
-            Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-            write_json(Path(cfg.out_dir) / CONFIG_FILE, description)
-            write_classes_csv(Path(cfg.out_dir), loaders.classes)
+            say_what_the_resume_does(cfg, loaders.train.batch_size)
+        description = describe_run(cfg, loaders.classes)
         trainer = Trainer(cfg, procs, description, loaders)
+        if procs.is_writer:
+            epochs_in_flight = 1 if resuming else 2  # the new epoch is written beside the previous one
+            check_output_folder(run_dir, needed=epochs_in_flight * epoch_bytes(trainer.model, cfg.optimizer),
+                                advice=ADVICE, context="nothing was trained or written")
+            if not resuming:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                write_json(run_dir / CONFIG_FILE, description)
+                write_classes_csv(run_dir, loaders.classes)
         with out_of_memory_guard(f"training at {cfg.image_size} px with a batch of {cfg.batch_size}",
                                  ("image_size", "batch_size")):
             metrics = trainer.run(on_epoch_end)
         if procs.distributed:
             dist.barrier()
         return FinetuneResult(run_dir=Path(cfg.out_dir), metrics=metrics, model=trainer.model.eval())
+
+
+ADVICE = "choose another run folder"
+
+
+def say_what_the_resume_does(cfg: FinetuneConfig, batch: int) -> None:
+    """Warnings a user needs before the run starts: a finished run has nothing to train, a resume on another
+    data folder (with the same classes) trains on it, a batch larger than the training set."""
+    run_dir = Path(cfg.out_dir)
+    if batch < cfg.batch_size:
+        warnings.warn(f"the batch size {cfg.batch_size} is larger than the {batch} training images each process sees: "
+                      f"every epoch is one optimizer step on a batch of {batch}; lower the batch size for more steps",
+                      stacklevel=3)
+    if not has_resume_point(run_dir):
+        return
+    done = read_json(run_dir / RESUME_FILE)["epoch"]
+    if done >= cfg.epochs:
+        warnings.warn(f"{run_dir} is finished: it trained all {done} of its {cfg.epochs} epochs, nothing is left to "
+                      f"train; pass --resume --epochs N with N > {done} to train longer", stacklevel=3)
+    trained_on = read_json(run_dir / CONFIG_FILE)["config"]["data_dir"]
+    if os.path.realpath(trained_on) != os.path.realpath(cfg.data_dir):
+        warnings.warn(f"resuming {run_dir} on {cfg.data_dir}, not on {trained_on} where its first {done} epoch(s) "
+                      "were trained (the classes are the same): training continues on the new data", stacklevel=3)
 
 
 def check_resumed_classes(cfg: FinetuneConfig, classes: list[str]) -> None:

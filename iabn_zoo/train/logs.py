@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..system.files import atomic_path
+from ..system.storage import storage_guard
 
 TENSORBOARD_DIR = "tensorboard"
 CURVES_FILE = "curves.png"
@@ -36,7 +37,15 @@ class RunLogs:
                           "them", stacklevel=2)
 
     def epoch_end(self, metrics: list[dict[str, Any]]) -> None:
-        """Log the last epoch of `metrics` to TensorBoard and redraw curves.png from all of them."""
+        """Log the last epoch of `metrics` to TensorBoard and redraw curves.png from all of them (the epoch is saved
+        by then: a full disk here stops the run with a StorageError that says so)."""
+        record = metrics[-1]
+        with storage_guard(self.run_dir, context=f"epoch {record['epoch']} was saved (`--resume` continues after "
+                                                 "it); its TensorBoard point or curves.png were not"):
+            self.log(metrics)
+
+    def log(self, metrics: list[dict[str, Any]]) -> None:
+        """The writes of `epoch_end`: the last record's scalars, then the curves of all."""
         record = metrics[-1]
         if self.writer is not None:
             for tag, key in SCALARS.items():

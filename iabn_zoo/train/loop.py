@@ -13,14 +13,13 @@ from ..errors import CheckpointError
 from ..layers import convert_norm
 from ..system.progress import progress_bar
 from ..tasks.accuracy import TOPK, Tally, count_correct
-from ..weights.run_reader import read_metrics
 from .config import FinetuneConfig
 from .loaders import Loaders
 from .logs import RunLogs
 from .model import build_model
 from .optim import freeze, lr_factor, make_optimizer, set_lr, stage_modules
-from .processes import Processes, all_reduce_tally, autocast_dtype
-from .run_writer import ResumePoint, has_resume_point, load_resume_point, save_resume_point, save_weights, write_metrics
+from .processes import Processes, all_reduce_tally, autocast_dtype, buffer_sync_option
+from .run_writer import ResumePoint, has_resume_point, load_resume_point, save_epoch
 
 
 def show_progress(cfg: FinetuneConfig, procs: Processes) -> bool:
@@ -35,6 +34,7 @@ class Trainer:
         self.cfg = cfg
         self.procs = procs
         self.run_dir = Path(cfg.out_dir)
+        self.description = description
         self.train_loader, self.val_loader = loaders.train, loaders.val
         self.classes = loaders.classes
         self.steps_per_epoch = len(self.train_loader)
@@ -62,7 +62,7 @@ class Trainer:
             return self.model
         device_ids = [self.procs.device] if self.procs.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids,
-                                                   broadcast_buffers=not self.sync)
+                                                   **buffer_sync_option(self.sync))
 
     def restore(self, state: ResumePoint) -> None:
         """Continue from a resume point: weights, optimizer, scaler, RNG, counters and earlier metrics."""
@@ -76,7 +76,7 @@ class Trainer:
             self.scaler.load_state_dict(state.scaler)
         torch.set_rng_state(state.rng["torch"])
         self.epoch, self.step = state.epoch, state.step
-        self.metrics = [r for r in read_metrics(self.run_dir) if r["epoch"] <= state.epoch]
+        self.metrics = list(state.metrics)
 
     def autocast(self):
         return torch.autocast(self.procs.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -134,20 +134,17 @@ class Trainer:
             tally.add(self.criterion(logits, targets).item() * targets.numel(), *count_correct(logits, targets),
                       targets.numel())
         total = all_reduce_tally(tally, self.procs)
-        top5 = total.top5_percent if len(self.classes) >= TOPK else None  # top-5 of fewer classes says nothing
+        top5 = total.top5_percent if len(self.classes) > TOPK else None  # of TOPK classes or fewer: always 100%
         return {"val_loss": total.loss, "val_top1": total.top1_percent, "val_top5": top5, "val_images": total.images}
 
     def save(self) -> None:
-        """Rank 0: the weights, the resume point (committed last of the two), then the metrics."""
+        """Rank 0: the epoch's files as one unit (run_writer.save_epoch): weights, resume point, metrics, config."""
         if not self.procs.is_writer:
             return
-        state_dict = self.model.state_dict()
-        save_weights(self.run_dir, state_dict, {"epoch": str(self.epoch), "format": "iabn-zoo fine-tuning run"})
-        rng = {"torch": torch.get_rng_state()}
-        save_resume_point(self.run_dir, ResumePoint(
-            epoch=self.epoch, step=self.step, model=state_dict, optimizer=self.optimizer.state_dict(),
-            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {}, rng=rng))
-        write_metrics(self.run_dir, self.metrics)
+        save_epoch(self.run_dir, ResumePoint(
+            epoch=self.epoch, step=self.step, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {}, rng={"torch": torch.get_rng_state()},
+            metrics=self.metrics), description=self.description)
 
     def run(self, on_epoch_end: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
         """Train the remaining epochs, validating, saving a resume point and logging after each."""

@@ -130,7 +130,7 @@ def model_and_inputs(name: str, bn_mode: str, *, batch: int, size: int, device: 
     """Model `name` built in `bn_mode` (its default form for that mode), with gradient checkpointing if asked, and
     a random batch, both seeded."""
     torch.manual_seed(seed)
-    model = create_model(name, bn_mode=bn_mode).to(device).train()
+    model = create_model(name, pretrained=False, bn_mode=bn_mode).to(device).train()
     model.set_grad_checkpointing(grad_checkpointing)
     inputs = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
     return model, inputs

@@ -3,6 +3,7 @@ over ranks."""
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 from ..errors import bad_argument
 from ..system.devices import resolve_device
@@ -61,6 +63,15 @@ def process_group(device: str | None) -> Iterator[Processes]:
     finally:
         if started_here:
             dist.destroy_process_group()
+
+
+def buffer_sync_option(sync_layers: bool) -> dict[str, bool]:
+    """DDP's keyword that stops broadcasting buffers before every forward (not needed when synchronised layers keep
+    the running statistics equal on every rank): `forward_sync_buffers` where torch has it (it deprecates
+    `broadcast_buffers`, with a warning), else `broadcast_buffers`."""
+    parameters = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    key = "forward_sync_buffers" if "forward_sync_buffers" in parameters else "broadcast_buffers"
+    return {key: not sync_layers}
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -1,8 +1,11 @@
 """Writing a fine-tuning run directory (the layout is described in `iabn_zoo.weights.run_reader`): weights, the
 resume point, metrics and class names, every file atomically.
 
-`resume.json` is renamed into place last and names its tensor file, so a write killed at any moment leaves the
-previous resume point loadable.
+An epoch is saved as one unit (`save_epoch`): every file of the epoch (its tensor file, model.safetensors,
+metrics.jsonl, config.json, resume.json) is first written completely and fsynced beside the previous epoch's files
+under temporary names; only then are they renamed into place, `resume.json` (which names the tensor file and holds
+the metrics) first of the live names, so that it is the commit point. A write that fails (a full disk) or is killed
+at any moment removes its partial files and leaves the previous epoch as the resume point, complete.
 """
 
 from __future__ import annotations
@@ -10,16 +13,27 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from ..errors import CheckpointError
-from ..system.files import write_atomic
-from ..system.tensor_files import read_safetensors, write_safetensors
-from ..weights.run_reader import CLASSES_FILE, METRICS_FILE, MODEL_FILE, RESUME_FILE, read_json
+from ..system.files import fsync_directory, write_atomic, write_temporary
+from ..system.storage import check_room_in, safetensors_bytes, storage_guard
+from ..system.tensor_files import read_safetensors, storable
+from ..weights.run_reader import (
+    CLASSES_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    RESUME_FILE,
+    read_json,
+    read_metrics,
+)
 
 FORMAT_VERSION = 1
 OPTIMIZER_PREFIX = "optimizer."
@@ -27,17 +41,17 @@ OPTIMIZER_PREFIX = "optimizer."
 
 def write_json(path: Path, value: Any) -> None:
     """Write `value` as indented JSON, atomically."""
-    write_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(path, json_bytes(value))
 
 
-def save_weights(run_dir: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """RUN/model.safetensors: the model's latest weights."""
-    write_safetensors(run_dir / MODEL_FILE, state_dict, metadata)
+def json_bytes(value: Any) -> bytes:
+    """`value` as indented JSON text."""
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
 
 
-def write_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
-    """Rewrite metrics.jsonl with `records` (a resumed run drops records past its resume point)."""
-    write_atomic(run_dir / METRICS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
+def metrics_bytes(records: list[dict[str, Any]]) -> bytes:
+    """metrics.jsonl's content: one JSON object per finished epoch."""
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
 
 
 def write_classes_csv(run_dir: Path, classes: list[str]) -> None:
@@ -61,6 +75,7 @@ class ResumePoint:
     optimizer: dict[str, Any]
     scaler: dict[str, Any]
     rng: dict[str, torch.Tensor]
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # one record per finished epoch, up to `epoch`
 
 
 def split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -95,19 +110,58 @@ def unprefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch
     return {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
 
 
-def save_resume_point(run_dir: Path, point: ResumePoint) -> None:
-    """Write the tensor file of `point`, then commit it by replacing resume.json; drop the older tensor file."""
+def save_epoch(run_dir: Path, point: ResumePoint, *, description: dict[str, Any]) -> None:
+    """Save a finished epoch as one unit (see the module's description): its tensor file, the weights, the metrics
+    up to it, the run's description and the resume point; on any failure nothing of it stays and the previous
+    epoch remains the resume point. A full disk or an unwritable folder raises StorageError saying what was kept."""
     previous = resume_tensor_file(run_dir)
-    tensor_file = f"resume-epoch{point.epoch:04d}.safetensors"
+    tensor_name = f"resume-epoch{point.epoch:04d}.safetensors"
     optimizer_tensors, optimizer_rest = split_optimizer_state(point.optimizer)
-    tensors = {**prefixed(point.model, "model."), **optimizer_tensors, **prefixed(point.rng, "rng.")}
-    write_safetensors(run_dir / tensor_file, tensors, {"epoch": str(point.epoch)})
-    write_json(run_dir / RESUME_FILE, {
-        "format": FORMAT_VERSION, "epoch": point.epoch, "step": point.step, "tensor_file": tensor_file,
-        "optimizer": optimizer_rest, "scheduler": {"step": point.step}, "scaler": point.scaler,
-    })
-    if previous is not None and previous.name != tensor_file:
+    tensors = storable({**prefixed(point.model, "model."), **optimizer_tensors, **prefixed(point.rng, "rng.")})
+    weights = {key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")}
+    documents = {METRICS_FILE: metrics_bytes(point.metrics), CONFIG_FILE: json_bytes(description),
+                 RESUME_FILE: json_bytes({"format": FORMAT_VERSION, "epoch": point.epoch, "step": point.step,
+                                          "tensor_file": tensor_name, "optimizer": optimizer_rest,
+                                          "scheduler": {"step": point.step}, "scaler": point.scaler,
+                                          "metrics": point.metrics})}
+    needed = safetensors_bytes(tensors) + safetensors_bytes(weights) + sum(map(len, documents.values()))
+    kept = (f"the run keeps epoch {point.epoch - 1} as its resume point (`--resume` continues from it)"
+            if previous is not None else "the run has no finished epoch yet")
+    context = f"epoch {point.epoch} was not saved; {kept}"
+    advice = "move the run folder to a disk with room"
+    check_room_in(run_dir, needed=needed, context=context, advice=advice)
+    writers = {tensor_name: lambda path: save_file(tensors, str(path), metadata={"epoch": str(point.epoch)}),
+               MODEL_FILE: lambda path: save_file(weights, str(path), metadata={
+                   "epoch": str(point.epoch), "format": "iabn-zoo fine-tuning run"}),
+               **{name: (lambda path, data=data: path.write_bytes(data)) for name, data in documents.items()}}
+    staged: dict[str, Path] = {}
+    committed = False
+    try:
+        with storage_guard(run_dir, needed=needed, context=context, advice=advice):
+            for name, write in writers.items():
+                staged[name] = write_temporary(run_dir / name, write)
+            # the switch-over: the tensor file under its name, resume.json (the commit point), then the rest
+            for name in (tensor_name, RESUME_FILE, *documents, MODEL_FILE):
+                if name in staged:
+                    os.replace(staged.pop(name), run_dir / name)
+                    committed = committed or name == RESUME_FILE
+            fsync_directory(run_dir)
+    finally:
+        for temporary in staged.values():
+            temporary.unlink(missing_ok=True)
+        if not committed and (previous is None or previous.name != tensor_name):
+            (run_dir / tensor_name).unlink(missing_ok=True)
+    if previous is not None and previous.name != tensor_name:
         previous.unlink(missing_ok=True)
+
+
+def epoch_bytes(model: torch.nn.Module, optimizer: str) -> int:
+    """About the bytes one saved epoch takes (weights twice, optimizer slots per trainable parameter), known
+    before training: a run needs room for two while the new epoch is written beside the previous one."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    slots = 2 if optimizer == "adamw" else 1
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return 2 * weights + slots * trainable
 
 
 def has_resume_point(run_dir: Path) -> bool:
@@ -128,7 +182,12 @@ def load_resume_point(run_dir: Path) -> ResumePoint:
     if meta.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{run_dir / RESUME_FILE} has format {meta.get('format')!r}, this version reads "
                               f"{FORMAT_VERSION}; resume with the iabn-zoo version that wrote it")
-    tensors = read_safetensors(run_dir / meta["tensor_file"])
+    # copies, not views of the memory-mapped file: the optimizer keeps what it is given, and a mapped file goes on
+    # taking disk space after the next epoch deletes it
+    tensors = {key: value.clone() for key, value in read_safetensors(run_dir / meta["tensor_file"]).items()}
+    metrics = meta.get("metrics")  # runs saved before the metrics moved into resume.json: metrics.jsonl's
+    if metrics is None:
+        metrics = [record for record in read_metrics(run_dir) if record["epoch"] <= meta["epoch"]]
     return ResumePoint(epoch=meta["epoch"], step=meta["step"], model=unprefixed(tensors, "model."),
                        optimizer=join_optimizer_state(tensors, meta["optimizer"]), scaler=meta["scaler"],
-                       rng=unprefixed(tensors, "rng."))
+                       rng=unprefixed(tensors, "rng."), metrics=metrics)

@@ -9,7 +9,6 @@ Layout under `cache_root()`: `checkpoints/<file_name>` (verified files only), `c
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 from collections.abc import Iterator
@@ -18,8 +17,9 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from ..errors import DownloadError
+from ..errors import CacheWriteError, StorageError
 from ..system.files import commit, write_atomic
+from ..system.storage import check_output_folder, storage_error, storage_guard
 from .catalog import Weights
 
 HOME_ENV = "IABN_ZOO_HOME"
@@ -27,6 +27,7 @@ OFFLINE_ENV = "IABN_ZOO_OFFLINE"
 PART_SUFFIX = ".part"
 LOCK_SUFFIX = ".lock"
 STAMP_DIR = ".verified"
+CACHE_ADVICE = f"point {HOME_ENV} to a writable folder with room"
 
 
 def cache_root() -> Path:
@@ -103,20 +104,37 @@ def remove_quietly(path: Path) -> bool:
         return False
 
 
-def ensure_directory(directory: Path) -> None:
-    """Create `directory`, turning permission or disk errors into a DownloadError that names it."""
+def cache_write_error(error: OSError, path: Path, *, needed: int | None = None, context: str = "") -> CacheWriteError:
+    """The CacheWriteError of a file-system failure writing `path` in the cache, in the storage policy's words."""
+    failure = storage_error(error, path, needed=needed, advice=CACHE_ADVICE, context=context)
+    return CacheWriteError(str(failure), path=failure.path, reason=failure.reason)
+
+
+@contextmanager
+def cache_guard(path: Path, *, needed: int | None = None, context: str = "") -> Iterator[None]:
+    """Run a write into the cache; a file-system failure becomes a CacheWriteError (the storage policy's words,
+    exit code 11) naming `path`."""
     try:
+        with storage_guard(path, needed=needed, advice=CACHE_ADVICE, context=context):
+            yield
+    except CacheWriteError:
+        raise
+    except StorageError as error:
+        raise CacheWriteError(str(error), path=error.path, reason=error.reason) from None
+
+
+def ensure_directory(directory: Path, *, needed: int = 0) -> None:
+    """Create `directory` in the cache, refusing first (CacheWriteError) a read-only or unwritable one, a file in
+    its place, or one whose device has less than `needed` bytes free."""
+    with cache_guard(directory):
+        check_output_folder(directory, needed=needed, advice=CACHE_ADVICE)
         directory.mkdir(parents=True, exist_ok=True)
-        if not os.access(directory, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "Permission denied", str(directory))
-    except OSError as error:
-        raise DownloadError(f"cache directory {directory} is not writable ({error.strerror}); "
-                            f"fix its permissions or point {HOME_ENV} to a writable folder") from None
 
 
 @contextmanager
 def file_lock(target: Path, timeout: float = -1) -> Iterator[None]:
-    """Hold the cross-process lock of `target` (blocking by default); errors of the guarded code pass unchanged."""
+    """Hold the cross-process lock of `target` (blocking by default); errors of the guarded code pass unchanged.
+    The lock file is deleted while still held, so none is left behind (waiters retry on a fresh file)."""
     ensure_directory(target.parent)
     lock = FileLock(str(lock_path(target)), timeout=timeout)
     try:
@@ -124,11 +142,14 @@ def file_lock(target: Path, timeout: float = -1) -> Iterator[None]:
     except Timeout:
         raise
     except OSError as error:
-        raise DownloadError(f"cannot create lock file {lock_path(target)} ({error.strerror}); "
-                            f"fix the permissions of {target.parent}") from None
+        raise cache_write_error(error, lock_path(target)) from None
     try:
         yield
     finally:
+        try:
+            remove_quietly(lock_path(target))
+        except OSError:
+            pass  # a cache turned read-only meanwhile: the lock file stays, harmless
         lock.release()
 
 
@@ -148,18 +169,19 @@ def writer_lock(target: Path) -> Iterator[None]:
         yield
     finally:
         if lock is not None:
+            remove_quietly(lock_path(target))  # while held, as file_lock does: no stale lock files
             lock.release()
 
 
 def install_verified(part: Path, target: Path, md5: str) -> Path:
     """Fsync `part`, rename it onto `target` atomically and stamp it as verified; the caller has checked the md5."""
     try:
-        commit(part, target)
-        write_stamp(target, md5)
-    except OSError as error:
+        with cache_guard(target):
+            commit(part, target)
+            write_stamp(target, md5)
+    except CacheWriteError:
         remove_quietly(part)
-        raise DownloadError(f"cannot write {target} ({error.strerror}); free some space or point {HOME_ENV} "
-                            "to another disk") from None
+        raise
     return target
 
 

@@ -9,15 +9,15 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from ..errors import ChecksumError, DownloadError, InvalidArgumentError
+from ..errors import CacheWriteError, ChecksumError, InvalidArgumentError
 from ..system.files import is_temporary
 from ..system.hashing import file_md5
 from ..system.tensor_files import safetensors_metadata
 from .cache import (
-    HOME_ENV,
     LOCK_SUFFIX,
     PART_SUFFIX,
     STAMP_DIR,
+    cache_guard,
     cache_root,
     checkpoint_path,
     converted_path,
@@ -47,11 +47,11 @@ def import_file(source: Path, name: str | None = None, root: Path | None = None)
     with file_lock(target):
         part = part_path(target)
         try:
-            shutil.copyfile(source, part)
-        except OSError as error:
+            with cache_guard(part, needed=source.stat().st_size, context=f"{source} was not imported"):
+                shutil.copyfile(source, part)
+        except CacheWriteError:
             remove_quietly(part)
-            raise DownloadError(f"cannot copy {source} to {part} ({error.strerror}); free some space or point "
-                                f"{HOME_ENV} to another disk") from None
+            raise
         if file_md5(part) != actual:
             remove_quietly(part)
             raise ChecksumError(f"the copy of {source} in the cache differs from the original; check the disk",
@@ -180,13 +180,13 @@ def remove_cached(weights: Weights, root: Path | None = None) -> list[Path]:
     while holding it, which filelock's waiters notice); returns the files removed, lock files left out."""
     target = checkpoint_path(weights, root)
     converted = converted_path(weights, root)
-    _remove_idle_lock(lock_path(converted))
-    removed = [converted] if remove_quietly(converted) else []
+    with cache_guard(converted.parent, context="nothing was removed"):
+        _remove_idle_lock(lock_path(converted))
+        removed = [converted] if remove_quietly(converted) else []
     if not target.parent.is_dir():
         return removed
-    with file_lock(target):
+    with file_lock(target), cache_guard(target.parent):
         removed += [path for path in (target, part_path(target), stamp_path(target)) if remove_quietly(path)]
-        remove_quietly(lock_path(target))
     return removed
 
 

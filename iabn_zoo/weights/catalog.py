@@ -313,7 +313,8 @@ def default_weights_for(arch: str) -> Weights:
     candidates = weights_for_arch(arch)
     if not candidates:
         raise InvalidArgumentError(
-            f"architecture {arch!r} has no published weights; `iabn-zoo list --pretrained` shows the ones that do")
+            f"architecture {arch!r} has no published weights; `iabn-zoo list --pretrained` shows the ones that do "
+            "(random weights only when asked for: pretrained=False, --no-pretrained)")
     return max(candidates, key=lambda w: float(w.metrics.get("top1", w.metrics.get("miou", 0.0))))
 
 

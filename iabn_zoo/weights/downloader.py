@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -99,15 +100,22 @@ def _cached_copy_is_valid(target: Path, weights: Weights) -> bool:
         return True
     if not target.exists():
         return False
-    if file_md5(target) == weights.md5:
+    actual = file_md5(target)
+    if actual == weights.md5:
         write_stamp(target, weights.md5)
         return True
+    if not is_offline():  # offline, the error that follows says it
+        warnings.warn(f"cached copy of {weights.name} is corrupt (md5 {actual}, want {weights.md5}): downloading "
+                      "again", stacklevel=3)
     remove_quietly(target)
     remove_quietly(stamp_path(target))
     return False
 
 
 def _download_locked(weights: Weights, target: Path, progress: bool, policy: DownloadPolicy) -> Path:
+    if weights.file_size:  # room for what is still to come, before any request
+        kept = part_path(target).stat().st_size if part_path(target).is_file() else 0
+        ensure_directory(target.parent, needed=max(weights.file_size - kept, 0))
     failures: list[tuple[str, DownloadError]] = []
     with requests.Session() as session:
         session.headers["User-Agent"] = f"iabn-zoo/{__version__}"

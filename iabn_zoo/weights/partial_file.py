@@ -14,7 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ..errors import CacheWriteError
-from .cache import HOME_ENV, remove_quietly
+from .cache import cache_guard, remove_quietly
 
 FLUSH_EVERY = 64 << 20
 
@@ -47,11 +47,11 @@ class PartialFile:
 def write_guard(path: Path, action: Callable[[], Any]) -> Any:
     """Run a file-system `action`; an OSError becomes a CacheWriteError naming `path` (the partial file removed)."""
     try:
-        return action()
-    except OSError as error:
+        with cache_guard(path, context="the partial download was removed"):
+            return action()
+    except CacheWriteError:
         remove_quietly(path)
-        raise CacheWriteError(f"cannot write {path} ({error.strerror or error}); free some space, fix the "
-                              f"permissions or point {HOME_ENV} to another disk") from None
+        raise
 
 
 def stream_into(partial: PartialFile, first: bytes, chunks: Iterator[bytes], bar: tqdm) -> None:

@@ -19,7 +19,8 @@ from iabn_zoo.weights.catalog import unregister_weights
 REPO = Path(__file__).resolve().parents[2]
 KINDS = {errors.ZooError: 1, errors.InvalidArgumentError: 2, errors.UnknownNameError: 3, errors.RegistryError: 4,
          errors.DownloadError: 5, errors.ChecksumError: 6, errors.CheckpointError: 7, errors.DataError: 8,
-         errors.ExportError: 9, errors.ResourceLimitError: 10}
+         errors.ExportError: 9, errors.ResourceLimitError: 10,
+         errors.StorageError: 11}
 
 
 def documented_codes(text: str) -> dict[int, str]:
@@ -32,7 +33,8 @@ def test_codes_are_distinct_and_documented_in_cli_and_readme():
     assert {kind: exit_codes.exit_code(kind) for kind in KINDS} == KINDS and len(set(KINDS.values())) == len(KINDS)
     for text in (exit_codes.__doc__, (REPO / "README.md").read_text()):
         documented = documented_codes(text)
-        assert set(KINDS.values()) | {0, exit_codes.EXIT_INTERNAL, exit_codes.EXIT_INTERRUPTED} == set(documented), documented
+        expected = set(KINDS.values()) | {0, exit_codes.EXIT_INTERNAL, exit_codes.EXIT_INTERRUPTED}
+        assert expected == set(documented), documented
         assert "unknown name" in documented[3] and "checksum" in documented[6] and "image" in documented[8]
 
 

@@ -108,7 +108,7 @@ def test_resume_refuses_what_cannot_continue_and_continues_the_rest(colour_run, 
     assert [json.loads(line)["epoch"] for line in (copy / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
-def test_predict_takes_a_run_and_an_architecture_without_weights(colour_run):
+def test_predict_takes_a_run_and_an_architecture_without_weights_only_on_request(colour_run):
     data, run, _ = colour_run
     images = sorted((data / "val").rglob("*.png"))
     from_run = run_cli("predict", run, *images, "--topk", "1", "--batch-size", "2", "--json", tty=True)
@@ -117,9 +117,11 @@ def test_predict_takes_a_run_and_an_architecture_without_weights(colour_run):
     assert [r["image"] for r in results] == [str(image) for image in images]
     assert {r["predictions"][0]["name"] for r in results} <= {"blue", "green", "red"}
     assert re.search(rf"predict: +\d+%\|.*\| *\d+/{len(images)}", from_run.stderr)  # the bar, in some state
-    random = run_cli("predict", "resnet18", images[0], "--topk", "2")
+    refused = run_cli("predict", "resnet18", images[0], "--topk", "2")  # the one no-weights rule: asked, refused
+    assert refused.returncode == 2 and "architecture 'resnet18' has no published weights" in refused.stderr
+    assert "--no-pretrained" in refused.stderr and refused.stdout == ""
+    random = run_cli("predict", "resnet18", images[0], "--topk", "2", "--no-pretrained")
     assert random.returncode == 0, random.stderr
-    assert "iabn-zoo: warning: resnet18 has no published weights" in random.stderr
     assert len([line for line in random.stdout.splitlines() if "class " in line]) == 2
     not_a_run = run_cli("predict", data, images[0])
     assert not_a_run.returncode == 8 and "is not a fine-tuning run directory" in not_a_run.stderr
@@ -180,3 +182,51 @@ def test_a_worker_s_decode_failure_is_one_line_whether_skipped_or_fatal(colour_r
     assert re.fullmatch(rf"iabn-zoo: error: {re.escape(str(bad))}: the image cannot be decoded \(image file is "
                         r"truncated \(\d+ bytes not processed\)\); the file is probably truncated or damaged.\n",
                         fatal.stderr), fatal.stderr
+
+
+def test_resuming_a_finished_run_or_on_other_data_says_so(colour_run, tmp_path):
+    data, run, _ = colour_run
+    copy = shutil.copytree(run, tmp_path / "run")
+    before = {path.name: path.read_bytes() for path in copy.iterdir() if path.is_file()}
+    finished = run_cli("finetune", "resnet18", data, "--out", copy, "--resume", "--num-workers", "0")
+    assert finished.returncode == 0, finished.stderr
+    assert f"{copy} is finished: it trained all 2 of its 2 epochs" in finished.stderr
+    assert "--resume --epochs N with N > 2" in finished.stderr and "epoch=" not in finished.stdout
+    assert {path.name: path.read_bytes() for path in copy.iterdir() if path.is_file()} == before
+
+    moved = shutil.copytree(data, tmp_path / "moved_data")  # the same classes in another folder
+    onward = run_cli("finetune", "resnet18", moved, "--out", copy, "--resume", "--epochs", "3", "--num-workers", "0")
+    assert onward.returncode == 0, onward.stderr
+    assert f"resuming {copy} on {moved}, not on {data} where its first 2 epoch(s) were trained" in onward.stderr
+    assert json.loads((copy / "config.json").read_text())["config"]["epochs"] == 3
+
+
+def test_a_batch_larger_than_the_training_set_says_what_it_trains_on(colour_run, tmp_path):
+    data, _, _ = colour_run
+    done = run_cli("finetune", "resnet18", data, "--out", tmp_path / "run", "--epochs", "1", "--batch-size", "64",
+                   "--image-size", "16", "--augment", "none", "--num-workers", "0")
+    assert done.returncode == 0, done.stderr
+    assert "the batch size 64 is larger than the 36 training images each process sees" in done.stderr
+
+
+def test_predict_takes_folders_recursively_in_sorted_order_and_counts_what_it_skips(colour_run, tmp_path):
+    data, run, _ = colour_run
+    (data / "val" / "notes.txt").write_text("not an image")
+    try:
+        done = run_cli("predict", run, data / "val", "--topk", "1", "--json")
+    finally:
+        (data / "val" / "notes.txt").unlink()
+    assert done.returncode == 0, done.stderr
+    assert [r["image"] for r in json.loads(done.stdout)] == [str(p) for p in sorted((data / "val").rglob("*.png"))]
+    assert f"iabn-zoo: 1 file(s) in {data / 'val'} skipped: not images by their extension" in done.stderr
+    missing = run_cli("predict", "resnet50", tmp_path / "nowhere.jpg", env={"IABN_ZOO_OFFLINE": "1"})
+    assert missing.returncode == 8 and "nowhere.jpg does not exist" in missing.stderr  # before any weights
+
+
+def test_evaluate_never_takes_split_folders_for_classes(tmp_path):
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    (tmp_path / "data" / "val").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "data" / "val" / "loose.png")
+    done = run_cli("evaluate", "resnet18", tmp_path / "data", "--no-pretrained", "--num-workers", "0")
+    assert done.returncode == 8, done.stderr
+    assert "holds the split folder(s) train, val" in done.stderr and "holds no class folders" in done.stderr

@@ -153,11 +153,11 @@ def test_missing_folder_is_a_data_error(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_output_folder_blocked_by_a_file_is_a_data_error(photos, tmp_path, capsys):
+def test_output_folder_blocked_by_a_file_is_a_storage_error(photos, tmp_path, capsys):
     blocker = tmp_path / "out"
     blocker.write_text("a file, not a folder")
-    assert main(["segment", str(photos / "street.jpg"), "--out", str(blocker)]) == 8
-    assert "cannot create the output folder" in capsys.readouterr().err
+    assert main(["segment", str(photos / "street.jpg"), "--out", str(blocker)]) == 11
+    assert f"{blocker} is a file, not a folder; nothing was segmented" in capsys.readouterr().err
     assert blocker.read_text() == "a file, not a folder"
 
 

@@ -92,14 +92,16 @@ def trained_run(tmp_path_factory):
 def test_a_run_exports_and_classifies_as_the_eager_network(trained_run, tmp_path, capsys):
     run, val = trained_run
     out = tmp_path / "run.pt2"
-    assert cli.main(["export", str(run), "--out", str(out), "--image-size", "16", "--json"]) == 0
+    assert cli.main(["export", str(run), "--out", str(out), "--json"]) == 0  # at the run's own size, 16 px
     summary = json.loads(capsys.readouterr().out)
     assert summary["metadata"] == str(out) + ".json" and summary["max_difference"] <= 1e-4
+    assert summary["input_size"] == "16x16" and summary["check_shape"][2:] == [16, 16]
     beside = json.loads(Path(summary["metadata"]).read_text())
-    assert beside["class_names"] == ["blue", "green", "red"] and beside["run"] == str(run.resolve())
+    assert beside["input_size"] == [3, 16, 16]
+    assert beside["class_names"] == ["blue", "green", "red"] and beside["run"] == run.name  # no local path
     assert beside["weights"] is None and len(beside["source_md5"]) == 32
 
-    onnx_file = zoo.export(run, tmp_path / "run.onnx", image_size=16)
+    onnx_file = zoo.export(run, tmp_path / "run.onnx")
     eager = evaluate(run, val, num_workers=0, device="cpu")
     bf16 = evaluate(run, val, num_workers=0, device="cpu", precision="bf16")
     dataset = evaluation_set(load_classifier(run), val)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,3 +49,27 @@ def process_env(tmp_path, zoo_home) -> Callable[..., dict[str, str]]:
         return env
 
     return build
+
+
+def mount_tmpfs(where: Path, options: str) -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): needs root or "
+                    "CAP_SYS_ADMIN")
+
+
+@pytest.fixture
+def mounts():
+    """Mount tmpfs file systems for one test (`mounts(path, options)`); all unmounted afterwards."""
+    mounted: list[Path] = []
+
+    def mount(where: Path, options: str) -> Path:
+        mount_tmpfs(where, options)
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in reversed(mounted):
+        subprocess.run(["umount", "-l", str(where)], check=False)

@@ -27,30 +27,6 @@ PAYLOAD = random_payload(3 << 20, seed=5)
 FAST = DownloadPolicy(connect_timeout=2.0, read_timeout=2.0, retries=1, backoff=0.01, chunk_size=64 << 10)
 
 
-def mount_tmpfs(where: Path, options: str) -> None:
-    where.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): needs root or "
-                    "CAP_SYS_ADMIN")
-
-
-@pytest.fixture
-def mounts():
-    """Mount tmpfs file systems for one test (`mounts(path, options)`); all unmounted afterwards."""
-    mounted: list[Path] = []
-
-    def mount(where: Path, options: str) -> Path:
-        mount_tmpfs(where, options)
-        mounted.append(where)
-        return where
-
-    yield mount
-    for where in reversed(mounted):
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
 def entry(url: str, payload: bytes = PAYLOAD, name: str = "disk_net", **changes) -> Weights:
     weights = Weights(name=name, arch="resnet18", arch_kwargs={"bn_mode": "inplace"}, urls=(url,),
                       md5=md5_of(payload), file_name=f"{name}.pth.tar", num_classes=10, task="classification",

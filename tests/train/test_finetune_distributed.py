@@ -60,6 +60,7 @@ def test_two_ranks_train_with_synchronised_statistics_and_rank0_alone_writes(tmp
     done = run_two_ranks(tmp_path, data, "sync")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "InPlaceABNSync" in done.stdout
+    assert "broadcast_buffers" not in done.stderr and "FutureWarning" not in done.stderr, done.stderr
 
     assert (tmp_path / "run" / "model.safetensors").exists()
     assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [1, 2]

@@ -199,7 +199,11 @@ def test_a_wrong_file_at_the_cache_path_is_replaced(loopback_server):
     target = checkpoint_path(weights)
     target.parent.mkdir(parents=True)
     target.write_bytes(b"not the checkpoint")
-    assert_verified(fetch(weights), weights)
+    with pytest.warns(UserWarning) as caught:
+        assert_verified(fetch(weights), weights)
+    assert [str(w.message) for w in caught] == [
+        f"cached copy of test_net is corrupt (md5 {md5_of(b'not the checkpoint')}, want {weights.md5}): "
+        "downloading again"]
     assert loopback_server.hits("/w.pth") == 1
 
 
