@@ -23,11 +23,14 @@ from ..system.resources import out_of_memory_guard
 from ..tasks.footprint import check_training_fits
 from ..weights.run_reader import CONFIG_FILE, read_json
 from .config import FinetuneConfig, resolve_config
-from .loaders import make_loaders
+from .classification_task import ClassificationTask
 from .loop import Trainer
-from .model import describe_run
 from .processes import process_group
+from .segmentation_task import SegmentationTask
 from .run_writer import has_resume_point, write_classes_csv, write_json
+
+
+TASKS = {"classification": ClassificationTask, "segmentation": SegmentationTask}
 
 
 @dataclass
@@ -54,15 +57,16 @@ def finetune(model: str, data_dir: str | os.PathLike[str], out_dir: str | os.Pat
     """
     cfg = resolve_config(model, data_dir, out_dir, resume, options)
     with process_group(cfg.device) as procs:
-        check_training_fits(cfg.model, cfg.image_size, cfg.batch_size, procs.device)
-        loaders = make_loaders(cfg, procs)  # checks the data before anything is written
-        check_resumed_classes(cfg, loaders.classes)
-        description = describe_run(cfg, loaders.classes)
+        if cfg.task == "classification":
+            check_training_fits(cfg.model, cfg.image_size, cfg.batch_size, procs.device)
+        task = TASKS[cfg.task](cfg, procs)  # checks the data before anything is written
+        check_resumed_classes(cfg, task.classes)
+        description = task.describe()
+        trainer = Trainer(cfg, procs, description, task)  # builds the network before anything is written
         if procs.is_writer:
             Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
             write_json(Path(cfg.out_dir) / CONFIG_FILE, description)
-            write_classes_csv(Path(cfg.out_dir), loaders.classes)
-        trainer = Trainer(cfg, procs, description, loaders)
+            write_classes_csv(Path(cfg.out_dir), task.classes)
         with out_of_memory_guard(f"training at {cfg.image_size} px with a batch of {cfg.batch_size}",
                                  ("image_size", "batch_size")):
             metrics = trainer.run(on_epoch_end)
