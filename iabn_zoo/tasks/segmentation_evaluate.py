@@ -34,22 +34,22 @@ def evaluate_segmentation(model: str | os.PathLike[str], data_dir: str | os.Path
                                    "scores it with top-1/top-5 when --scales and --flip are left out",
                                    parameters=("scales", "flip"))
     network, classes, prep, ignore_index = segmentation_network(model, progress=progress)
-    split = open_segmentation_split(data_dir, num_classes=len(classes), ignore_index=ignore_index,
+    dataset = open_segmentation_split(data_dir, num_classes=len(classes), ignore_index=ignore_index,
                                     transform=SegmentationEvalTransform(mean=prep["mean"], std=prep["std"]),
                                     on_error=on_error)
-    if split.classes and len(split.classes) != len(classes):
-        raise DataError(f"{data_dir} has {len(split.classes)} classes, {model} predicts {len(classes)}; evaluate on "
+    if len(dataset.classes) != len(classes):
+        raise DataError(f"{dataset.root} has {len(dataset.classes)} classes, {model} predicts {len(classes)}; evaluate on "
                         "data with the network's classes")
     predictor = SegmentationPredictor(network.to(target), mean=prep["mean"], std=prep["std"], long_side=None,
                                       scales=scales, flip=flip, precision=precision)
     confusion = ConfusionMatrix(len(classes), ignore_index)
-    for index in progress_bar(range(len(split.dataset)), enabled=progress, desc="evaluate", unit="image",
+    for index in progress_bar(range(len(dataset)), enabled=progress, desc="evaluate", unit="image",
                               leave=False):
-        image, mask = split.dataset[index]
+        image, mask = dataset[index]
         _, predicted = predictor.fuse(image.unsqueeze(0))
         confusion.update(predicted[0].cpu(), mask)
     scores = confusion.scores()
-    return {"model": str(model), "data": str(split.root), "miou": scores["miou"],
+    return {"model": str(model), "data": str(dataset.root), "miou": scores["miou"],
             "pixel_accuracy": scores["pixel_accuracy"], "per_class_iou": dict(zip(classes, scores["per_class_iou"])),
-            "images": len(split.dataset), "scales": list(scales), "flip": flip, "precision": precision}
+            "images": len(dataset), "skipped": len(dataset.skipped), "scales": list(scales), "flip": flip, "precision": precision}
 

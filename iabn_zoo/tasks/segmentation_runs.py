@@ -4,7 +4,6 @@ classes, preprocessing, ignore index) or registered segmentation weights; what `
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +18,7 @@ from .palette import Color, class_palette
 
 def run_task(run_dir: str | os.PathLike[str]) -> str:
     """The task a run directory trained ("classification" for runs written before segmentation existed)."""
-    return read_json(Path(run_dir) / CONFIG_FILE).get("task", "classification")
+    return read_run(run_dir).task
 
 
 def is_segmentation_model(model: str | os.PathLike[str]) -> bool:

@@ -66,11 +66,9 @@ class SegmentationLoaders:
 def train_augmentation(cfg: FinetuneConfig) -> SegmentationTrainTransform:
     """Random scale, crop of image_size (padded with the ignore index), flip; `jitter` adds colour jitter; `none`
     only crops."""
-    augmenting = cfg.augment != "none"
-    return SegmentationTrainTransform(crop=crop_hw(cfg.image_size),
-                                      scale_range=tuple(cfg.scale_range) if augmenting else None,
-                                      flip=augmenting, jitter=cfg.augment == "jitter", mean=IMAGENET_MEAN,
-                                      std=IMAGENET_STD, ignore_index=cfg.ignore_index)
+    return SegmentationTrainTransform.preset("none" if cfg.augment == "none" else "standard", crop_hw(cfg.image_size),
+                                             scale_range=tuple(cfg.scale_range), jitter=cfg.augment == "jitter",
+                                             mean=IMAGENET_MEAN, std=IMAGENET_STD, ignore_index=cfg.ignore_index)
 
 
 def make_segmentation_loaders(cfg: FinetuneConfig, procs: Processes) -> SegmentationLoaders:

@@ -22,6 +22,7 @@ import torch.nn as nn
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..factory import create_model, resolve_weights
 from ..models import get_arch
+from ..models.deeplabv3 import backbone_of
 from .config import FinetuneConfig
 from .model import training_bn_mode
 from .task_options import crop_hw
@@ -76,11 +77,6 @@ def describe_segmentation_run(cfg: FinetuneConfig, classes: list[str], ignore_in
     }
 
 
-def takes_backbone_weights(arch: str) -> bool:
-    """Whether `create_model(arch)` initialises a backbone from published weights (the deeplabv3_<backbone> ones)."""
-    return arch.startswith("deeplabv3_")
-
-
 def build_segmentation_model(cfg: FinetuneConfig, description: dict[str, Any], *, resuming: bool) -> nn.Module:
     """The network to train: segmentation weights with a new classifier when the class count differs, or the
     architecture with its backbone initialised as `backbone_weights` says; on resume nothing is fetched (the resume
@@ -89,7 +85,7 @@ def build_segmentation_model(cfg: FinetuneConfig, description: dict[str, Any], *
     pretrained = (weights is not None) if cfg.pretrained is None else cfg.pretrained
     arch = description["arch"]
     options = {k: v for k, v in description["arch_kwargs"].items() if k not in ("bn_mode", "num_classes")}
-    if takes_backbone_weights(arch):
+    if backbone_of(arch) is not None:  # deeplabv3_<backbone>
         options["backbone_weights"] = "none" if resuming or pretrained else cfg.backbone_weights
         if options["backbone_weights"] is None:
             del options["backbone_weights"]  # the backbone's default published weights
