@@ -1,8 +1,8 @@
 """`python -m iabn_zoo.demo` (`make demo`): fine-tune a zoo network on scikit-learn's handwritten digits, offline.
 
 The 1797 8x8 digit images that ship with scikit-learn are written out as a folder data set (upscaled PNGs, every
-fifth image of each class held out for validation), resnet18 with InPlace-ABN is trained on them for a few
-epochs through the same `finetune` entry point users call, and the accuracy reached is printed together with
+fifth image of each class held out for validation, the split the digit scenes use too), resnet18 with InPlace-ABN
+is trained on them for a few epochs through the same `finetune` entry point users call, and the accuracy reached is printed together with
 the `iabn-zoo memory` table of that network at the demo's batch and image size. The fine-tuned run is then
 exported to ONNX (`zoo.export`) and the held-out digits are classified again with onnxruntime, and in bf16: the
 three top-1 accuracies side by side. A few minutes on 2 CPU cores.
@@ -19,8 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
-VAL_EVERY = 5  # every fifth image of a class goes to val/
-MAX_PIXEL = 16  # the digits' gray levels run 0..16
+from .scenes import MAX_GRAY, digit_split
 
 
 def write_digits(root: Path, image_size: int) -> tuple[int, int]:
@@ -30,15 +29,10 @@ def write_digits(root: Path, image_size: int) -> tuple[int, int]:
     except ImportError:
         raise SystemExit("the demo needs scikit-learn: pip install 'iabn-zoo[demo]'") from None
     digits = load_digits()
-    seen: dict[int, int] = {}
     counts = {"train": 0, "val": 0}
-    for pixels, label in zip(digits.images, digits.target):
-        label = int(label)
-        index = seen.get(label, 0)
-        seen[label] = index + 1
-        split = "val" if index % VAL_EVERY == VAL_EVERY - 1 else "train"
-        gray = Image.fromarray((pixels * (255 / MAX_PIXEL)).astype("uint8"), mode="L")
-        folder = root / split / str(label)
+    for index, (pixels, label, split) in enumerate(zip(digits.images, digits.target, digit_split(digits.target))):
+        gray = Image.fromarray((pixels * (255 / MAX_GRAY)).astype("uint8"), mode="L")
+        folder = root / split / str(int(label))
         folder.mkdir(parents=True, exist_ok=True)
         gray.resize((image_size, image_size), Image.BILINEAR).save(folder / f"{index:04d}.png")
         counts[split] += 1
