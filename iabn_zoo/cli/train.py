@@ -62,8 +62,8 @@ def add_finetune(subparsers: Any) -> None:
     add_batch_size(parser, default=None, help=f"images per process and step (default {default('batch_size')})")
     parser.add_argument("--lr", type=float, help=f"base learning rate (default {default('lr')})")
     parser.add_argument("--image-size", type=image_size, metavar="S|H,W",
-                        help="training crop side in pixels, or H,W for segmentation (default 224, segmentation "
-                             "512)")
+                        help="training crop side in pixels (default 224), or H,W for segmentation (where the "
+                             "default is 512)")
     parser.add_argument("--augment", choices=("imagenet", "light", "standard", "jitter", "none"),
                         help="classification: imagenet (default, the authors' recipe), light or none for small or "
                              "non-photographic images; segmentation: standard (default: random scale, crop, flip), "
