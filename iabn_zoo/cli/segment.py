@@ -26,7 +26,8 @@ def register(subparsers) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", type=Path, help="image files or folders of images")
     parser.add_argument("--out", required=True, type=Path, help="folder for the PNGs (created if missing)")
     parser.add_argument("--weights", default="wider_resnet38_deeplab3_vistas",
-                        help="segmentation weights name, or an architecture for its default weights")
+                        help="segmentation weights name, an architecture for its default weights, or a segmentation "
+                             "fine-tuning RUN directory (its classes, colours and long side)")
     parser.add_argument("--scales", default=DEFAULT_SCALES, help="comma-separated test-time scales, each > 0")
     parser.add_argument("--flip", action="store_true", help="also run each scale on the mirrored image")
     parser.add_argument("--fusion", default="mean", choices=("mean", "voting", "max"),
@@ -35,7 +36,8 @@ def register(subparsers) -> None:
                         help="palette: coloured class map; raw: class index as gray; prob: confidence as gray; "
                              "overlay: colours on the photo with a legend")
     parser.add_argument("--long-side", type=int, default=None,
-                        help="resize the longest side to this many pixels first (default: the registry's, 2048)")
+                        help="resize the longest side to this many pixels first (default: the registry's, 2048; "
+                             "a run's: the size it was trained at)")
     parser.add_argument("--prob-bits", type=int, default=8, choices=(8, 16), help="bits of --output prob images")
     add_device(parser)
     add_precision(parser)
@@ -67,31 +69,37 @@ def run_segment(args: argparse.Namespace) -> int:
         outputs_to_write,
         write_png,
     )
+    from ..tasks.segmentation_runs import run_class_table, run_segment_defaults
     from ..weights.catalog import get_weights
+    from ..weights.run_reader import is_run_dir
 
     if args.long_side is not None and args.long_side <= 0:
         raise bad_argument("long_side", f"must be a positive number of pixels, got {args.long_side}")
     scales = parse_scales(args.scales)
     device = resolve_device(args.device)
     check_precision(args.precision, device)
-    weights = get_weights(args.weights)
-    long_side = args.long_side if args.long_side is not None else weights.preprocessing.get("long_side", 2048)
+    run = is_run_dir(args.weights)  # a segmentation fine-tuning run: its classes, palette and long side
+    weights = None if run else get_weights(args.weights)
+    source = args.weights if run else weights.name
+    trained_side = run_segment_defaults(args.weights) if run else weights.preprocessing.get("long_side", 2048)
+    long_side = args.long_side if args.long_side is not None else trained_side
     images = collect_images(args.inputs)
     targets = output_paths(images, args.out)
     kind = output_kind(args.output, args.prob_bits)
     todo = outputs_to_write(targets, kind, overwrite=args.overwrite)
     check_output_folder(args.out, context="nothing was segmented")
-    check_segmentation_fits(weights.name, [images[i] for i in todo], long_side=long_side, scales=scales,
-                            fusion=args.fusion, device=device)
+    if not run:
+        check_segmentation_fits(weights.name, [images[i] for i in todo], long_side=long_side, scales=scales,
+                                fusion=args.fusion, device=device)
     rows = [{"input": str(image), "output": str(target), "status": f"kept (a {kind} output exists; --overwrite "
              "replaces it)"} for image, target in zip(images, targets)]
     failed = 0
     if todo:
-        predictor = SegmentationPredictor.from_weights(weights.name, progress=progress_allowed(args), device=device,
+        predictor = SegmentationPredictor.from_weights(source, progress=progress_allowed(args), device=device,
                                                        scales=scales, flip=args.flip, fusion=args.fusion,
                                                        long_side=long_side, precision=args.precision)
         make_output_folder(args.out)  # only now: a failed download or a bad checkpoint leaves no empty folder
-        colors, names = class_table(weights.name, args.output)
+        colors, names = run_class_table(source, args.output) if run else class_table(source, args.output)
         for i in progress_bar(todo, enabled=progress_allowed(args), desc="segment", unit="image"):
             try:
                 photo = open_rgb(images[i])
@@ -103,7 +111,7 @@ def run_segment(args: argparse.Namespace) -> int:
             with out_of_memory_guard(f"segmenting {images[i]}", ("long_side", "scales")):
                 result = predictor.predict(photo, progress=progress_allowed(args))
             picture = render(result, args.output, colors=colors, names=names, photo=photo, prob_bits=args.prob_bits)
-            write_png(picture, targets[i], kind=kind, weights=weights.name)
+            write_png(picture, targets[i], kind=kind, weights=source)
             rows[i]["status"] = "written"
     emit(rows, as_json=args.json, columns=("input", "output", "status"))
     return exit_code(DataError) if failed else 0

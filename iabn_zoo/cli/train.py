@@ -19,13 +19,14 @@ from .options import (
     progress_allowed,
 )
 from .output import emit
+from .segmentation_options import SEGMENTATION_COLUMNS, SEGMENTATION_OPTIONS, add_segmentation_options, image_size
 
 EPOCH_COLUMNS = ("epoch", "train_loss", "train_top1", "val_top1", "val_top5", "lr", "images_per_s")
 # FinetuneConfig fields the command passes on when given explicitly (a resume takes the rest from the run)
 FINETUNE_OPTIONS = ("epochs", "batch_size", "lr", "image_size", "augment", "pretrained", "bn_mode", "optimizer",
                     "momentum", "weight_decay", "classifier_lr_mult", "schedule", "step_epochs", "gamma",
                     "freeze_stages", "clip_grad_norm", "precision", "sync_bn", "seed", "num_workers", "on_error",
-                    "device")
+                    "device") + SEGMENTATION_OPTIONS
 
 
 def register(subparsers: Any) -> None:
@@ -48,8 +49,10 @@ def add_finetune(subparsers: Any) -> None:
     parser = add_command(
         subparsers, "finetune", help="fine-tune a network on DATA/train, validating on DATA/val",
         description="Fine-tune a weights or architecture name on a folder data set (DATA/train/CLASS/*.png, "
-                    "DATA/val/CLASS/*.png); writes metrics.jsonl, model.safetensors, config.json, a resume "
-                    "point (resume.json), TensorBoard logs (RUN/tensorboard) and RUN/curves.png to RUN. Runs "
+                    "DATA/val/CLASS/*.png), or a segmentation network on images and masks (DATA/train/images, "
+                    "DATA/train/masks, Cityscapes, Vistas: see README); writes metrics.jsonl, model.safetensors, "
+                    "config.json, a resume point (resume.json), TensorBoard logs (RUN/tensorboard), RUN/curves.png "
+                    "and for segmentation RUN/samples/ to RUN. Runs "
                     "unchanged under torchrun (synchronised InPlace-ABN). Options left out take the defaults shown, "
                     "or on --resume the run's own values.")
     parser.add_argument("model", metavar="MODEL", help="weights name (pretrained) or architecture name")
@@ -59,10 +62,13 @@ def add_finetune(subparsers: Any) -> None:
     parser.add_argument("--epochs", type=int, help=f"epochs to train (default {default('epochs')})")
     add_batch_size(parser, default=None, help=f"images per process and step (default {default('batch_size')})")
     parser.add_argument("--lr", type=float, help=f"base learning rate (default {default('lr')})")
-    add_image_size(parser, help=f"training crop side in pixels (default {default('image_size')})")
-    parser.add_argument("--augment", choices=("imagenet", "light", "none"),
-                        help=f"{default('augment')} (default): the authors' recipe; light or none for small or "
-                             "non-photographic images")
+    parser.add_argument("--image-size", type=image_size, metavar="S|H,W",
+                        help="training crop side in pixels (default 224), or H,W for segmentation (where the "
+                             "default is 512)")
+    parser.add_argument("--augment", choices=("imagenet", "light", "standard", "jitter", "none"),
+                        help="classification: imagenet (default, the authors' recipe), light or none for small or "
+                             "non-photographic images; segmentation: standard (default: random scale, crop, flip), "
+                             "jitter (and colour jitter), none (crop only)")
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction,
                         help="start from published weights (default: yes for a weights name)")
     parser.add_argument("--bn-mode", choices=("standard", "inplace"), help="norm layers (default: the weights')")
@@ -73,8 +79,8 @@ def add_finetune(subparsers: Any) -> None:
                         help=f"on conv/linear weights only (default {default('weight_decay')})")
     parser.add_argument("--classifier-lr-mult", type=float,
                         help=f"classifier learning rate / base (default {default('classifier_lr_mult')})")
-    parser.add_argument("--schedule", choices=("cosine", "linear", "step"),
-                        help=f"per-iteration schedule (default {default('schedule')})")
+    parser.add_argument("--schedule", choices=("cosine", "linear", "step", "poly"),
+                        help="per-iteration schedule (default cosine, segmentation poly: (1 - t/T)^0.9)")
     parser.add_argument("--step-epochs", type=int, help="step schedule: decay every N epochs (default epochs/3)")
     parser.add_argument("--gamma", type=float, help=f"step schedule decay factor (default {default('gamma')})")
     parser.add_argument("--freeze-stages", type=int,
@@ -90,16 +96,19 @@ def add_finetune(subparsers: Any) -> None:
     add_num_workers(parser, default=None)
     add_on_error(parser, default=None)
     add_device(parser)
+    add_segmentation_options(parser)
     parser.set_defaults(func=run_finetune)
 
 
 def add_evaluate(subparsers: Any) -> None:
     """The `evaluate` sub-command."""
     parser = add_command(
-        subparsers, "evaluate", help="top-1/top-5 accuracy over a folder data set",
+        subparsers, "evaluate", help="top-1/top-5 accuracy over a folder data set, or mIoU of a segmentation model",
         description="Score MODEL (whatever create_model accepts, or a fine-tuning RUN directory) on DATA in the "
                     "ImageFolder layout (or DATA/val when present). Top-5 is null for five classes or fewer (where "
-                    "it is always 100 percent).")
+                    "it is always 100 percent). A "
+                    "segmentation RUN or segmentation weights are scored on DATA's masks (DATA the data set's root, "
+                    "whose val split is used, or one split): mIoU, per-class IoU and pixel accuracy, in percent.")
     parser.add_argument("model", metavar="MODEL", help="weights or architecture name, or a RUN directory")
     parser.add_argument("data", metavar="DATA", help="folder of class sub-folders, or one holding val/")
     parser.add_argument("--ten-crops", action="store_true", help="average the logits of ten crops")
@@ -111,6 +120,8 @@ def add_evaluate(subparsers: Any) -> None:
     add_on_error(parser)
     add_precision(parser)
     add_pretrained(parser)
+    parser.add_argument("--scales", help="segmentation: comma-separated test-time scales (default 1)")
+    parser.add_argument("--flip", action="store_true", help="segmentation: also score each scale mirrored")
     parser.set_defaults(func=run_evaluate)
 
 
@@ -129,13 +140,15 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     def report(record: dict[str, Any]) -> None:
         if printing:
-            print(" ".join(f"{key}={format_value(record.get(key))}" for key in EPOCH_COLUMNS), flush=True)
+            columns = SEGMENTATION_COLUMNS if "val_miou" in record else EPOCH_COLUMNS
+            print(" ".join(f"{key}={format_value(record.get(key))}" for key in columns), flush=True)
 
     result = finetune(args.model, args.data, args.out_dir, resume=args.resume, on_epoch_end=report, **options)
     if is_main_process():
         final = result.final
-        emit({"run_dir": str(result.run_dir), "epochs": len(result.metrics), "val_top1": final.get("val_top1"),
-              "val_top5": final.get("val_top5"), "train_loss": final.get("train_loss")}, as_json=args.json)
+        scores = ("val_miou", "val_pixel_accuracy") if "val_miou" in final else ("val_top1", "val_top5")
+        emit({"run_dir": str(result.run_dir), "epochs": len(result.metrics),
+              **{key: final.get(key) for key in scores}, "train_loss": final.get("train_loss")}, as_json=args.json)
     return 0
 
 
@@ -149,6 +162,16 @@ def format_value(value: Any) -> str:
 def run_evaluate(args: argparse.Namespace) -> int:
     """Score the model and print the result."""
     from ..tasks.evaluate import evaluate
+    from ..tasks.segment import parse_scales
+    from ..tasks.segmentation_evaluate import evaluate_segmentation
+    from ..tasks.segmentation_runs import is_segmentation_model
+
+    if is_segmentation_model(args.model) or args.scales is not None or args.flip:
+        scores = evaluate_segmentation(args.model, args.data, scales=parse_scales(args.scales or "1"),
+                                       flip=args.flip, device=args.device, precision=args.precision,
+                                       progress=progress_allowed(args), on_error=args.on_error)
+        emit(scores, as_json=args.json)
+        return 0
 
     scores = evaluate(args.model, args.data, ten_crops=args.ten_crops, scale=args.scale, crop=args.image_size,
                       batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,

@@ -237,14 +237,18 @@ class SegmentationPredictor:
     @classmethod
     def from_weights(cls, weights: str = DEFAULT_WEIGHTS, *, progress: bool = True,
                      device: str | torch.device | None = None, **options: Any):
-        """A predictor for registered segmentation weights (or an architecture's default ones): downloads and
-        verifies the checkpoint, and takes mean, std and the long side from the registry's preprocessing (`options`
-        override them). The network stays on the CPU unless `device` names another (checked by resolve_device)."""
+        """A predictor for registered segmentation weights (or an architecture's default ones), or a segmentation
+        fine-tuning RUN directory: downloads and verifies the checkpoint (a run: its latest weights), and takes
+        mean, std and the long side from the registry's (the run's) preprocessing (`options` override them). The network stays on the CPU unless `device` names another (checked by resolve_device)."""
         from ..factory import create_model
         from ..system.devices import resolve_device
         from ..weights.catalog import get_weights
+        from .segmentation_runs import is_run_dir, run_predictor
 
         target = resolve_device(device) if device is not None else torch.device("cpu")
+        if is_run_dir(weights):  # a segmentation fine-tuning run: its network, classes and preprocessing
+            model, options = run_predictor(weights, options)
+            return cls(model.to(target), **options)
         entry = get_weights(weights)
         if entry.task != "segmentation":
             raise InvalidArgumentError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, fields
@@ -15,9 +16,10 @@ from ..factory import resolve_weights
 from ..layers import BN_MODES
 from ..weights.run_reader import CONFIG_FILE, read_json
 from .run_writer import has_resume_point
+from .task_options import check_task_options, resolve_task
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "linear", "step")
+SCHEDULES = ("cosine", "linear", "step", "poly")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 MIN_IMAGE_SIZE = 8
 RESUMABLE_CHANGES = frozenset({"epochs", "num_workers", "progress", "device", "on_error"})
@@ -33,8 +35,8 @@ class FinetuneConfig:
     epochs: int = 10
     batch_size: int = 32
     lr: float = 0.01
-    image_size: int = 224
-    augment: str = "imagenet"
+    image_size: int | list[int] | None = None  # None: 224 (classification), 512 (segmentation); or (H, W)
+    augment: str | None = None  # None: imagenet (classification), standard (segmentation)
     pretrained: bool | None = None  # None: True for a weights name, False for a bare architecture
     bn_mode: str | None = None  # None: the weights' mode (sync becomes inplace on one process), else inplace
     optimizer: str = "sgd"
@@ -42,7 +44,7 @@ class FinetuneConfig:
     nesterov: bool = True
     weight_decay: float = 1e-4
     classifier_lr_mult: float = 1.0
-    schedule: str = "cosine"
+    schedule: str | None = None  # None: cosine (classification), poly (segmentation)
     step_epochs: int | None = None  # step schedule: decay every this many epochs (default epochs // 3)
     gamma: float = 0.1
     freeze_stages: int = 0
@@ -54,6 +56,18 @@ class FinetuneConfig:
     on_error: str = "skip"  # unreadable images: skip with a warning, or raise
     device: str | None = None  # None or "auto": CUDA when available
     progress: bool | None = True  # bars at a terminal (system.progress); False: never (None, of older runs: True)
+    # the task and the options of segmentation (train.task_options checks them)
+    task: str | None = None  # None: from the model (segmentation network or weights, else classification)
+    output_stride: int | None = None  # 8 or 16; None: the architecture's default
+    backbone_weights: str | None = None  # deeplabv3_<backbone>: weights name, RUN, "none"; None: the default
+    loss: str = "ce"  # ce or ohem
+    ohem_threshold: float = 0.7
+    ohem_min_kept: int = 100_000
+    class_weights: list[float] | None = None  # one loss weight per class
+    ignore_index: int = 255
+    num_classes: int | None = None  # None: from the data (classes.csv, layout)
+    scale_range: list[float] | tuple[float, float] = (0.5, 2.0)
+    grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -74,13 +88,14 @@ def _is_number(value: Any) -> bool:
 
 def check_config(cfg: FinetuneConfig) -> None:
     """Refuse out-of-range options with a message naming the option and what it accepts."""
+    resolve_task(cfg)
     _check(_is_int(cfg.epochs) and cfg.epochs >= 1, "epochs", f"must be an integer >= 1, got {cfg.epochs!r}")
     _check(_is_int(cfg.batch_size) and cfg.batch_size >= 2, "batch_size",
            f"must be an integer >= 2 (batch statistics need two images), got {cfg.batch_size!r}")
     _check(_is_number(cfg.lr) and cfg.lr > 0, "lr", f"must be a positive number, got {cfg.lr!r}")
-    _check(_is_int(cfg.image_size) and cfg.image_size >= MIN_IMAGE_SIZE, "image_size",
-           f"must be an integer >= {MIN_IMAGE_SIZE}, got {cfg.image_size!r}")
-    for name, choices in (("augment", AUGMENT_PRESETS), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+    check_task_options(cfg, MIN_IMAGE_SIZE)
+    augment = (("augment", AUGMENT_PRESETS),) if cfg.task == "classification" else ()
+    for name, choices in (*augment, ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
                           ("precision", PRECISIONS), ("on_error", ON_ERROR)):
         value = getattr(cfg, name)
         _check(value in choices, name, f"must be one of {', '.join(choices)}, got {value!r}")
@@ -100,6 +115,8 @@ def check_config(cfg: FinetuneConfig) -> None:
            f"must be >= 0 (0: off), got {cfg.clip_grad_norm!r}")
     _check(_is_int(cfg.num_workers) and cfg.num_workers >= 0, "num_workers",
            f"must be an integer >= 0, got {cfg.num_workers!r}")
+    _check(isinstance(cfg.grad_checkpointing, bool), "grad_checkpointing",
+           f"must be true or false, got {cfg.grad_checkpointing!r}")
 
 
 def resolve_config(model: str, data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], resume: bool,
@@ -122,7 +139,7 @@ def resolve_config(model: str, data_dir: str | os.PathLike[str], out_dir: str | 
                                    "it, or choose another {out_dir}", parameters=("resume", "out_dir"))
     stored = read_json(run_dir / CONFIG_FILE)["config"]
     stored.update({"data_dir": str(data_dir), "out_dir": str(run_dir)})
-    changed = sorted(k for k, v in options.items() if k not in RESUMABLE_CHANGES and stored.get(k) != v)
+    changed = sorted(k for k, v in options.items() if k not in RESUMABLE_CHANGES and stored.get(k) != as_json(v))
     changed += ["model"] if stored["model"] != model else []
     if changed:
         listing = ", ".join(f"{{{k}}} (run: {stored.get(k)!r})" for k in changed)
@@ -130,6 +147,11 @@ def resolve_config(model: str, data_dir: str | os.PathLike[str], out_dir: str | 
                                    "another run", parameters=changed)
     stored.update({k: v for k, v in options.items() if k in RESUMABLE_CHANGES})
     return FinetuneConfig(**stored)
+
+
+def as_json(value: Any) -> Any:
+    """`value` as config.json gives it back (tuples become lists), to compare an option with the stored one."""
+    return json.loads(json.dumps(value))
 
 
 def nothing_to_resume(run_dir: Path) -> InvalidArgumentError:

@@ -25,11 +25,14 @@ from ..system.storage import check_output_folder
 from ..tasks.footprint import check_training_fits
 from ..weights.run_reader import CONFIG_FILE, RESUME_FILE, read_json
 from .config import FinetuneConfig, resolve_config
-from .loaders import make_loaders
+from .classification_task import ClassificationTask
 from .loop import Trainer
-from .model import describe_run
 from .processes import process_group
 from .run_writer import epoch_bytes, has_resume_point, write_classes_csv, write_json
+from .segmentation_task import SegmentationTask
+
+
+TASKS = {"classification": ClassificationTask, "segmentation": SegmentationTask}
 
 
 @dataclass
@@ -60,13 +63,14 @@ def finetune(model: str, data_dir: str | os.PathLike[str], out_dir: str | os.Pat
     resuming = has_resume_point(run_dir)
     check_output_folder(run_dir, advice=ADVICE)
     with process_group(cfg.device) as procs:
-        check_training_fits(cfg.model, cfg.image_size, cfg.batch_size, procs.device)
-        loaders = make_loaders(cfg, procs)  # checks the data before anything is written
-        check_resumed_classes(cfg, loaders.classes)
+        if cfg.task == "classification":
+            check_training_fits(cfg.model, cfg.image_size, cfg.batch_size, procs.device)
+        task = TASKS[cfg.task](cfg, procs)  # checks the data before anything is written
+        check_resumed_classes(cfg, task.classes)
         if procs.is_writer:
-            say_what_the_resume_does(cfg, loaders.train.batch_size)
-        description = describe_run(cfg, loaders.classes)
-        trainer = Trainer(cfg, procs, description, loaders)
+            say_what_the_resume_does(cfg, task.train_loader.batch_size or cfg.batch_size)
+        description = task.describe()
+        trainer = Trainer(cfg, procs, description, task)  # builds the network before anything is written
         if procs.is_writer:
             epochs_in_flight = 1 if resuming else 2  # the new epoch is written beside the previous one
             check_output_folder(run_dir, needed=epochs_in_flight * epoch_bytes(trainer.model, cfg.optimizer),
@@ -74,7 +78,7 @@ def finetune(model: str, data_dir: str | os.PathLike[str], out_dir: str | os.Pat
             if not resuming:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 write_json(run_dir / CONFIG_FILE, description)
-                write_classes_csv(run_dir, loaders.classes)
+                write_classes_csv(run_dir, task.classes)
         with out_of_memory_guard(f"training at {cfg.image_size} px with a batch of {cfg.batch_size}",
                                  ("image_size", "batch_size")):
             metrics = trainer.run(on_epoch_end)

@@ -1,6 +1,7 @@
 """The logs people look at during fine-tuning, written by rank 0 after every epoch: TensorBoard scalars in
-RUN/tensorboard/ (loss, top-1, top-5, learning rate, images/s per epoch; `tensorboard --logdir RUN/tensorboard`) and
-RUN/curves.png (loss and top-1 per epoch, train and val).
+RUN/tensorboard/ (loss, top-1, top-5 or mIoU, pixel accuracy and per-class IoU, learning rate, images/s per epoch;
+`tensorboard --logdir RUN/tensorboard`), a segmentation run's validation pictures there too, and RUN/curves.png
+(loss and top-1 or mIoU per epoch, train and val).
 
 tensorboard and matplotlib are the `logs` extra (`pip install 'iabn-zoo[logs]'`, which `make setup` installs):
 without one of them, its log is skipped and the run says so once; training itself never depends on them.
@@ -9,8 +10,12 @@ without one of them, its log is skipped and the run says so once; training itsel
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy
+from PIL import Image
 
 from ..system.files import atomic_path
 from ..system.storage import storage_guard
@@ -19,7 +24,9 @@ TENSORBOARD_DIR = "tensorboard"
 CURVES_FILE = "curves.png"
 # TensorBoard tag -> metrics.jsonl key
 SCALARS = {"loss/train": "train_loss", "loss/val": "val_loss", "top1/train": "train_top1", "top1/val": "val_top1",
-           "top5/val": "val_top5", "learning_rate": "lr", "images_per_second": "images_per_s"}
+           "top5/val": "val_top5", "learning_rate": "lr", "images_per_second": "images_per_s",
+           "miou/val": "val_miou", "pixel_accuracy/val": "val_pixel_accuracy"}
+PER_CLASS_KEY = "val_per_class_iou"  # a list in class order: one scalar per class, "iou/val/NN"
 
 
 class RunLogs:
@@ -36,21 +43,27 @@ class RunLogs:
             warnings.warn(f"training logs skipped: {' and '.join(skipped)}; pip install 'iabn-zoo[logs]' to have "
                           "them", stacklevel=2)
 
-    def epoch_end(self, metrics: list[dict[str, Any]]) -> None:
-        """Log the last epoch of `metrics` to TensorBoard and redraw curves.png from all of them (the epoch is saved
-        by then: a full disk here stops the run with a StorageError that says so)."""
+    def epoch_end(self, metrics: list[dict[str, Any]], pictures: Sequence[Image.Image] = ()) -> None:
+        """Log the last epoch of `metrics` (and its validation `pictures`) to TensorBoard and redraw curves.png from
+        all of them (the epoch is saved by then: a full disk here stops the run with a StorageError that says so)."""
         record = metrics[-1]
         with storage_guard(self.run_dir, context=f"epoch {record['epoch']} was saved (`--resume` continues after "
                                                  "it); its TensorBoard point or curves.png were not"):
-            self.log(metrics)
+            self.log(metrics, pictures)
 
-    def log(self, metrics: list[dict[str, Any]]) -> None:
-        """The writes of `epoch_end`: the last record's scalars, then the curves of all."""
+    def log(self, metrics: list[dict[str, Any]], pictures: Sequence[Image.Image]) -> None:
+        """The writes of `epoch_end`: the last record's scalars and pictures, then the curves of all."""
         record = metrics[-1]
         if self.writer is not None:
             for tag, key in SCALARS.items():
                 if record.get(key) is not None:
                     self.writer.add_scalar(tag, record[key], record["epoch"])
+            for index, value in enumerate(record.get(PER_CLASS_KEY) or []):
+                if value is not None:
+                    self.writer.add_scalar(f"iou/val/{index:02d}", value, record["epoch"])
+            for index, picture in enumerate(pictures):
+                self.writer.add_image(f"validation/{index}", numpy.asarray(picture.convert("RGB")), record["epoch"],
+                                      dataformats="HWC")
             self.writer.flush()
         if self.figure is not None:
             write_curves(self.run_dir / CURVES_FILE, metrics, self.figure)
@@ -80,11 +93,12 @@ def figure_class():
 
 
 def write_curves(path: Path, metrics: list[dict[str, Any]], figure_type) -> None:
-    """Loss and top-1 per epoch, train and val, as one PNG written atomically."""
+    """Loss and top-1 (classification) or mIoU (segmentation) per epoch, train and val, as one PNG written
+    atomically."""
     figure = figure_type(figsize=(10, 4), dpi=100, layout="constrained")
     epochs = [record["epoch"] for record in metrics]
-    for axes, (title, keys) in zip(figure.subplots(1, 2), (("loss", ("train_loss", "val_loss")),
-                                                            ("top-1 (%)", ("train_top1", "val_top1")))):
+    score = ("mIoU (%)", ("val_miou",)) if "val_miou" in metrics[-1] else ("top-1 (%)", ("train_top1", "val_top1"))
+    for axes, (title, keys) in zip(figure.subplots(1, 2), (("loss", ("train_loss", "val_loss")), score)):
         for key in keys:
             values = [record.get(key) for record in metrics]
             if any(value is not None for value in values):

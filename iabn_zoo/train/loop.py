@@ -1,4 +1,8 @@
-"""The fine-tuning loop: train an epoch, validate, save the weights and the resume point, repeat."""
+"""The fine-tuning loop: train an epoch, validate, save the weights and the resume point, repeat.
+
+One loop for every task: what differs between classification and segmentation (data, loss, metrics, validation
+pictures, the network and its description) comes from the task object (`classification_task`, `segmentation_task`).
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,10 @@ import torch.nn as nn
 from ..errors import CheckpointError
 from ..layers import convert_norm
 from ..system.progress import progress_bar
-from ..tasks.accuracy import TOPK, Tally, count_correct
 from .config import FinetuneConfig
-from .loaders import Loaders
 from .logs import RunLogs
-from .model import build_model
 from .optim import freeze, lr_factor, make_optimizer, set_lr, stage_modules
-from .processes import Processes, all_reduce_tally, autocast_dtype, buffer_sync_option
+from .processes import Processes, autocast_dtype, buffer_sync_option
 from .run_writer import ResumePoint, has_resume_point, load_resume_point, save_epoch
 
 
@@ -30,17 +31,20 @@ def show_progress(cfg: FinetuneConfig, procs: Processes) -> bool:
 class Trainer:
     """One run's training state and the steps that advance it."""
 
-    def __init__(self, cfg: FinetuneConfig, procs: Processes, description: dict[str, Any], loaders: Loaders):
+    def __init__(self, cfg: FinetuneConfig, procs: Processes, description: dict[str, Any], task: Any):
         self.cfg = cfg
         self.procs = procs
+        self.task = task
         self.run_dir = Path(cfg.out_dir)
         self.description = description
-        self.train_loader, self.val_loader = loaders.train, loaders.val
-        self.classes = loaders.classes
+        self.train_loader, self.val_loader = task.train_loader, task.val_loader
+        self.classes = task.classes
         self.steps_per_epoch = len(self.train_loader)
         resuming = has_resume_point(self.run_dir)
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg, description, resuming=resuming).to(procs.device)
+        self.model = task.build_model(description, resuming=resuming).to(procs.device)
+        # inputs follow the parameters' dtype (float32; float64 where a test judges exactness)
+        self.input_dtype = next(self.model.parameters()).dtype
         self.frozen = stage_modules(self.model, cfg.freeze_stages)
         self.sync = procs.distributed and cfg.sync_bn and description["bn_mode"] == "inplace"
         if self.sync:
@@ -49,8 +53,8 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg)
         self.amp_dtype = autocast_dtype(cfg.precision, procs.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.criterion = nn.CrossEntropyLoss()
         self.epoch, self.step = 0, 0
+        self.pictures: list[Any] = []
         self.metrics: list[dict[str, Any]] = []
         if resuming:
             self.restore(load_resume_point(self.run_dir))
@@ -81,35 +85,35 @@ class Trainer:
     def autocast(self):
         return torch.autocast(self.procs.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
+    def batch(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch on this process's device, images in the network's dtype."""
+        return images.to(self.procs.device, dtype=self.input_dtype), targets.to(self.procs.device)
+
     def train_one_epoch(self) -> dict[str, Any]:
-        """One pass over this rank's share of the training set; loss and top-1 summed over ranks."""
+        """One pass over this rank's share of the training set; the task's tallies summed over ranks."""
         self.network.train()
         freeze(self.frozen)
-        self.train_loader.sampler.set_epoch(self.epoch)
-        self.train_loader.dataset.set_epoch(self.epoch)
-        tally, start = Tally(), time.perf_counter()
+        self.task.set_epoch(self.epoch)
+        meter, start = self.task.train_meter(), time.perf_counter()
         bar = progress_bar(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs} train", leave=False,
                            enabled=show_progress(self.cfg, self.procs), unit="batch")
         lr = 0.0
         for images, targets in bar:
             lr = set_lr(self.optimizer, lr_factor(self.cfg, self.step, self.steps_per_epoch))
-            images, targets = images.to(self.procs.device), targets.to(self.procs.device)
-            logits, loss = self.optimize(images, targets)
-            tally.add(loss.item() * targets.numel(), *count_correct(logits.detach().float(), targets), targets.numel())
+            self.optimize(*self.batch(images, targets), meter)
             self.step += 1
             elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{tally.loss:.3f}", acc=f"{tally.top1_percent:.1f}",
-                            img_s=f"{tally.images * self.procs.world_size / max(elapsed, 1e-9):.0f}")
+            bar.set_postfix(**meter.postfix(),
+                            img_s=f"{meter.images() * self.procs.world_size / max(elapsed, 1e-9):.0f}")
         elapsed = time.perf_counter() - start
-        total = all_reduce_tally(tally, self.procs)
-        return {"train_loss": total.loss, "train_top1": total.top1_percent, "lr": lr,
-                "images_per_s": total.images / max(elapsed, 1e-9), "epoch_time_s": elapsed}
+        record, images = meter.finish(self.procs)
+        return {**record, "lr": lr, "images_per_s": images / max(elapsed, 1e-9), "epoch_time_s": elapsed}
 
-    def optimize(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward, backward (scaled under fp16), optional clipping, optimizer step."""
+    def optimize(self, images: torch.Tensor, targets: torch.Tensor, meter: Any) -> None:
+        """Forward, the task's loss (tallied by `meter`), backward (scaled under fp16), optional clipping, step."""
         with self.autocast():
             logits = self.network(images)
-            loss = self.criterion(logits.float(), targets)
+            loss = meter.loss(logits, targets)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.clip_grad_norm > 0:
@@ -118,24 +122,22 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return logits, loss.detach()
 
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
-        """Loss, top-1 and top-5 (percent) over the whole validation set, each rank scoring its shard."""
+        """The task's validation metrics over the whole validation set, each rank scoring its shard."""
         self.model.eval()
-        tally = Tally()
+        meter = self.task.val_meter()
         bar = progress_bar(self.val_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs} val", leave=False,
                            enabled=show_progress(self.cfg, self.procs), unit="batch")
         for images, targets in bar:
-            images, targets = images.to(self.procs.device), targets.to(self.procs.device)
+            images, targets = self.batch(images, targets)
             with self.autocast():
-                logits = self.model(images).float()
-            tally.add(self.criterion(logits, targets).item() * targets.numel(), *count_correct(logits, targets),
-                      targets.numel())
-        total = all_reduce_tally(tally, self.procs)
-        top5 = total.top5_percent if len(self.classes) > TOPK else None  # of TOPK classes or fewer: always 100%
-        return {"val_loss": total.loss, "val_top1": total.top1_percent, "val_top5": top5, "val_images": total.images}
+                logits = self.model(images)
+            meter.add(logits, targets, images)
+        record, _ = meter.finish(self.procs)
+        self.pictures = self.task.epoch_pictures(meter)
+        return record
 
     def save(self) -> None:
         """Rank 0: the epoch's files as one unit (run_writer.save_epoch): weights, resume point, metrics, config."""
@@ -156,7 +158,9 @@ class Trainer:
                 self.metrics.append(record)
                 self.save()
                 if logs is not None:
-                    logs.epoch_end(self.metrics)
+                    logs.epoch_end(self.metrics, pictures=self.task.log_pictures(self.pictures))
+                    if self.epoch == self.cfg.epochs:
+                        self.task.write_samples(self.run_dir, self.pictures)
                 if on_epoch_end is not None:
                     on_epoch_end(record)
         finally:

@@ -1,8 +1,8 @@
 """What fine-tuning optimises and how fast: frozen stages, parameter groups, the optimizer, the learning-rate schedule.
 
 Learning-rate schedules are evaluated per iteration: with t the optimizer steps done and T the total of the run,
-`cosine` scales the base rate by (1 + cos(pi t / T)) / 2, `linear` by 1 - t / T, and `step` by gamma ** (epoch //
-step_epochs). Weight decay applies only to tensors with two or more dimensions (convolution and linear weights),
+`cosine` scales the base rate by (1 + cos(pi t / T)) / 2, `linear` by 1 - t / T, `poly` (segmentation's default,
+as DeepLab) by (1 - t / T) ** 0.9, and `step` by gamma ** (epoch // step_epochs). Weight decay applies only to tensors with two or more dimensions (convolution and linear weights),
 never to norm parameters or biases.
 """
 
@@ -16,6 +16,8 @@ import torch.nn as nn
 
 from ..errors import bad_argument
 from .config import FinetuneConfig
+
+POLY_POWER = 0.9
 
 
 def stage_modules(model: nn.Module, count: int) -> list[nn.Module]:
@@ -77,6 +79,8 @@ def lr_factor(cfg: FinetuneConfig, step: int, steps_per_epoch: int) -> float:
         return 0.5 * (1 + math.cos(math.pi * step / total))
     if cfg.schedule == "linear":
         return 1 - step / total
+    if cfg.schedule == "poly":
+        return max(0.0, 1 - step / total) ** POLY_POWER
     step_epochs = cfg.step_epochs or max(1, cfg.epochs // 3)
     return cfg.gamma ** ((step // steps_per_epoch) // step_epochs)
 

@@ -94,3 +94,12 @@ def all_reduce_tally(tally: Tally, procs: Processes) -> Tally:
     dist.all_reduce(packed)
     loss_sum, top1, top5, images = packed.tolist()
     return Tally(loss_sum=loss_sum, top1=int(top1), top5=int(top5), images=int(images))
+
+
+def all_reduce_sums(values: list[float], procs: Processes) -> list[float]:
+    """Each value summed over ranks (float64)."""
+    if not procs.distributed:
+        return list(values)
+    packed = torch.tensor(values, dtype=torch.float64, device=procs.device if procs.device.type == "cuda" else "cpu")
+    dist.all_reduce(packed)
+    return packed.tolist()
