@@ -1,2 +1,3 @@
-"""Images and data sets: opening any image as RGB, transforms (the authors' recipes), ImageFolder data sets and
-class-name lists (`label_files/`). May import: errors, system."""
+"""Images and data sets: opening any image as RGB, transforms (the authors' recipes), ImageFolder data sets,
+class-name lists (`label_files/`), segmentation data sets (three layouts, masks, joint transforms).
+May import: errors, system."""
