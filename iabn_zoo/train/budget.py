@@ -5,7 +5,7 @@ What a step needs is counted as the issue defines it: the bytes autograd keeps f
 ledger of `train.memory`, the loss included: a segmentation network's logits resized to the crop), plus the
 weights and buffers, their gradients and the optimizer's state. How each part is obtained:
 
-1. A real training step at a small size (batch 2, at most 64 px a side) on the device, followed by a real optimizer
+1. A real training step at a small size (batch 2, 64x64 px) on the device, followed by a real optimizer
    step: the weights, gradients and optimizer state are summed from the tensors themselves, and the ledger counts
    what the step kept.
 2. The same ledger on the meta device (shapes only, nothing allocated) at that size. When it counts the same bytes
