@@ -53,7 +53,7 @@ def write_predictions(run_dir: Path, data_dir: Path, picture: Path) -> None:
 
 
 def segmentation_demo(model: str, workdir: Path, classifier_run: Path, picture: Path, *, epochs: int, scenes: int,
-                      batch_size: int = 16) -> dict[str, Any]:
+                      batch_size: int = 8) -> dict[str, Any]:
     """Write the scenes, fine-tune DeepLabV3 on them from the classifier's backbone, print and return the scores.
 
     No augmentation: a mirrored digit is another shape (or no digit at all), and the scenes already vary in size."""
@@ -68,7 +68,7 @@ def segmentation_demo(model: str, workdir: Path, classifier_run: Path, picture: 
           f"{epochs} epochs on the CPU ...", flush=True)
     start = time.perf_counter()
     finetune(model, data_dir, workdir / "segmentation_run", backbone_weights=str(classifier_run), output_stride=8,
-             image_size=64, augment="none", loss="ce", schedule="poly", optimizer="sgd", lr=0.02, epochs=epochs,
+             image_size=64, augment="none", loss="ce", schedule="poly", optimizer="sgd", lr=0.05, epochs=epochs,
              batch_size=batch_size, num_workers=0, device="cpu", progress=False,
              on_epoch_end=lambda r: print(f"  epoch {r['epoch']}: train loss {r['train_loss']:.3f}, "
                                           f"val mIoU {r['val_miou']:.1f}%", flush=True))
