@@ -7,6 +7,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -15,8 +16,11 @@ import torch.nn as nn
 from .errors import CheckpointError, InvalidArgumentError, UnknownNameError
 from .layers import BN_MODES, convert_norm
 from .models._registry import get_arch, is_arch, list_archs
-from .weights.catalog import Weights, default_weights_for, get_weights, is_weights, list_weights
-from .weights.loading import build_pretrained
+from .models.deeplabv3 import backbone_of
+from .weights.backbone import DEFAULT as DEFAULT_BACKBONE
+from .weights.backbone import BackboneSource, backbone_source
+from .weights.catalog import Weights, default_weights_for, get_weights, is_weights, list_weights, weights_for_arch
+from .weights.loading import build_pretrained, load_checked
 from .weights.run_reader import RunInfo, is_run_dir, read_run, run_state_dict
 
 
@@ -46,27 +50,68 @@ def create_model(
     num_classes: int | None = None,
     bn_mode: str | None = None,
     progress: bool = True,
+    backbone_weights: Any = DEFAULT_BACKBONE,
     **kwargs: Any,
 ) -> nn.Module:
     """Build architecture or weights `name`; `pretrained=True` downloads, verifies and loads the published weights.
 
     A `num_classes` other than the checkpoint's keeps the backbone and gives a freshly initialised classifier;
     `bn_mode` overrides the mode the weights were trained with through the exact conversions of `convert_norm`.
+    `backbone_weights` (a `deeplabv3_<backbone>` network built without weights of its own): a weights name or the
+    backbone's architecture name (its default weights), a classification RUN directory (its backbone), "none" /
+    None (random), or "default": the backbone's default published weights, else random with a warning.
     """
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 0):
         raise InvalidArgumentError(f"num_classes must be an integer >= 0, got {num_classes!r}")
     if bn_mode is not None and bn_mode not in BN_MODES:
         raise InvalidArgumentError(f"bn_mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
     if not is_arch(name) and not is_weights(name) and is_run_dir(name):  # a fine-tuning RUN directory
+        _check_no_backbone_weights(name, backbone_weights)
         return _create_from_run(name, pretrained=pretrained, num_classes=num_classes, bn_mode=bn_mode)
     weights = resolve_weights(name)
     if weights is None and pretrained:
+        _check_has_weights(name)
         weights = default_weights_for(name)
-    if weights is None:
-        return _build(name, {}, bn_mode=bn_mode, num_classes=num_classes, **kwargs)
-    if not pretrained:
-        return _build(weights.arch, weights.arch_kwargs, bn_mode=bn_mode, num_classes=num_classes, **kwargs)
-    return _build_pretrained(weights, bn_mode=bn_mode, num_classes=num_classes, progress=progress, **kwargs)
+    if weights is not None and pretrained:
+        _check_no_backbone_weights(name, backbone_weights)
+        return _build_pretrained(weights, bn_mode=bn_mode, num_classes=num_classes, progress=progress, **kwargs)
+    arch, arch_kwargs = (name, {}) if weights is None else (weights.arch, weights.arch_kwargs)
+    backbone = backbone_of(arch)
+    if backbone is None:
+        _check_no_backbone_weights(name, backbone_weights)
+        return _build(arch, arch_kwargs, bn_mode=bn_mode, num_classes=num_classes, **kwargs)
+    return build_with_backbone(arch, arch_kwargs, backbone_source(backbone, backbone_weights), bn_mode=bn_mode,
+                               num_classes=num_classes, progress=progress, **kwargs)
+
+
+def _check_has_weights(arch: str) -> None:
+    """pretrained=True on a DeepLabV3 architecture without segmentation weights: say what loads by default."""
+    if backbone_of(arch) is not None and not weights_for_arch(arch):
+        raise InvalidArgumentError(
+            f"{arch} has no published segmentation weights; without pretrained=True its backbone starts from "
+            f"{backbone_of(arch)}'s default published weights (choose others with backbone_weights=...)")
+
+
+def _check_no_backbone_weights(name: str, backbone_weights: Any) -> None:
+    """backbone_weights only initialises a fresh deeplabv3 network: anywhere else it would be silently ignored."""
+    if backbone_weights not in (DEFAULT_BACKBONE, None, "none"):
+        raise InvalidArgumentError(
+            f"backbone_weights={str(backbone_weights)!r} does not apply to {name}: it initialises the backbone of a "
+            "deeplabv3_<backbone> network built without weights of its own (not a weights name loaded with "
+            "pretrained=True, a RUN directory, or a classification network)")
+
+
+def build_with_backbone(arch: str, arch_kwargs: dict[str, Any], source: BackboneSource | None, *,
+                        bn_mode: str | None, num_classes: int | None, progress: bool = True, **kwargs: Any):
+    """DeepLabV3 architecture `arch` with its `body` loaded strictly from `source` (random when None): built with
+    the source's norm mode, activation and backbone options, then converted exactly to `bn_mode` if it differs."""
+    if source is None:
+        return _build(arch, arch_kwargs, bn_mode=bn_mode, num_classes=num_classes, **kwargs)
+    wanted = bn_mode or {**arch_kwargs, **kwargs}.get("bn_mode", "inplace")
+    model = _build(arch, arch_kwargs, bn_mode=source.bn_mode, num_classes=num_classes,
+                   **_source_options(source, kwargs))
+    load_checked(model.body, source.read(progress), source=source.name)
+    return convert_norm(model, wanted) if wanted != source.bn_mode else model
 
 
 def _build(arch: str, arch_kwargs: dict[str, Any], *, bn_mode: str | None, num_classes: int | None, **kwargs: Any):
@@ -106,9 +151,30 @@ def _build_pretrained(weights: Weights, *, bn_mode: str | None, num_classes: int
     return model
 
 
+def _source_options(source: BackboneSource, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Build options that make the backbone take `source`'s tensors: its activation and architecture options."""
+    return {**source.activation, **kwargs,
+            "backbone_kwargs": {**source.backbone_kwargs, **(kwargs.get("backbone_kwargs") or {})}}
+
+
+def backbone_options(arch: str, backbone_weights: Any = DEFAULT_BACKBONE) -> dict[str, Any]:
+    """The build options `backbone_weights` bring to architecture `arch` (the activation and `backbone_kwargs` the
+    backbone needs to take them; {} for other architectures or random weights): what a run's `arch_kwargs` records
+    to rebuild the network without them. Reads and downloads nothing, warns nothing."""
+    backbone = backbone_of(arch)
+    if backbone is None:
+        return {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = backbone_source(backbone, backbone_weights)
+    return _source_options(source, {}) if source is not None else {}
+
+
 def build_run_model(info: RunInfo, bn_mode: str | None = None) -> nn.Module:
     """A run's network freshly initialised, in the norm mode it was trained with (or `bn_mode`)."""
     options = {k: v for k, v in info.arch_kwargs.items() if k not in ("bn_mode", "num_classes")}
+    if backbone_of(info.arch) is not None:  # a segmentation run: its weights replace any backbone weights
+        options["backbone_weights"] = None
     return create_model(info.arch, num_classes=info.num_classes, bn_mode=bn_mode or info.bn_mode, **options)
 
 
@@ -142,6 +208,7 @@ def _create_from_run(run_dir: str | os.PathLike[str], *, pretrained: bool, num_c
 def count_parameters(name: str) -> int:
     """Parameters of the network `name` builds, counted on the meta device (nothing allocated or initialised)."""
     list_archs()  # import the family modules outside the meta context
+    options = backbone_options(name) if is_arch(name) else {}  # as its default backbone weights shape it
     with torch.device("meta"):
-        model = create_model(name)
+        model = create_model(name, backbone_weights=None, **options)
     return sum(parameter.numel() for parameter in model.parameters())

@@ -75,7 +75,7 @@ def run_source(run_dir: str | os.PathLike[str]) -> Source:
     base = info.config.get("model")
     license_text = resolve_weights(base).license if isinstance(base, str) and is_weights(base) else ""
     prep = info.preprocessing
-    facts = {"weights": None, "run": str(Path(run_dir).resolve()), "arch": info.arch, "task": "classification",
+    facts = {"weights": None, "run": str(Path(run_dir).resolve()), "arch": info.arch, "task": info.task,
              "source_md5": file_md5(info.run_dir / MODEL_FILE), "mean": list(prep.get("mean", ())),
              "std": list(prep.get("std", ())), "class_names": list(info.classes), "license": license_text}
     return Source(lambda: load_run(run_dir), on_meta(lambda: build_run_model(info)), facts)
@@ -87,11 +87,13 @@ def name_source(name: str, *, pretrained: bool, progress: bool) -> Source:
     if weights is None and pretrained:
         weights = default_weights_for(name)
     if weights is None:
-        return Source(lambda: create_model(name), on_meta(lambda: create_model(name)),
+        return Source(lambda: create_model(name, backbone_weights=None),
+                      on_meta(lambda: create_model(name, backbone_weights=None)),
                       {"weights": None, "arch": name, "source_md5": None, "license": ""})
     if not pretrained:
         facts = {**weights_facts(weights), "weights": None, "source_md5": None, "license": ""}
-        return Source(lambda: create_model(weights.name), on_meta(lambda: create_model(weights.name)), facts)
+        return Source(lambda: create_model(weights.name, backbone_weights=None),
+                      on_meta(lambda: create_model(weights.name, backbone_weights=None)), facts)
     return Source(lambda: create_model(weights.name, pretrained=True, progress=progress),
                   on_meta(lambda: create_model(weights.name)), weights_facts(weights))
 

@@ -182,11 +182,51 @@ def input_stem(norm_act: NormAct, width: int, *, input_3x3: bool, memory_efficie
     return nn.Sequential(OrderedDict(layers))
 
 
+OUTPUT_STRIDES = (8, 16, 32)
+FULL_STRIDE = 32  # the output stride of every family undilated
+
+
+def check_output_stride(output_stride: object, allowed: Sequence[int] = OUTPUT_STRIDES) -> int:
+    """Validate an output stride (input size / final feature map size)."""
+    if not isinstance(output_stride, int) or isinstance(output_stride, bool) or output_stride not in allowed:
+        raise InvalidArgumentError(f"output_stride must be one of {', '.join(map(str, allowed))}, "
+                                   f"got {output_stride!r}")
+    return output_stride
+
+
+def stage_dilations(output_stride: int, downsamples: Sequence[bool]) -> tuple[int, ...]:
+    """Per stage dilation that brings a network whose stages halve the resolution where `downsamples` says (ending
+    at stride 32) to `output_stride`: the last halvings become dilations, doubling at each, and later stages keep
+    the dilation reached (DeepLabV3's layout: stride 8 dilates the last two down-sampling stages by 2 and 4)."""
+    stride, dilation, dilations = FULL_STRIDE // 2 ** sum(downsamples), 1, []
+    for downsample in downsamples:
+        if downsample and stride * 2 > output_stride:
+            dilation *= 2
+        elif downsample:
+            stride *= 2
+        dilations.append(dilation)
+    return tuple(dilations)
+
+
+def strided_options(network_class: Callable[..., nn.Module], output_stride: int, options: dict) -> dict:
+    """`options` with the `dilation` that gives `output_stride` (the class lists which stages down-sample in
+    `stage_downsamples`); an explicit dilation as well is a contradiction."""
+    if check_output_stride(output_stride) == FULL_STRIDE:
+        return options
+    dilation = options.get("dilation", 1)
+    if dilation is not False and (isinstance(dilation, bool) or dilation != 1):
+        raise InvalidArgumentError(f"give output_stride={output_stride} or dilation={options['dilation']!r}, "
+                                   "not both: output_stride sets the dilations")
+    return {**options, "dilation": stage_dilations(output_stride, network_class.stage_downsamples)}
+
+
 def build_family(network_class: Callable[..., nn.Module], structure: Sequence[int], *, bn_mode: str, activation: str,
                  activation_param: float, backend: str | None, memory_efficient: bool | None,
-                 **options) -> nn.Module:
+                 output_stride: int = FULL_STRIDE, **options) -> nn.Module:
     """A family's network of `structure` with its norm-act layers and the authors' convolution init;
-    `memory_efficient=None` turns the family's memory tricks on for the in-place modes and off for standard BN."""
+    `memory_efficient=None` turns the family's memory tricks on for the in-place modes and off for standard BN;
+    `output_stride` 8 or 16 dilates the last stages instead of down-sampling (for dense prediction)."""
+    options = strided_options(network_class, output_stride, options)
     norm_act = make_norm_act(bn_mode, activation, activation_param, backend=backend)
     if memory_efficient is None:
         memory_efficient = bn_mode in ("inplace", "sync")

@@ -16,7 +16,7 @@ from ..errors import RegistryError, UnknownNameError
 ArchFn = Callable[..., nn.Module]
 
 # Modules whose import registers architectures; each holds one family.
-FAMILY_MODULES = ("resnext", "wider_resnet", "resnet", "densenet", "segmentation")
+FAMILY_MODULES = ("resnext", "wider_resnet", "resnet", "densenet", "segmentation", "deeplabv3")
 
 _ARCHS: dict[str, ArchFn] = {}
 _loaded = False
@@ -58,6 +58,11 @@ def get_arch(name: str) -> ArchFn:
         return _ARCHS[name]
     except KeyError:
         raise UnknownNameError("architecture", name, _ARCHS) from None
+
+
+def registered_from(modules: tuple[str, ...]) -> list[str]:
+    """Sorted names of the architectures registered so far whose constructors live in `modules` (module names)."""
+    return sorted(name for name, fn in _ARCHS.items() if fn.__module__ in modules)
 
 
 def is_arch(name: str) -> bool:

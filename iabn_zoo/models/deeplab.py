@@ -18,6 +18,7 @@ from ..errors import InvalidArgumentError
 from ._blocks import init_conv_weights
 
 NormAct = Callable[..., nn.Module]
+HEAD_DILATIONS = {8: (12, 24, 36), 16: (6, 12, 18)}  # atrous rates at each output stride (8: the Vistas head's)
 
 
 def pooling_window(pooling_size: int | Sequence[int] | None) -> tuple[int, int] | None:

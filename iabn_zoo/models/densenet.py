@@ -108,6 +108,8 @@ class DenseNet(ZooNet):
     A block whose dilation is > 1 keeps the resolution: its transition skips the pooling and its 3x3 convs dilate.
     """
 
+    stage_downsamples = (False, True, True, True)  # mod2 keeps the stem's stride 4; mod3..mod5 halve it
+
     def __init__(self, structure: Sequence[int], norm_act: NormAct, *, num_classes: int = 1000,
                  input_3x3: bool = False, growth: int = 32, theta: float = 0.5, dilation: int | Sequence[int] = 1,
                  memory_efficient: bool = False, features_only: bool = False):
@@ -153,49 +155,49 @@ class DenseNet(ZooNet):
 def densenet121(bn_mode: str = "inplace", activation: str = "leaky_relu", activation_param: float = 0.01,
                 num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
                 memory_efficient: bool | None = None, *, input_3x3: bool = False, growth: int = 32,
-                theta: float = 0.5, dilation: int | Sequence[int] = 1) -> DenseNet:
+                theta: float = 0.5, dilation: int | Sequence[int] = 1, output_stride: int = 32) -> DenseNet:
     """DenseNet-121 (blocks of 6, 12, 24, 16 layers); options: input_3x3, growth, theta, dilation."""
     return build_family(DenseNet, (6, 12, 24, 16),
                          bn_mode=bn_mode, activation=activation, activation_param=activation_param,
                          num_classes=num_classes, backend=backend, features_only=features_only,
                          memory_efficient=memory_efficient, input_3x3=input_3x3, growth=growth, theta=theta,
-                         dilation=dilation)
+                         dilation=dilation, output_stride=output_stride)
 
 
 @register_arch
 def densenet169(bn_mode: str = "inplace", activation: str = "leaky_relu", activation_param: float = 0.01,
                 num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
                 memory_efficient: bool | None = None, *, input_3x3: bool = False, growth: int = 32,
-                theta: float = 0.5, dilation: int | Sequence[int] = 1) -> DenseNet:
+                theta: float = 0.5, dilation: int | Sequence[int] = 1, output_stride: int = 32) -> DenseNet:
     """DenseNet-169 (blocks of 6, 12, 32, 32 layers); options: input_3x3, growth, theta, dilation."""
     return build_family(DenseNet, (6, 12, 32, 32),
                          bn_mode=bn_mode, activation=activation, activation_param=activation_param,
                          num_classes=num_classes, backend=backend, features_only=features_only,
                          memory_efficient=memory_efficient, input_3x3=input_3x3, growth=growth, theta=theta,
-                         dilation=dilation)
+                         dilation=dilation, output_stride=output_stride)
 
 
 @register_arch
 def densenet201(bn_mode: str = "inplace", activation: str = "leaky_relu", activation_param: float = 0.01,
                 num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
                 memory_efficient: bool | None = None, *, input_3x3: bool = False, growth: int = 32,
-                theta: float = 0.5, dilation: int | Sequence[int] = 1) -> DenseNet:
+                theta: float = 0.5, dilation: int | Sequence[int] = 1, output_stride: int = 32) -> DenseNet:
     """DenseNet-201 (blocks of 6, 12, 48, 32 layers); options: input_3x3, growth, theta, dilation."""
     return build_family(DenseNet, (6, 12, 48, 32),
                          bn_mode=bn_mode, activation=activation, activation_param=activation_param,
                          num_classes=num_classes, backend=backend, features_only=features_only,
                          memory_efficient=memory_efficient, input_3x3=input_3x3, growth=growth, theta=theta,
-                         dilation=dilation)
+                         dilation=dilation, output_stride=output_stride)
 
 
 @register_arch
 def densenet264(bn_mode: str = "inplace", activation: str = "leaky_relu", activation_param: float = 0.01,
                 num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
                 memory_efficient: bool | None = None, *, input_3x3: bool = False, growth: int = 32,
-                theta: float = 0.5, dilation: int | Sequence[int] = 1) -> DenseNet:
+                theta: float = 0.5, dilation: int | Sequence[int] = 1, output_stride: int = 32) -> DenseNet:
     """DenseNet-264 (blocks of 6, 12, 64, 48 layers); options: input_3x3 (as published), growth, theta, dilation."""
     return build_family(DenseNet, (6, 12, 64, 48),
                          bn_mode=bn_mode, activation=activation, activation_param=activation_param,
                          num_classes=num_classes, backend=backend, features_only=features_only,
                          memory_efficient=memory_efficient, input_3x3=input_3x3, growth=growth, theta=theta,
-                         dilation=dilation)
+                         dilation=dilation, output_stride=output_stride)

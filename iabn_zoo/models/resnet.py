@@ -39,6 +39,8 @@ def module_dilations(dilation: int | Sequence[int], modules: int) -> tuple[int, 
 class ResNet(ZooNet):
     """ResNet v1; stage outputs are those of mod2..mod5."""
 
+    stage_downsamples = (False, True, True, True)  # mod2 keeps the stem's stride 4; mod3..mod5 halve it
+
     def __init__(self, structure: Sequence[int], norm_act: NormAct, *, bottleneck: bool,
                  dilation: int | Sequence[int] = 1, num_classes: int = 1000, features_only: bool = False,
                  memory_efficient: bool = True):
@@ -79,48 +81,58 @@ class ResNet(ZooNet):
 @register_arch
 def resnet18(bn_mode: str = "inplace", activation: str = "leaky_relu", activation_param: float = 0.01,
              num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
-             memory_efficient: bool | None = None, *, dilation: int | Sequence[int] = 1) -> ResNet:
+             memory_efficient: bool | None = None,
+             *, dilation: int | Sequence[int] = 1, output_stride: int = 32) -> ResNet:
     """ResNet-18 v1 (2, 2, 2, 2 basic blocks)."""
     return build_family(ResNet, (2, 2, 2, 2), bottleneck=False, bn_mode=bn_mode, activation=activation,
                          activation_param=activation_param, num_classes=num_classes, backend=backend,
-                         features_only=features_only, memory_efficient=memory_efficient, dilation=dilation)
+                         features_only=features_only, memory_efficient=memory_efficient, dilation=dilation,
+                         output_stride=output_stride)
 
 
 @register_arch
 def resnet34(bn_mode: str = "inplace", activation: str = "leaky_relu", activation_param: float = 0.01,
              num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
-             memory_efficient: bool | None = None, *, dilation: int | Sequence[int] = 1) -> ResNet:
+             memory_efficient: bool | None = None,
+             *, dilation: int | Sequence[int] = 1, output_stride: int = 32) -> ResNet:
     """ResNet-34 v1 (3, 4, 6, 3 basic blocks)."""
     return build_family(ResNet, (3, 4, 6, 3), bottleneck=False, bn_mode=bn_mode, activation=activation,
                          activation_param=activation_param, num_classes=num_classes, backend=backend,
-                         features_only=features_only, memory_efficient=memory_efficient, dilation=dilation)
+                         features_only=features_only, memory_efficient=memory_efficient, dilation=dilation,
+                         output_stride=output_stride)
 
 
 @register_arch
 def resnet50(bn_mode: str = "inplace", activation: str = "leaky_relu", activation_param: float = 0.01,
              num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
-             memory_efficient: bool | None = None, *, dilation: int | Sequence[int] = 1) -> ResNet:
+             memory_efficient: bool | None = None,
+             *, dilation: int | Sequence[int] = 1, output_stride: int = 32) -> ResNet:
     """ResNet-50 v1 (3, 4, 6, 3 bottleneck blocks)."""
     return build_family(ResNet, (3, 4, 6, 3), bottleneck=True, bn_mode=bn_mode, activation=activation,
                          activation_param=activation_param, num_classes=num_classes, backend=backend,
-                         features_only=features_only, memory_efficient=memory_efficient, dilation=dilation)
+                         features_only=features_only, memory_efficient=memory_efficient, dilation=dilation,
+                         output_stride=output_stride)
 
 
 @register_arch
 def resnet101(bn_mode: str = "inplace", activation: str = "leaky_relu", activation_param: float = 0.01,
               num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
-              memory_efficient: bool | None = None, *, dilation: int | Sequence[int] = 1) -> ResNet:
+              memory_efficient: bool | None = None,
+              *, dilation: int | Sequence[int] = 1, output_stride: int = 32) -> ResNet:
     """ResNet-101 v1 (3, 4, 23, 3 bottleneck blocks)."""
     return build_family(ResNet, (3, 4, 23, 3), bottleneck=True, bn_mode=bn_mode, activation=activation,
                          activation_param=activation_param, num_classes=num_classes, backend=backend,
-                         features_only=features_only, memory_efficient=memory_efficient, dilation=dilation)
+                         features_only=features_only, memory_efficient=memory_efficient, dilation=dilation,
+                         output_stride=output_stride)
 
 
 @register_arch
 def resnet152(bn_mode: str = "inplace", activation: str = "leaky_relu", activation_param: float = 0.01,
               num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
-              memory_efficient: bool | None = None, *, dilation: int | Sequence[int] = 1) -> ResNet:
+              memory_efficient: bool | None = None,
+              *, dilation: int | Sequence[int] = 1, output_stride: int = 32) -> ResNet:
     """ResNet-152 v1 (3, 8, 36, 3 bottleneck blocks)."""
     return build_family(ResNet, (3, 8, 36, 3), bottleneck=True, bn_mode=bn_mode, activation=activation,
                          activation_param=activation_param, num_classes=num_classes, backend=backend,
-                         features_only=features_only, memory_efficient=memory_efficient, dilation=dilation)
+                         features_only=features_only, memory_efficient=memory_efficient, dilation=dilation,
+                         output_stride=output_stride)

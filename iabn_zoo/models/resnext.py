@@ -46,6 +46,7 @@ class ResNeXt(ZooNet):
     """Pre-activation ResNeXt; stage outputs are those of mod2..mod5 (the last one after `bn_out`)."""
 
     copy_between_stages = True
+    stage_downsamples = (False, True, True, True)  # mod2 keeps the stem's stride 4; mod3..mod5 halve it
 
     def __init__(self, structure: Sequence[int], norm_act: NormAct, *, groups: int = 64, input_3x3: bool = True,
                  dilation: Dilation = 1, num_classes: int = 1000, features_only: bool = False,
@@ -79,33 +80,36 @@ class ResNeXt(ZooNet):
 def resnext50(bn_mode: str = "inplace", activation: str = "leaky_relu", activation_param: float = 0.01,
               num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
               memory_efficient: bool | None = None, *, input_3x3: bool = True, dilation: Dilation = 1,
-              groups: int = 64) -> ResNeXt:
+              groups: int = 64, output_stride: int = 32) -> ResNeXt:
     """ResNeXt-50 (3, 4, 6, 3 blocks), 64 groups; input_3x3 stem by default as in the published models."""
     return build_family(ResNeXt, (3, 4, 6, 3),
                          bn_mode=bn_mode, activation=activation, activation_param=activation_param,
                          num_classes=num_classes, backend=backend, features_only=features_only,
-                         memory_efficient=memory_efficient, input_3x3=input_3x3, dilation=dilation, groups=groups)
+                         memory_efficient=memory_efficient, input_3x3=input_3x3, dilation=dilation, groups=groups,
+                         output_stride=output_stride)
 
 
 @register_arch
 def resnext101(bn_mode: str = "inplace", activation: str = "leaky_relu", activation_param: float = 0.01,
                num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
                memory_efficient: bool | None = None, *, input_3x3: bool = True, dilation: Dilation = 1,
-               groups: int = 64) -> ResNeXt:
+               groups: int = 64, output_stride: int = 32) -> ResNeXt:
     """ResNeXt-101 (3, 4, 23, 3 blocks), 64 groups; input_3x3 stem by default as in the published models."""
     return build_family(ResNeXt, (3, 4, 23, 3),
                          bn_mode=bn_mode, activation=activation, activation_param=activation_param,
                          num_classes=num_classes, backend=backend, features_only=features_only,
-                         memory_efficient=memory_efficient, input_3x3=input_3x3, dilation=dilation, groups=groups)
+                         memory_efficient=memory_efficient, input_3x3=input_3x3, dilation=dilation, groups=groups,
+                         output_stride=output_stride)
 
 
 @register_arch
 def resnext152(bn_mode: str = "inplace", activation: str = "leaky_relu", activation_param: float = 0.01,
                num_classes: int = 1000, backend: str | None = None, features_only: bool = False,
                memory_efficient: bool | None = None, *, input_3x3: bool = True, dilation: Dilation = 1,
-               groups: int = 64) -> ResNeXt:
+               groups: int = 64, output_stride: int = 32) -> ResNeXt:
     """ResNeXt-152 (3, 8, 36, 3 blocks), 64 groups; input_3x3 stem by default as in the published models."""
     return build_family(ResNeXt, (3, 8, 36, 3),
                          bn_mode=bn_mode, activation=activation, activation_param=activation_param,
                          num_classes=num_classes, backend=backend, features_only=features_only,
-                         memory_efficient=memory_efficient, input_3x3=input_3x3, dilation=dilation, groups=groups)
+                         memory_efficient=memory_efficient, input_3x3=input_3x3, dilation=dilation, groups=groups,
+                         output_stride=output_stride)

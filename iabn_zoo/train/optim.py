@@ -29,9 +29,12 @@ def stage_modules(model: nn.Module, count: int) -> list[nn.Module]:
     if count > len(info):
         raise bad_argument("freeze_stages", f"must be at most {len(info)} for this network "
                                             f"(stages: {', '.join(i.module for i in info)}), got {count}")
-    children = [name for name, _ in model.named_children()]
-    last = children.index(info[count - 1].module.split(".")[0])
-    return [model.get_submodule(name) for name in children[:last + 1]]
+    modules, parent = [], model
+    for name in info[count - 1].module.split("."):  # a nested stage (`body.mod3`): what precedes it at each level
+        children = [child for child, _ in parent.named_children()]
+        modules += [parent.get_submodule(child) for child in children[:children.index(name)]]
+        parent = parent.get_submodule(name)
+    return modules + [parent]
 
 
 def freeze(modules: list[nn.Module]) -> None:

@@ -53,6 +53,7 @@ class RunInfo:
     classes: tuple[str, ...]
     preprocessing: dict[str, Any]
     config: dict[str, Any]
+    task: str = "classification"  # or "segmentation"; runs written before segmentation training have no field
 
     @property
     def num_classes(self) -> int:
@@ -73,7 +74,8 @@ def read_run(run_dir: str | os.PathLike[str]) -> RunInfo:
     try:
         return RunInfo(run_dir=run_dir, arch=document["arch"], arch_kwargs=dict(document["arch_kwargs"]),
                        bn_mode=document["bn_mode"], classes=tuple(document["classes"]),
-                       preprocessing=dict(document["preprocessing"]), config=dict(document["config"]))
+                       preprocessing=dict(document["preprocessing"]), config=dict(document["config"]),
+                       task=str(document.get("task", "classification")))
     except (KeyError, TypeError) as error:
         raise CheckpointError(f"{run_dir / CONFIG_FILE} lacks field {error}; was it written by iabn-zoo finetune?")\
             from None
@@ -98,11 +100,12 @@ def run_weights(run_dir: str | os.PathLike[str], *, name: str, url: str, descrip
     info = read_run(run_dir)
     weights_file = info.run_dir / MODEL_FILE
     metrics = read_metrics(info.run_dir)
-    scores = {key: float(metrics[-1][f"val_{key}"]) for key in ("top1", "top5")
+    keys = ("miou", "pixel_accuracy") if info.task == "segmentation" else ("top1", "top5")
+    scores = {key: float(metrics[-1][f"val_{key}"]) for key in keys
               if metrics and metrics[-1].get(f"val_{key}") is not None}
     return Weights(
         name=name, arch=info.arch, arch_kwargs={**info.arch_kwargs, "bn_mode": info.bn_mode}, urls=(url,),
         md5=file_md5(weights_file), file_name=f"{name}.safetensors", num_classes=info.num_classes,
-        task="classification", metrics=scores, license="", preprocessing=dict(info.preprocessing),
+        task=info.task, metrics=scores, license="", preprocessing=dict(info.preprocessing),
         description=description or f"{info.config.get('model')} fine-tuned on {info.config.get('data_dir')}",
         labels=str((info.run_dir / CLASSES_FILE).resolve()), file_size=weights_file.stat().st_size)
