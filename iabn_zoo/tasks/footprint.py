@@ -36,9 +36,9 @@ class NetworkFootprint:
     def __init__(self, model: str | os.PathLike[str]):
         with torch.device("meta"):
             try:  # standard norm layers: the same shapes, and no synchronisation across ranks to attempt
-                self.network = create_model(str(model), bn_mode="standard").train()
+                self.network = create_model(str(model), bn_mode="standard", backbone_weights=None).train()
             except InvalidArgumentError:  # an architecture without a bn_mode option
-                self.network = create_model(str(model)).train()
+                self.network = create_model(str(model), backbone_weights=None).train()
         self.network.requires_grad_(False)
 
     def per_image(self, height: int, width: int) -> ImageFootprint:

@@ -160,12 +160,13 @@ def check_step_size(batch: int, size: int | tuple[int, int]) -> None:
 
 def build_model(name: str, bn_mode: str, device: torch.device, grad_checkpointing: bool = False) -> nn.Module:
     """Model `name` in `bn_mode` (its default form for that mode) in training mode on `device` (on the meta device
-    built there directly: nothing is allocated)."""
+    built there directly: nothing is allocated); a deeplabv3 network's backbone weights are not fetched (the
+    memory is the same)."""
     if device.type == "meta":
         with torch.device("meta"):
-            model = create_model(name, bn_mode=bn_mode).train()
+            model = create_model(name, bn_mode=bn_mode, backbone_weights=None).train()
     else:
-        model = create_model(name, bn_mode=bn_mode).to(device).train()
+        model = create_model(name, bn_mode=bn_mode, backbone_weights=None).to(device).train()
     model.set_grad_checkpointing(grad_checkpointing)
     return model
 
