@@ -77,9 +77,9 @@ def add_batch_size(parser: argparse.ArgumentParser, *aliases: str, default: int 
 
 def add_image_size(parser: argparse.ArgumentParser, *aliases: str, default: int | None = None,
                    help: str = "square input side in pixels (default: the model's own, 224 for the published "
-                               "weights)") -> None:
-    """--image-size (plus old spellings kept as aliases)."""
-    parser.add_argument("--image-size", *aliases, dest="image_size", type=int, default=default, help=help)
+                               "weights)", type: Any = int) -> None:
+    """--image-size (plus old spellings kept as aliases); `type` parses its value (a side by default)."""
+    parser.add_argument("--image-size", *aliases, dest="image_size", type=type, default=default, help=help)
 
 
 def add_pretrained(parser: argparse.ArgumentParser) -> None:

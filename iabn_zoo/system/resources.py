@@ -16,12 +16,15 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ResourceLimitError, ZooError
+from ..errors import ResourceLimitError, ZooError, bad_argument
 
 CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
 # How out-of-memory failures read when they do not come as MemoryError or torch.OutOfMemoryError.
 OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "not enough memory", "out of memory", "is killed by signal: Killed")
 ALLOCATION = re.compile(r"(?:tried to allocate|allocate) (\d+) bytes")
+BYTE_COUNT = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([KMGT])(i?)(B?)|B?)", re.IGNORECASE)
+UNIT_POWERS = {"K": 1, "M": 2, "G": 3, "T": 4}
+MEMINFO = Path("/proc/meminfo")
 
 
 def format_bytes(count: int | float) -> str:
@@ -32,6 +35,21 @@ def format_bytes(count: int | float) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def parse_bytes(text: str, parameter: str = "budget") -> int:
+    """A byte count written for people: 16GiB, 2.5G and 512M are binary (powers of 1024, as `free` and ulimit
+    count), 500MB and 2GB decimal (SI), a bare number is bytes. Anything else, or nothing, raises an
+    InvalidArgumentError naming `parameter`."""
+    match = BYTE_COUNT.fullmatch(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise bad_argument(parameter, f"must be a memory size such as 16GiB, 500MB or 2.5G, got {text!r}")
+    number, prefix, binary, byte = match.groups()
+    base = 1000 if byte and not binary else 1024  # MB decimal; M, Mi and MiB binary
+    count = int(float(number) * (1 if prefix is None else base ** UNIT_POWERS[prefix.upper()]))
+    if count <= 0:
+        raise bad_argument(parameter, f"must be more than 0 bytes, got {text!r}")
+    return count
 
 
 def physical_memory() -> int | None:
@@ -60,6 +78,22 @@ def total_memory(device: torch.device) -> int | None:
     if device.type == "mps":
         return torch.mps.recommended_max_memory()
     return None
+
+
+def available_memory(device: torch.device) -> int | None:
+    """The memory `device` has free now: CUDA's free bytes, the CPU's MemAvailable (falling back on all of it)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            for line in MEMINFO.read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    total = physical_memory()
+                    return available if total is None else min(available, total)
+        except (OSError, ValueError, IndexError):
+            pass
+    return total_memory(device)
 
 
 def check_fits(needed: int, device: torch.device, *, what: str, lower: Sequence[str]) -> None:

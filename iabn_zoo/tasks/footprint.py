@@ -36,9 +36,10 @@ class NetworkFootprint:
     def __init__(self, model: str | os.PathLike[str]):
         with torch.device("meta"):
             try:  # standard norm layers: the same shapes, and no synchronisation across ranks to attempt
-                self.network = create_model(str(model), pretrained=False, bn_mode="standard").train()
+                self.network = create_model(str(model), pretrained=False, bn_mode="standard",
+                                            backbone_weights=None).train()
             except InvalidArgumentError:  # an architecture without a bn_mode option
-                self.network = create_model(str(model), pretrained=False).train()
+                self.network = create_model(str(model), pretrained=False, backbone_weights=None).train()
         self.network.requires_grad_(False)
 
     def per_image(self, height: int, width: int) -> ImageFootprint:
@@ -62,12 +63,14 @@ class NetworkFootprint:
         return ImageFootprint(training=kept[0] // 2, inference=largest[0] // 2)
 
 
-def check_training_fits(model: str | os.PathLike[str], image_size: int, batch_size: int,
+def check_training_fits(model: str | os.PathLike[str], image_size: int | tuple[int, int], batch_size: int,
                         device: torch.device) -> None:
-    """Refuse a fine-tuning step that cannot fit `device`, naming image_size and batch_size."""
-    footprint = NetworkFootprint(model).per_image(image_size, image_size)
+    """Refuse a fine-tuning step at a side or (H, W) that cannot fit `device`, naming image_size and batch_size."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    footprint = NetworkFootprint(model).per_image(height, width)
+    size = f"{height}" if height == width else f"{height}x{width}"
     check_fits(footprint.training * batch_size, device, lower=("image_size", "batch_size"),
-               what=f"a training step of {model} at {image_size} px with a batch of {batch_size}")
+               what=f"a training step of {model} at {size} px with a batch of {batch_size}")
 
 
 def check_inference_fits(model: str | os.PathLike[str], image_size: int, images: int, device: torch.device, *,

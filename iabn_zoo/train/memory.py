@@ -21,9 +21,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import bad_argument
 from ..factory import create_model
+from ..models.segmentation import SegmentationNet
 from ..system.devices import resolve_device
 
 MEASURED_MODES = ("standard", "inplace")
@@ -41,19 +43,27 @@ class StepMemory:
     grad_checkpointing: bool = False
 
 
+def storage_key(tensor: torch.Tensor) -> int:
+    """What tells one storage from another: its data pointer, or on the meta device (where every pointer is 0) the
+    storage object itself, which views and in-place results share as they share data on a real device."""
+    storage = tensor.untyped_storage()
+    return storage.data_ptr() or storage._cdata
+
+
 class SavedTensorLedger:
-    """Counts the storages autograd saves for backward, once each, leaving out the given parameters."""
+    """Counts the storages autograd saves for backward, once each, leaving out the given parameters.
+
+    On the meta device (shapes only, nothing allocated) it counts what the same step would save on a real one."""
 
     def __init__(self, parameters: list[torch.Tensor]):
-        self._excluded = {p.untyped_storage().data_ptr() for p in parameters}
+        self._excluded = {storage_key(p) for p in parameters}
         self._storages: dict[tuple[str, int], int] = {}
 
     def pack(self, tensor: torch.Tensor) -> torch.Tensor:
         """Hook run for each saved tensor: record its storage and hand the tensor itself to autograd."""
-        storage = tensor.untyped_storage()
-        pointer = storage.data_ptr()
-        if pointer not in self._excluded:
-            self._storages[(str(tensor.device), pointer)] = storage.nbytes()
+        key = storage_key(tensor)
+        if key not in self._excluded:
+            self._storages[(str(tensor.device), key)] = tensor.untyped_storage().nbytes()
         return tensor
 
     @property
@@ -73,15 +83,32 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def training_step(model: nn.Module, inputs: torch.Tensor) -> None:
-    """One forward and backward pass, with a random gradient at the output(s) in place of a loss.
+def is_segmentation(model: nn.Module) -> bool:
+    """Whether `model` is trained on per-pixel classes (a segmentation network giving logits)."""
+    return isinstance(model, SegmentationNet) and not model.features_only
 
-    A random output gradient rather than a loss keeps the measurement to what the network itself saves.
-    """
+
+def training_forward(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The forward half of a training step: what to call backward on, and the gradient to give it.
+
+    A segmentation network gets the loss segmentation training uses: its logits resized bilinearly to the crop and a
+    per-pixel cross-entropy against a random mask, so the resized logits are counted as training keeps them.
+    Other networks get a random gradient at the output(s) in place of a loss, which keeps the measurement to what
+    the network itself saves."""
     output = model(inputs)
+    if is_segmentation(model):
+        logits = F.interpolate(output, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
+        mask = torch.randint(0, logits.shape[1], (logits.shape[0], *logits.shape[2:]), device=inputs.device)
+        return F.cross_entropy(logits, mask, ignore_index=255), None
     if isinstance(output, (list, tuple)):
         output = torch.cat([o.flatten() for o in output])
-    output.backward(torch.randn_like(output))
+    return output, torch.randn_like(output)
+
+
+def training_step(model: nn.Module, inputs: torch.Tensor) -> None:
+    """One forward and backward pass (see `training_forward` for the loss)."""
+    output, gradient = training_forward(model, inputs)
+    output.backward(gradient)
 
 
 def measure_step(model: nn.Module, inputs: torch.Tensor, bn_mode: str = "", repeats: int = 1,
@@ -117,26 +144,51 @@ def _timed_step(model: nn.Module, inputs: torch.Tensor) -> float:
     return seconds
 
 
-def check_step_size(batch: int, size: int) -> None:
-    """Batch statistics need two samples or more, and the networks need images of 32 px or more."""
+def image_shape(size: int | tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of a square side or an (H, W) pair."""
+    return (size, size) if isinstance(size, int) else (size[0], size[1])
+
+
+def check_step_size(batch: int, size: int | tuple[int, int]) -> None:
+    """Batch statistics need two samples or more, and the networks need images of 32 px or more (a side, or H, W)."""
     if not isinstance(batch, int) or batch < 2:
         raise bad_argument("batch", f"must be an integer >= 2 (batch norm needs statistics), got {batch!r}")
-    if not isinstance(size, int) or size < 32:
-        raise bad_argument("size", f"must be an integer >= 32 pixels, got {size!r}")
+    sides = [size] if isinstance(size, int) else list(size) if isinstance(size, (tuple, list)) else [None]
+    if len(sides) not in (1, 2) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 32 for s in sides):
+        raise bad_argument("size", f"must be an integer >= 32 pixels, or (height, width) of such, got {size!r}")
 
 
-def model_and_inputs(name: str, bn_mode: str, *, batch: int, size: int, device: torch.device, seed: int = 0,
-                     grad_checkpointing: bool = False) -> tuple[nn.Module, torch.Tensor]:
+def build_model(name: str, bn_mode: str, device: torch.device, grad_checkpointing: bool = False) -> nn.Module:
+    """Model `name` in `bn_mode` (its default form for that mode) in training mode on `device` (on the meta device
+    built there directly: nothing is allocated); a deeplabv3 network's backbone weights are not fetched (the
+    memory is the same)."""
+    if device.type == "meta":
+        with torch.device("meta"):
+            model = create_model(name, pretrained=False, bn_mode=bn_mode, backbone_weights=None).train()
+    else:
+        model = create_model(name, pretrained=False, bn_mode=bn_mode, backbone_weights=None).to(device).train()
+    model.set_grad_checkpointing(grad_checkpointing)
+    return model
+
+
+def random_images(batch: int, size: int | tuple[int, int], device: torch.device, seed: int = 0) -> torch.Tensor:
+    """A seeded random batch of images of a side or (H, W) on `device` (empty on the meta device)."""
+    shape = (batch, 3, *image_shape(size))
+    if device.type == "meta":
+        return torch.empty(shape, device=device)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+def model_and_inputs(name: str, bn_mode: str, *, batch: int, size: int | tuple[int, int], device: torch.device,
+                     seed: int = 0, grad_checkpointing: bool = False) -> tuple[nn.Module, torch.Tensor]:
     """Model `name` built in `bn_mode` (its default form for that mode), with gradient checkpointing if asked, and
     a random batch, both seeded."""
     torch.manual_seed(seed)
-    model = create_model(name, pretrained=False, bn_mode=bn_mode).to(device).train()
-    model.set_grad_checkpointing(grad_checkpointing)
-    inputs = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
-    return model, inputs
+    model = build_model(name, bn_mode, device, grad_checkpointing)
+    return model, random_images(batch, size, device, seed)
 
 
-def compare_modes(name: str, *, batch: int = 4, size: int = 224, device: str = "cpu",
+def compare_modes(name: str, *, batch: int = 4, size: int | tuple[int, int] = 224, device: str = "cpu",
                   modes: tuple[str, ...] = MEASURED_MODES, seed: int = 0, repeats: int = 1,
                   grad_checkpointing: bool = False) -> list[StepMemory]:
     """Measure training steps of model `name` in each bn_mode (same seed and input for all; median of `repeats`);

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from iabn_zoo.data.labels import read_class_csv
+from iabn_zoo.data.segmentation_data import open_segmentation_data
 from iabn_zoo.demo.scenes import (CLASS_NAMES, IGNORE_INDEX, digit_split, load_sources, make_scene,
                                   write_digit_scenes)
 from iabn_zoo.errors import InvalidArgumentError
@@ -30,6 +31,8 @@ def test_writes_the_folders_layout_with_class_indices_and_a_class_csv(tmp_path):
             values = set(np.unique(np.asarray(mask)).tolist())
             assert values <= set(range(11)) | {IGNORE_INDEX}, f"unexpected mask values {values}"
             assert values & set(range(1, 11)), "a scene without any digit pixel"
+    data = open_segmentation_data(tmp_path)  # the library's own reader: every check of the folders layout passes
+    assert (data.layout, data.classes, len(data.train), len(data.val)) == ("folders", CLASS_NAMES, 12, 5)
 
 
 def test_masks_say_which_pixels_were_painted_and_borders_are_ignored():
