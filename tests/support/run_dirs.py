@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch.nn as nn
+from safetensors.torch import save_file
 
-from iabn_zoo.train.run_writer import save_weights, write_json
+from iabn_zoo.train.run_writer import write_json
+from iabn_zoo.weights.run_reader import CONFIG_FILE, MODEL_FILE
 
 PREPROCESSING = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "resize": 40, "crop": 32,
                  "interpolation": "bilinear"}
@@ -23,6 +25,7 @@ def write_run_dir(run_dir: Path, model: nn.Module, *, arch: str, classes: list[s
                 "preprocessing": dict(PREPROCESSING)}
     if task is not None:
         document["task"] = task
-    write_json(run_dir / "config.json", document)
-    save_weights(run_dir, {k: v.contiguous() for k, v in model.state_dict().items()}, {"format": "test"})
+    write_json(run_dir / CONFIG_FILE, document)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run_dir / MODEL_FILE),
+              metadata={"format": "iabn-zoo fine-tuning run"})
     return run_dir

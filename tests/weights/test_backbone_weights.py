@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from support.authors_checkpoints import publish, write_imagenet_checkpoint
 from support.run_dirs import write_run_dir
 from support.segmentation_fixtures import TINY_WEIGHTS, served_tiny_vistas
@@ -15,7 +16,7 @@ from iabn_zoo import factory
 from iabn_zoo.factory import build_run_model, count_parameters, load_run
 from iabn_zoo.layers import ABN, convert_norm
 from iabn_zoo.weights.catalog import unregister_weights
-from iabn_zoo.weights.run_reader import read_run
+from iabn_zoo.weights.run_reader import MODEL_FILE, read_run
 
 NAME = "test_resnet18_backbone"
 
@@ -161,8 +162,7 @@ def test_a_run_missing_backbone_tensors_is_a_checkpoint_error_naming_them(tmp_pa
     source = trained_like(num_classes=2)
     run = write_run_dir(tmp_path / "run", source, arch="resnet18", classes=["a", "b"])
     state = {k: v for k, v in source.state_dict().items() if not k.startswith("mod5.block2.")}
-    from iabn_zoo.train.run_writer import save_weights
-    save_weights(run, state, {})
+    save_file(state, str(run / MODEL_FILE))
     with pytest.raises(CheckpointError, match="missing keys?: mod5.block2"):
         zoo.create_model("deeplabv3_resnet18", backbone_weights=run)
 
