@@ -22,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .paths import shown
 from .scenes import MAX_GRAY, digit_split
 
 PICTURE = "iabn-zoo-demo-segmentation.png"
@@ -69,11 +70,6 @@ def print_memory(model: str, batch: int, size: int) -> None:
     for row in report_rows(compare_modes(model, batch=batch, size=size, device="cpu", repeats=3)):
         print(f"{row['bn_mode']:<10} {row['saved_mib']:>14.1f} MiB {row['saved_ratio']:>6.2f} "
               f"{row['step_seconds']:>7.3f}s {row['time_ratio']:>6.2f}")
-
-
-def shown(path: Path, kept: bool) -> str:
-    """`path` when the demo keeps it (--workdir), else words: printing a path deleted at the end would mislead."""
-    return str(path) if kept else "a temporary folder (deleted at the end; --workdir DIR keeps the files)"
 
 
 def deployed_accuracies(run_dir: Path, val_dir: Path, image_size: int, kept: bool) -> None:
@@ -125,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             print()
             picture = args.picture or (workdir / PICTURE if args.workdir else Path(PICTURE))
             segmentation_demo(f"deeplabv3_{args.model}", workdir, workdir / "run", picture, epochs=args.seg_epochs,
-                              scenes=args.scenes)
+                              scenes=args.scenes, kept=args.workdir is not None)
         return 0
     finally:
         if args.workdir is None:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .paths import shown
 from .scenes import IGNORE_INDEX, write_digit_scenes
 
 PICTURE_ROWS = 8
@@ -53,7 +54,7 @@ def write_predictions(run_dir: Path, data_dir: Path, picture: Path) -> None:
 
 
 def segmentation_demo(model: str, workdir: Path, classifier_run: Path, picture: Path, *, epochs: int, scenes: int,
-                      batch_size: int = 8) -> dict[str, Any]:
+                      kept: bool, batch_size: int = 8) -> dict[str, Any]:
     """Write the scenes, fine-tune DeepLabV3 on them from the classifier's backbone, print and return the scores.
 
     No augmentation: a mirrored digit is another shape (or no digit at all), and the scenes already vary in size."""
@@ -63,8 +64,8 @@ def segmentation_demo(model: str, workdir: Path, classifier_run: Path, picture: 
     data_dir = workdir / "scenes"
     counts = write_digit_scenes(data_dir, train=scenes, val=max(scenes // 5, 20), size=64)
     print(f"digit scenes: {counts['train']} training and {counts['val']} validation scenes of 64x64 px "
-          f"(held-out digits on crops of scikit-learn's photographs, 11 classes), in {data_dir}")
-    print(f"fine-tuning {model} (output stride 8, backbone from the digit classifier {classifier_run}) for "
+          f"(held-out digits on crops of scikit-learn's photographs, 11 classes), in {shown(data_dir, kept)}")
+    print(f"fine-tuning {model} (output stride 8, backbone from the digit classifier's run) for "
           f"{epochs} epochs on the CPU ...", flush=True)
     start = time.perf_counter()
     finetune(model, data_dir, workdir / "segmentation_run", backbone_weights=str(classifier_run), output_stride=8,
