@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+import iabn_zoo as zoo
 from iabn_zoo.layers import ABN, make_norm_act
 from iabn_zoo.models._blocks import init_conv_weights
 from iabn_zoo.models.deeplab import DeepLabV3Head
@@ -30,6 +31,22 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
                 layer.running_mean.copy_(torch.randn(size, generator=generator) * 0.2)
                 layer.running_var.copy_(torch.rand(size, generator=generator) * 1.5 + 0.5)
     return model
+
+
+def trained_like(arch: str = "resnet18", bn_mode: str = "inplace", num_classes: int = 10, seed: int = 0) -> nn.Module:
+    """The zoo's `arch` with random weights and trained-like norm layers (positive scales, statistics away from 0
+    and 1, 5000 batches tracked), in eval mode: what a published or fine-tuned classifier looks like to a loader."""
+    torch.manual_seed(seed)
+    model = zoo.create_model(arch, bn_mode=bn_mode, num_classes=num_classes)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, ABN):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.1, 0.1)
+                module.num_batches_tracked.fill_(5000)
+    return model.eval()
 
 
 def seeded(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 from support.authors_checkpoints import publish, write_imagenet_checkpoint
 from support.run_dirs import write_run_dir
 from support.segmentation_fixtures import TINY_WEIGHTS, served_tiny_vistas
+from support.small_networks import trained_like
 
 import iabn_zoo as zoo
 from iabn_zoo.errors import CheckpointError, InvalidArgumentError
@@ -27,20 +28,6 @@ def registered():
     yield names
     for name in names:
         unregister_weights(name)
-
-
-def trained_like(arch="resnet18", bn_mode="inplace", num_classes=10, seed=0):
-    """A classifier with random weights and non-trivial norm statistics, as if trained."""
-    torch.manual_seed(seed)
-    model = zoo.create_model(arch, bn_mode=bn_mode, num_classes=num_classes)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, ABN):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.1, 0.1)
-    return model.eval()
 
 
 def serve(server, registered, tmp_path, model, *, name=NAME, arch="resnet18", bn_mode="inplace"):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from support.authors_checkpoints import publish, to_2017_layout, write_imagenet_checkpoint, write_malicious_checkpoint
 from support.numerics import assert_as_close_as_standard
+from support.small_networks import trained_like
 
 import iabn_zoo as zoo
 from iabn_zoo.errors import CheckpointError
@@ -25,21 +26,6 @@ def registered():
     yield names
     for name in names:
         unregister_weights(name)
-
-
-def trained_like(bn_mode="inplace", num_classes=10, seed=0):
-    """A resnet18 with random weights and non-trivial BN statistics, as if trained, in eval mode."""
-    torch.manual_seed(seed)
-    model = zoo.create_model("resnet18", bn_mode=bn_mode, num_classes=num_classes)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, ABN):
-                module.running_mean.uniform_(-0.2, 0.2)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.1, 0.1)
-                module.num_batches_tracked.fill_(5000)
-    return model.eval()
 
 
 def serve(server, registered, tmp_path, state, *, name=NAME, bn_mode="inplace", writer=write_imagenet_checkpoint):
