@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch.nn as nn
-from safetensors.torch import save_file
 
+from iabn_zoo.system.tensor_files import write_safetensors
 from iabn_zoo.train.run_writer import write_json
 from iabn_zoo.weights.run_reader import CONFIG_FILE, MODEL_FILE
 
@@ -26,6 +26,5 @@ def write_run_dir(run_dir: Path, model: nn.Module, *, arch: str, classes: list[s
     if task is not None:
         document["task"] = task
     write_json(run_dir / CONFIG_FILE, document)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run_dir / MODEL_FILE),
-              metadata={"format": "iabn-zoo fine-tuning run"})
+    write_safetensors(run_dir / MODEL_FILE, model.state_dict(), {"format": "iabn-zoo fine-tuning run"})
     return run_dir

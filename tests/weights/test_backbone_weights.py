@@ -5,7 +5,6 @@ import warnings
 
 import pytest
 import torch
-from safetensors.torch import save_file
 from support.authors_checkpoints import publish, write_imagenet_checkpoint
 from support.run_dirs import write_run_dir
 from support.segmentation_fixtures import TINY_WEIGHTS, served_tiny_vistas
@@ -16,6 +15,7 @@ from iabn_zoo.errors import CheckpointError, InvalidArgumentError
 from iabn_zoo import factory
 from iabn_zoo.factory import build_run_model, count_parameters, load_run
 from iabn_zoo.layers import ABN, convert_norm
+from iabn_zoo.system.tensor_files import write_safetensors
 from iabn_zoo.weights.catalog import unregister_weights
 from iabn_zoo.weights.run_reader import MODEL_FILE, read_run
 
@@ -149,7 +149,7 @@ def test_a_run_missing_backbone_tensors_is_a_checkpoint_error_naming_them(tmp_pa
     source = trained_like(num_classes=2)
     run = write_run_dir(tmp_path / "run", source, arch="resnet18", classes=["a", "b"])
     state = {k: v for k, v in source.state_dict().items() if not k.startswith("mod5.block2.")}
-    save_file(state, str(run / MODEL_FILE))
+    write_safetensors(run / MODEL_FILE, state)
     with pytest.raises(CheckpointError, match="missing keys?: mod5.block2"):
         zoo.create_model("deeplabv3_resnet18", backbone_weights=run)
 
