@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet "setuptools>=68" wheel setuptools_scm ninja
 	SETUPTOOLS_SCM_PRETEND_VERSION=1.1.0 $(PY) -m pip install --quiet --no-build-isolation inplace-abn==1.1.0
-	$(PY) -m pip install --quiet -e ".[test,demo,export,logs]"
+	$(PY) -m pip install --quiet -e ".[test,demo,export,logs,hub]"
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -42,6 +42,11 @@ _EXPORTS = {
     "deployable_copy": "models._deployable",
     "ResourceLimitError": "errors",
     "StorageError": "errors",
+    "HubError": "errors",
+    "PublishError": "errors",
+    "MissingExtraError": "errors",
+    "push_to_hub": "weights.hf_hub.publish",
+    "save_pretrained": "weights.hf_hub.publish",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

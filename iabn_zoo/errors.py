@@ -93,6 +93,36 @@ class StorageError(ZooError):
         super().__init__(message, parameters=parameters)
 
 
+class HubError(DownloadError):
+    """The Hugging Face Hub could not serve a file: no connection, offline mode, repository, revision or file not
+    found, private or gated without a token that has access. `repo` names the repository, `reason` the cause
+    (unreachable, offline, repo-not-found, revision-not-found, file-not-found, gated, unauthorized, http)."""
+
+    def __init__(self, message: str = "", *, repo: str = "", reason: str = "http"):
+        self.repo = repo
+        self.reason = reason
+        super().__init__(message)
+
+
+class PublishError(ZooError):
+    """A push to the Hugging Face Hub was refused before any file was made: no token, an invalid or read-only
+    token, a repository or namespace the token cannot write; or the Hub rejected the commit. `repo` and `reason`
+    (no-token, invalid-token, read-only-token, forbidden, rejected) say it to code."""
+
+    def __init__(self, message: str = "", *, repo: str = "", reason: str = "forbidden"):
+        self.repo = repo
+        self.reason = reason
+        super().__init__(message)
+
+
+class MissingExtraError(ZooError, ImportError):
+    """A feature needs an optional extra that is not installed; the message names the extra and how to install it."""
+
+    def __init__(self, message: str = "", *, extra: str = ""):
+        self.extra = extra
+        super().__init__(message)
+
+
 class CacheWriteError(DownloadError, StorageError):
     """The cache cannot be written (disk full, permissions): no other source would help."""
 

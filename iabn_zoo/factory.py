@@ -1,5 +1,6 @@
-"""The front door: list the names the zoo knows and build a model from an architecture, a weights name or a
-fine-tuning RUN directory. Everything above (training, tasks, deploy, the CLI) builds networks through here.
+"""The front door: list the names the zoo knows and build a model from an architecture, a weights name, a Hub
+repository (`hf-hub:ORG/NAME[@REVISION]`, whose entry is its config.json) or a fine-tuning RUN directory. Everything
+above (training, tasks, deploy, the CLI) builds networks through here.
 """
 
 from __future__ import annotations
@@ -8,11 +9,14 @@ import fnmatch
 import inspect
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from . import __version__
 from .errors import CheckpointError, InvalidArgumentError, UnknownNameError
 from .layers import BN_MODES, convert_norm
 from .models._registry import get_arch, is_arch, list_archs
@@ -20,6 +24,7 @@ from .models.deeplabv3 import backbone_of
 from .weights.backbone import DEFAULT as DEFAULT_BACKBONE
 from .weights.backbone import BackboneSource, backbone_source
 from .weights.catalog import Weights, default_weights_for, get_weights, is_weights, list_weights, weights_for_arch
+from .weights.hf_hub.names import is_hub_name
 from .weights.loading import build_pretrained, load_checked
 from .weights.run_reader import RunInfo, is_run_dir, read_run, run_state_dict
 
@@ -54,8 +59,9 @@ def create_model(
     **kwargs: Any,
 ) -> nn.Module:
     """Build architecture or weights `name`; `pretrained=True` downloads, verifies and loads the published weights
-    (a name without any is refused), left out or False builds random weights. A fine-tuning RUN directory always
-    means its trained weights unless `pretrained=False` asks for a fresh network of its architecture.
+    (a name without any is refused), left out or False builds random weights. A fine-tuning RUN directory and a Hub
+    repository (`hf-hub:ORG/NAME[@REVISION]`) mean their trained weights unless `pretrained=False` asks for a fresh
+    network of their architecture.
 
     A `num_classes` other than the checkpoint's keeps the backbone and gives a freshly initialised classifier;
     `bn_mode` overrides the mode the weights were trained with through the exact conversions of `convert_norm`.
@@ -71,6 +77,9 @@ def create_model(
         _check_no_backbone_weights(name, backbone_weights)
         return _create_from_run(name, pretrained=pretrained is not False, num_classes=num_classes, bn_mode=bn_mode)
     weights = resolve_weights(name)
+    if weights is not None and is_hub_name(weights.name):
+        _check_hub_architecture(weights)
+        pretrained = pretrained is not False
     if weights is None and pretrained:
         _check_has_weights(name)
         weights = default_weights_for(name)
@@ -81,9 +90,40 @@ def create_model(
     backbone = backbone_of(arch)
     if backbone is None:
         _check_no_backbone_weights(name, backbone_weights)
-        return _build(arch, arch_kwargs, bn_mode=bn_mode, num_classes=num_classes, **kwargs)
-    return build_with_backbone(arch, arch_kwargs, backbone_source(backbone, backbone_weights), bn_mode=bn_mode,
-                               num_classes=num_classes, progress=progress, **kwargs)
+        with _constructor_refusals(weights):
+            return _build(arch, arch_kwargs, bn_mode=bn_mode, num_classes=num_classes, **kwargs)
+    with _constructor_refusals(weights):
+        return build_with_backbone(arch, arch_kwargs, backbone_source(backbone, backbone_weights), bn_mode=bn_mode,
+                                   num_classes=num_classes, progress=progress, **kwargs)
+
+
+def _check_hub_architecture(weights: Weights) -> None:
+    """A Hub repository's config.json must name an architecture of this version, with arguments its constructor
+    takes: said before any weights file is fetched."""
+    if not is_arch(weights.arch):
+        raise CheckpointError(f"{weights.name}: config.json names architecture {weights.arch!r}, which iabn-zoo "
+                              f"{__version__} does not have; upgrade iabn-zoo (pip install --upgrade iabn-zoo), or "
+                              "check the repository")
+    options = {**weights.arch_kwargs, "num_classes": weights.num_classes}
+    try:
+        _check_options(weights.arch, get_arch(weights.arch), options)
+    except InvalidArgumentError as error:
+        raise CheckpointError(f"{weights.name}: config.json gives arguments the constructor refuses: {error}; the "
+                              "repository was written for another version of iabn-zoo") from None
+
+
+@contextmanager
+def _constructor_refusals(weights: Weights | None) -> Iterator[None]:
+    """Around building a Hub repository's network: values its constructor refuses (on the meta device, before any
+    tensor is fetched) are a config this version cannot read."""
+    if weights is None or not is_hub_name(weights.name):
+        yield
+        return
+    try:
+        yield
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{weights.name}: config.json gives {weights.arch} arguments its constructor refuses "
+                              f"({error}); the repository was written for another version of iabn-zoo") from None
 
 
 def _check_has_weights(arch: str) -> None:
@@ -143,9 +183,9 @@ def _build_pretrained(weights: Weights, *, bn_mode: str | None, num_classes: int
     list_archs()  # import the family modules before building on the meta device
     trained_mode = weights.arch_kwargs.get("bn_mode", "inplace")
     load_mode = "inplace" if trained_mode == "sync" else trained_mode
-    model = build_pretrained(
-        lambda: _build(weights.arch, weights.arch_kwargs, bn_mode=load_mode, num_classes=weights.num_classes, **kwargs),
-        weights, progress=progress)
+    with _constructor_refusals(weights):
+        model = build_pretrained(lambda: _build(weights.arch, weights.arch_kwargs, bn_mode=load_mode,
+                                                num_classes=weights.num_classes, **kwargs), weights, progress=progress)
     if num_classes is not None and num_classes != weights.num_classes:
         model.reset_classifier(num_classes)
     if bn_mode is not None and bn_mode != load_mode:
@@ -212,5 +252,5 @@ def count_parameters(name: str) -> int:
     list_archs()  # import the family modules outside the meta context
     options = backbone_options(name) if is_arch(name) else {}  # as its default backbone weights shape it
     with torch.device("meta"):
-        model = create_model(name, backbone_weights=None, **options)
+        model = create_model(name, pretrained=False, backbone_weights=None, **options)
     return sum(parameter.numel() for parameter in model.parameters())

@@ -1,5 +1,6 @@
-"""torch.hub entry points, generated from the registries: one per weights name (pretrained by default) and one per
-architecture (random initialisation by default), each documented for `torch.hub.help`. hubconf.py exposes them.
+"""torch.hub entry points, generated from the registries: one per weights name (pretrained by default), one per
+architecture (random initialisation by default), and `hf_hub(REPO_ID)` for a repository on the Hugging Face Hub,
+each documented for `torch.hub.help`. hubconf.py exposes them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import torch.nn as nn
 from .factory import create_model
 from .models._registry import get_arch, list_archs
 from .weights.catalog import Weights, get_weights, list_weights, weights_for_arch
+from .weights.hf_hub.names import PREFIX as HF_HUB_PREFIX
+
+HF_HUB_ENTRY = "hf_hub"
 
 ENTRY_ARGS = """
 Args:
@@ -22,10 +26,29 @@ Args:
 
 
 def entry_points() -> dict[str, Callable[..., nn.Module]]:
-    """Every entry point by name: architectures first, then weights names (which win a clash of names)."""
+    """Every entry point by name: architectures first, then weights names (which win a clash of names), then the
+    Hugging Face Hub's."""
     entries = {arch: arch_entry_point(arch) for arch in list_archs()}
     entries.update({name: weights_entry_point(get_weights(name)) for name in list_weights()})
+    entries[HF_HUB_ENTRY] = hf_hub_entry_point()
     return entries
+
+
+def hf_hub_entry_point() -> Callable[..., nn.Module]:
+    """The entry point taking a Hugging Face Hub repository id (`ORG/NAME[@REVISION]`, `hf-hub:` optional)."""
+
+    def entry(repo_id: str, pretrained: bool = True, progress: bool = True, **kwargs: Any) -> nn.Module:
+        name = repo_id if repo_id.startswith(HF_HUB_PREFIX) else HF_HUB_PREFIX + repo_id
+        return create_model(name, pretrained=pretrained, progress=progress, **kwargs)
+
+    doc = ("A network published on the Hugging Face Hub by `iabn-zoo push` (a fine-tuning run, or a mirror of a "
+           "published checkpoint), built from its config.json and loaded from its model.safetensors through the "
+           "Hugging Face cache (huggingface_hub, the `hub` extra; HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE apply).\n\n"
+           "Args:\n    repo_id: ORG/NAME or ORG/NAME@REVISION (a branch, tag or commit).\n"
+           "    pretrained: load the repository's weights (default); False gives its architecture randomly "
+           "initialised.\n    progress: show a progress bar while downloading.\n"
+           "    **kwargs: passed on to `iabn_zoo.create_model` (num_classes=N for a new classifier, bn_mode).\n")
+    return _named(entry, HF_HUB_ENTRY, doc)
 
 
 def weights_entry_point(weights: Weights) -> Callable[..., nn.Module]:

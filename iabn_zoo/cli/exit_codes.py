@@ -4,7 +4,8 @@ Exit codes: 0 success, 1 other zoo error, 2 bad usage or option, 3 unknown name,
 5 download failed, 6 checksum mismatch, 7 unreadable checkpoint, 8 bad image or data set, 9 export failed or
 differs from the eager network, 10 resource limit (out of memory: lower the sizes the message names),
 11 storage error (no space or quota left or an output path that cannot be written: see the message),
-70 internal error (a bug: run with --debug and report it), 130 interrupted.
+12 push to the Hugging Face Hub refused (no token, or a token that cannot write there), 70 internal error (a bug:
+run with --debug and report it), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ..errors import (
     DownloadError,
     ExportError,
     InvalidArgumentError,
+    PublishError,
     RegistryError,
     ResourceLimitError,
     StorageError,
@@ -40,6 +42,7 @@ ERROR_CODES: tuple[tuple[type[ZooError], int], ...] = (
     (DataError, 8),
     (ExportError, 9),
     (ResourceLimitError, 10),
+    (PublishError, 12),
     (ZooError, 1),
 )
 

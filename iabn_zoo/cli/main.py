@@ -19,7 +19,7 @@ from .exit_codes import EXIT_INTERNAL, EXIT_INTERRUPTED, exit_code
 from .options import HelpFormatter, add_shared_flags, merge_global_flags, spell_option
 
 # Each module of this package (iabn_zoo/cli) defines `register(subparsers)` for the sub-commands of one concern.
-COMMAND_MODULES = ("models", "weights", "predict", "segment", "train", "memory", "export")
+COMMAND_MODULES = ("models", "weights", "predict", "segment", "train", "memory", "export", "push")
 # Parameters that shrink the memory a command needs, named by an out-of-memory the command's own guards missed.
 SIZE_PARAMETERS = ("batch_size", "image_size", "long_side", "scales")
 

@@ -113,6 +113,10 @@ def run_info(args: argparse.Namespace) -> int:
 def weights_info(weights) -> dict[str, Any]:
     """All fields of a weights entry, plus parameters and where its files are cached."""
     from ..weights.cache import cached_file_size, checkpoint_path, converted_path, is_cached
+    from ..weights.hf_hub.names import is_hub_name
+
+    if is_hub_name(weights.name):
+        return hub_info(weights)
 
     return {"name": weights.name, "arch": weights.arch, "arch_kwargs": weights.arch_kwargs, "task": weights.task,
             "num_classes": weights.num_classes, "parameters": parameter_count(weights.name),
@@ -121,6 +125,22 @@ def weights_info(weights) -> dict[str, Any]:
             "file_size": cached_file_size(weights), "cached": is_cached(weights),
             "checkpoint_path": str(checkpoint_path(weights)), "safetensors_path": str(converted_path(weights)),
             "description": weights.description}
+
+
+def hub_info(weights) -> dict[str, Any]:
+    """All fields of a Hub repository's entry, plus its pinned commit and where the Hugging Face cache keeps it."""
+    from ..weights.hf_hub import client
+    from ..weights.hf_hub.names import parse_hub_name
+
+    pinned = parse_hub_name(weights.urls[0])
+    cached = client.cached_file(pinned, weights.file_name)
+    return {"name": weights.name, "arch": weights.arch, "arch_kwargs": weights.arch_kwargs, "task": weights.task,
+            "num_classes": weights.num_classes, "parameters": parameter_count(weights.name),
+            "metrics": weights.metrics, "license": weights.license, "preprocessing": weights.preprocessing,
+            "labels": weights.labels, "repo": pinned.repo_id, "commit": pinned.revision,
+            "endpoint": client.endpoint(), "file_name": weights.file_name, "file_size": weights.file_size,
+            "sha256": weights.sha256, "source_md5": weights.md5, "cached": cached is not None,
+            "cache_path": str(cached or client.repo_cache_dir(pinned.repo_id)), "description": weights.description}
 
 
 def arch_info(arch: str) -> dict[str, Any]:

@@ -27,6 +27,10 @@ def register(subparsers) -> None:
     fetch.add_argument("names", nargs="*", metavar="NAME", help=WEIGHTS_NAMES)
     fetch.add_argument("--all", action="store_true", help="every registered checkpoint")
     fetch.add_argument("--force", action="store_true", help="download again even when a verified copy is cached")
+    fetch.add_argument("--source", action="append", metavar="SOURCE",
+                       help="the source to try (repeat for more, tried in order): a position in the entry's list "
+                            "(1 first, after IABN_ZOO_MIRRORS), a kind (hf-hub, http), or a URL or hf-hub:ORG/NAME "
+                            "of your own; every source is verified (default: all, in order)")
     fetch.set_defaults(func=run_download)
 
     importing = add_command(subparsers, "import", help="put a checkpoint downloaded by hand into the cache",
@@ -79,15 +83,22 @@ def run_download(args: argparse.Namespace) -> int:
     from ..errors import InvalidArgumentError, ZooError
     from ..weights.catalog import get_weights, list_weights
     from ..weights.downloader import download
+    from ..weights.hf_hub.names import is_hub_name
 
     if args.all == bool(args.names):
         raise InvalidArgumentError("give weights names or --all (not both); `iabn-zoo list --pretrained` shows them")
     names = list_weights() if args.all else args.names
     entries = list({weights.name: weights for weights in map(get_weights, names)}.values())  # checked up front
+    if args.source:
+        from ..weights.sources import ordered_sources
+
+        for weights in entries:
+            if not is_hub_name(weights.name):
+                ordered_sources(weights, args.source)  # a source that cannot be is refused before any download
     rows, failures = [], []
     for weights in entries:
         try:
-            path = download(weights, progress=progress_allowed(args), force=args.force)
+            path = download(weights, progress=progress_allowed(args), force=args.force, sources=args.source)
         except ZooError as error:
             failures.append(error)
             print(f"iabn-zoo: error: {weights.name}: {error}", file=sys.stderr)
@@ -121,6 +132,7 @@ def run_verify(args: argparse.Namespace) -> int:
     from ..weights.catalog import get_weights
 
     if args.names:
+        refuse_hub_names(args.names)
         entries = [get_weights(name) for name in args.names]
     else:
         entries = [get_weights(item.name) for item in cached_files() if item.kind == "checkpoint"]
@@ -147,6 +159,18 @@ def run_verify(args: argparse.Namespace) -> int:
     return exit_code(DownloadError) if "missing" in states else 0
 
 
+def refuse_hub_names(names: list[str]) -> None:
+    """Hub repositories live in the Hugging Face cache, which its own tools manage: say so instead of acting."""
+    from ..errors import InvalidArgumentError
+    from ..weights.hf_hub.names import is_hub_name
+
+    hub = [name for name in names if is_hub_name(name)]
+    if hub:
+        raise InvalidArgumentError(f"{hub[0]} is kept in the Hugging Face cache, not in iabn-zoo's: `hf cache scan` "
+                                   "lists it and `hf cache delete` removes it; `iabn-zoo download NAME` fetches and "
+                                   "verifies it again")
+
+
 def run_cache_list(args: argparse.Namespace) -> int:
     """One row per cached file: weights name, kind, size, state and path."""
     from ..weights.cache import cache_root
@@ -166,6 +190,7 @@ def run_cache_path(args: argparse.Namespace) -> int:
     from ..weights.cache import cache_root, checkpoint_path
     from ..weights.catalog import get_weights
 
+    refuse_hub_names([args.name] if args.name else [])
     path = checkpoint_path(get_weights(args.name)) if args.name else cache_root()
     if args.json:
         emit({"path": str(path)}, as_json=True)
@@ -179,6 +204,7 @@ def run_cache_remove(args: argparse.Namespace) -> int:
     from ..weights.cache_admin import remove_cached
     from ..weights.catalog import get_weights
 
+    refuse_hub_names(args.names)
     entries = [get_weights(name) for name in args.names]
     rows = []
     for weights in entries:

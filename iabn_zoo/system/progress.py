@@ -27,3 +27,17 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, enabled: bool | None 
 def write_line(text: str) -> None:
     """Print a line on stderr without breaking a bar being drawn there."""
     tqdm.write(text, file=sys.stderr)
+
+
+def progress_bar_class(enabled: bool | None = True) -> type[tqdm]:
+    """A tqdm class following `shows_progress`, for libraries that make their own bars (huggingface_hub's
+    `tqdm_class`): it ignores the `disable` and `name` they pass and draws on stderr only when allowed."""
+    shown = shows_progress(enabled)
+
+    class Bar(tqdm):
+        def __init__(self, *args: Any, **options: Any):
+            options.pop("name", None)
+            options.update(disable=not shown, file=sys.stderr, dynamic_ncols=True)
+            super().__init__(*args, **options)
+
+    return Bar

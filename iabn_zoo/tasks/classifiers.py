@@ -17,7 +17,7 @@ import torch.nn as nn
 from ..data.labels import BUILTIN_LABELS, class_names, read_class_csv
 from ..errors import DataError, InvalidArgumentError
 from ..factory import create_model, load_run, resolve_weights
-from ..weights.catalog import Weights, default_weights_for, weights_for_arch
+from ..weights.catalog import Weights, default_weights_for, is_weights, weights_for_arch
 from ..weights.run_reader import CONFIG_FILE, is_run_dir, read_run
 
 DEFAULT_PREPROCESSING = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "resize": 256, "crop": 224,
@@ -37,7 +37,7 @@ class Classifier:
 def published_weights(model: str | os.PathLike[str]) -> Weights | None:
     """The weights a MODEL that is not a run directory loads (None: an architecture without published weights)."""
     name = str(model)
-    if os.sep in name or Path(name).exists():
+    if not is_weights(name) and (os.sep in name or Path(name).exists()):
         raise DataError(f"{name} is not a fine-tuning run directory (it holds no {CONFIG_FILE}); give the --out "
                         "folder of `iabn-zoo finetune`, or a weights or architecture name")
     weights = resolve_weights(name)

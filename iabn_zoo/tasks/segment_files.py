@@ -23,6 +23,7 @@ from ..system.resources import check_fits
 from ..system.storage import storage_guard
 from ..weights.catalog import get_weights
 from .footprint import NetworkFootprint
+from .palette import class_palette
 from .segment import FUSIONS, working_size
 
 KIND_KEY = "iabn-zoo-output"
@@ -133,7 +134,13 @@ def check_segmentation_fits(weights_name: str, images: Sequence[Path], *, long_s
 
 
 def class_table(weights_name: str, output: str) -> tuple[list[tuple[int, int, int]], list[str]]:
-    """Colours and names of the weights' classes, read only for the outputs that show them."""
+    """Colours and names of the weights' classes, read only for the outputs that show them: the label file's own
+    colours, else (a class list without r, g, b, such as a fine-tuning run's) the palette its run drew with."""
     labels = get_weights(weights_name).labels or "vistas"
-    colors = class_colors(labels) if output in ("palette", "overlay") else []
+    if output not in ("palette", "overlay"):
+        return [], []
+    try:
+        colors = class_colors(labels)
+    except DataError:
+        colors = class_palette(class_names(labels))
     return colors, class_names(labels) if output == "overlay" else []

@@ -23,7 +23,6 @@ from ..system.storage import check_output_folder, storage_error, storage_guard
 from .catalog import Weights
 
 HOME_ENV = "IABN_ZOO_HOME"
-OFFLINE_ENV = "IABN_ZOO_OFFLINE"
 PART_SUFFIX = ".part"
 LOCK_SUFFIX = ".lock"
 STAMP_DIR = ".verified"
@@ -62,11 +61,6 @@ def lock_path(target: Path) -> Path:
 def stamp_path(target: Path) -> Path:
     """The verification stamp of `target`."""
     return target.parent / STAMP_DIR / (target.name + ".json")
-
-
-def is_offline() -> bool:
-    """Whether IABN_ZOO_OFFLINE asks never to open a network connection."""
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def write_stamp(target: Path, md5: str) -> None:

@@ -1,6 +1,8 @@
-"""The weights registry: published checkpoints (registry/*.toml), extra files from IABN_ZOO_REGISTRY, user entries.
+"""The weights registry: published checkpoints (registry/*.toml), extra files from IABN_ZOO_REGISTRY, user entries,
+and `hf-hub:ORG/NAME[@REVISION]` names, whose entry is the repository's config.json (read once per process).
 
 Every entry is a frozen `Weights`; a malformed entry is rejected with a `RegistryError` naming the file and field.
+A source is an http(s) URL or a Hub repository (`hf-hub:...`, see `hf_hub`).
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from urllib.parse import urlsplit
 
 from ..errors import InvalidArgumentError, RegistryError, UnknownNameError
 from ..layers.norm_act import BN_MODES
+from .hf_hub.names import is_hub_name, parse_hub_name
+from .hf_hub.resolve import hub_weights_fields
 
 TASKS = ("classification", "segmentation")
 REGISTRY_ENV = "IABN_ZOO_REGISTRY"
 REGISTRY_SOURCE = "iabn_zoo/weights/registry"  # how error messages name the shipped files
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 MD5_PATTERN = re.compile(r"[0-9a-fA-F]{32}")
+SHA256_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
 RESERVED_SUFFIXES = (".part", ".lock")  # the cache's partial downloads and lock files
 MAX_METRIC = 1 << 53  # larger integers cannot become floats exactly (and beyond ~1e308 not at all)
 
@@ -46,6 +51,7 @@ class Weights:
     description: str
     labels: str | None = None
     file_size: int | None = None
+    sha256: str | None = None  # of the converted safetensors file a Hub source serves (recorded when published)
 
     def __post_init__(self) -> None:
         for name, value in _checked_fields(self).items():
@@ -70,6 +76,8 @@ class _FieldError(Exception):
 
 
 def _check_name(value: Any) -> str:
+    if is_hub_name(value):  # the entry of a Hub repository, named as the user wrote it
+        return parse_hub_name(value).text
     if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value) or ".." in value:
         raise RegistryError(
             f"weights name {value!r} is invalid: use letters, digits, '_', '-' and '.', "
@@ -104,8 +112,14 @@ def _arch_kwargs(value: Any) -> dict[str, Any]:
 
 def _urls(value: Any) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
-        raise _FieldError("must be a non-empty list of http(s) URLs")
+        raise _FieldError("must be a non-empty list of http(s) URLs or hf-hub:ORG/NAME[@REVISION] repositories")
     for url in value:
+        if is_hub_name(url):
+            try:
+                parse_hub_name(url, parameter="source")
+            except InvalidArgumentError as error:
+                raise _FieldError(f"has {url!r}: {error}") from None
+            continue
         try:
             parts = urlsplit(_text(url))
             valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
@@ -114,6 +128,12 @@ def _urls(value: Any) -> tuple[str, ...]:
         if not valid:
             raise _FieldError(f"has {url!r}: every source must be a well-formed http:// or https:// URL")
     return tuple(value)
+
+
+def _optional_sha256(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not SHA256_PATTERN.fullmatch(value)):
+        raise _FieldError(f"must be 64 hexadecimal digits (a sha256), got {value!r}")
+    return None if value is None else value.lower()
 
 
 def _md5(value: Any) -> str:
@@ -168,9 +188,10 @@ def _optional_size(value: Any) -> int | None:
 _FIELD_CHECKS = {
     "arch": _nonempty_text, "arch_kwargs": _arch_kwargs, "urls": _urls, "md5": _md5, "file_name": _file_name,
     "num_classes": _positive_int, "task": _task, "metrics": _metrics, "license": _text, "preprocessing": _table,
-    "description": _text, "labels": _optional_text, "file_size": _optional_size,
+    "description": _text, "labels": _optional_text, "file_size": _optional_size, "sha256": _optional_sha256,
 }
-_REQUIRED = tuple(spec.name for spec in fields(Weights) if spec.name not in ("name", "labels", "file_size"))
+_OPTIONAL = ("name", "labels", "file_size", "sha256")
+_REQUIRED = tuple(spec.name for spec in fields(Weights) if spec.name not in _OPTIONAL)
 _KNOWN = frozenset(spec.name for spec in fields(Weights))
 
 
@@ -187,6 +208,9 @@ def parse_registry(text: str, source: str) -> dict[str, Weights]:
     for name, table in document.items():
         if not isinstance(table, dict):
             raise RegistryError(f"registry file {source}: {name!r} must be a table [{name}] describing one checkpoint")
+        if is_hub_name(name):
+            raise RegistryError(f"registry file {source}: {name!r} is a Hub repository, not an entry name; list it "
+                                "among an entry's urls to use it as a source")
         missing = [key for key in _REQUIRED if key not in table]
         unknown = sorted(set(table) - _KNOWN)
         if missing:
@@ -227,6 +251,7 @@ _lock = threading.Lock()
 _builtin: dict[str, Weights] | None = None
 _extra_cache: dict[tuple, dict[str, Weights]] = {}
 _user: dict[str, Weights] = {}
+_hub: dict[str, Weights] = {}
 
 
 def _merge(into: dict[str, Weights], entries: dict[str, Weights], source: str, sources: dict[str, str]) -> None:
@@ -288,8 +313,10 @@ def list_weights(pattern: str = "*") -> list[str]:
 
 def get_weights(name: str) -> Weights:
     """The entry called `name`, or for an architecture with published weights its default ones (what
-    `create_model(arch, pretrained=True)` loads); unknown names raise UnknownNameError (a KeyError) with the closest
-    names."""
+    `create_model(arch, pretrained=True)` loads), or a Hub repository's (`hf-hub:ORG/NAME[@REVISION]`, from its
+    config.json); unknown names raise UnknownNameError (a KeyError) with the closest names."""
+    if is_hub_name(name):
+        return _hub_entry(name)
     entries = _all_entries()
     if name in entries:
         return entries[name]
@@ -299,8 +326,19 @@ def get_weights(name: str) -> Weights:
 
 
 def is_weights(name: str) -> bool:
-    """Whether `name` is a registered weights name."""
-    return isinstance(name, str) and name in _all_entries()
+    """Whether `name` is a registered weights name or a Hub repository name (not contacted here)."""
+    return isinstance(name, str) and (is_hub_name(name) or name in _all_entries())
+
+
+def _hub_entry(name: str) -> Weights:
+    """The entry of a Hub repository, resolved once per process (its revision pinned to the commit then read)."""
+    with _lock:
+        cached = _hub.get(name)
+    if cached is None:
+        cached = Weights(**hub_weights_fields(name))
+        with _lock:
+            _hub[name] = cached
+    return cached
 
 
 def weights_for_arch(arch: str) -> list[Weights]:
@@ -328,6 +366,9 @@ def register_weights(weights: Weights, *, overwrite: bool = False) -> Weights:
     """Add a user entry (e.g. a fine-tuned checkpoint on an internal server); an existing name needs overwrite=True."""
     if not isinstance(weights, Weights):
         raise InvalidArgumentError(f"register_weights takes a iabn_zoo.Weights, got {type(weights).__name__}")
+    if is_hub_name(weights.name):
+        raise InvalidArgumentError(f"{weights.name} names a Hub repository, which needs no registration: pass it "
+                                   "wherever a weights name goes; register a plain name to list it as a source")
     if not overwrite and weights.name in _all_entries():
         raise RegistryError(f"weights {weights.name!r} are already registered; pass overwrite=True to replace them "
                             "or choose another name")

@@ -6,7 +6,8 @@ Range (restarting cleanly when a server ignores it), follows Drive's "Download a
 permission pages into advice. A host that cannot be reached at all (connection refused, no route, a name that does
 not resolve: an offline machine) fails at once, with the way to fetch the file by hand. Only a file whose
 size and md5 check out is renamed onto the cache path; a cross-process lock makes concurrent callers share one
-transfer.
+transfer. A Hub source (`hf-hub:...`, see `hf_hub.fetch`) leaves its verified file in the Hugging Face cache and
+answers with that path; so does a Hub repository's own entry.
 """
 
 from __future__ import annotations
@@ -26,13 +27,11 @@ from ..errors import CacheWriteError, ChecksumError, DownloadError
 from ..system.hashing import file_md5
 from ..system.progress import progress_bar
 from .cache import (
-    OFFLINE_ENV,
     checkpoint_path,
     ensure_directory,
     file_lock,
     has_valid_stamp,
     install_verified,
-    is_offline,
     part_path,
     remove_quietly,
     stamp_path,
@@ -40,6 +39,10 @@ from .cache import (
 )
 from .catalog import Weights, get_weights
 from .gdrive import classify_page, direct_url
+from .hf_hub.fetch import fetch_mirror, fetch_repo_weights
+from .hf_hub.names import is_hub_name
+from .offline import OFFLINE_ENV, is_offline
+from .sources import ordered_sources
 from .partial_file import PartialFile, stream_into
 
 HTML_PAGE_LIMIT = 2 << 20
@@ -74,14 +77,23 @@ class _Interrupted(Exception):
 
 
 def download(name_or_weights: str | Weights, *, cache_dir: str | os.PathLike[str] | None = None,
-             progress: bool = True, force: bool = False, policy: DownloadPolicy | None = None) -> Path:
+             progress: bool = True, force: bool = False, policy: DownloadPolicy | None = None,
+             sources: list[str] | tuple[str, ...] | None = None) -> Path:
     """The verified checkpoint of a weights entry in the cache (`cache_dir` replaces the cache root), downloading
-    it first if needed; `force` fetches it again even when a verified copy exists."""
+    it first if needed; `force` fetches it again even when a verified copy exists. Sources are tried in order
+    (IABN_ZOO_MIRRORS first); `sources` picks and orders them for this call (see `sources.ordered_sources`). A Hub
+    source, and a Hub repository's own entry, answer with the verified file in the Hugging Face cache."""
     weights = name_or_weights if isinstance(name_or_weights, Weights) else get_weights(name_or_weights)
+    if is_hub_name(weights.name):
+        return fetch_repo_weights(weights, progress=progress, force=force)
+    chosen = ordered_sources(weights, sources)
     target = checkpoint_path(weights, Path(cache_dir).expanduser() if cache_dir is not None else None)
     if not force and has_valid_stamp(target, weights.md5):
         return target
     if is_offline() and not target.exists():
+        cached = _cached_hub_copy(weights, chosen)
+        if cached is not None:
+            return cached
         raise DownloadError(f"{weights.name} is not cached ({target} is missing) and {OFFLINE_ENV}=1 forbids "
                             f"downloading it: unset {OFFLINE_ENV}, or fetch it elsewhere and run "
                             f"`iabn-zoo import FILE --name {weights.name}`")
@@ -91,7 +103,17 @@ def download(name_or_weights: str | Weights, *, cache_dir: str | os.PathLike[str
         if is_offline():
             raise DownloadError(f"the cached {target} does not match md5 {weights.md5} and was removed; "
                                 f"{OFFLINE_ENV}=1 forbids downloading it again: unset {OFFLINE_ENV}")
-        return _download_locked(weights, target, progress, policy or DownloadPolicy())
+        return _download_locked(weights, target, progress, policy or DownloadPolicy(), chosen, force)
+
+
+def _cached_hub_copy(weights: Weights, sources: tuple[str, ...]) -> Path | None:
+    """Offline: the verified file a Hub source left in the Hugging Face cache, if any."""
+    for source in filter(is_hub_name, sources):
+        try:
+            return fetch_mirror(source, weights, progress=False)
+        except DownloadError:
+            continue
+    return None
 
 
 def _cached_copy_is_valid(target: Path, weights: Weights) -> bool:
@@ -112,15 +134,18 @@ def _cached_copy_is_valid(target: Path, weights: Weights) -> bool:
     return False
 
 
-def _download_locked(weights: Weights, target: Path, progress: bool, policy: DownloadPolicy) -> Path:
+def _download_locked(weights: Weights, target: Path, progress: bool, policy: DownloadPolicy,
+                     sources: tuple[str, ...], force: bool) -> Path:
     if weights.file_size:  # room for what is still to come, before any request
         kept = part_path(target).stat().st_size if part_path(target).is_file() else 0
         ensure_directory(target.parent, needed=max(weights.file_size - kept, 0))
     failures: list[tuple[str, DownloadError]] = []
     with requests.Session() as session:
         session.headers["User-Agent"] = f"iabn-zoo/{__version__}"
-        for url in weights.urls:
+        for url in sources:
             try:
+                if is_hub_name(url):
+                    return fetch_mirror(url, weights, progress=progress, force=force)
                 _fetch(session, url, part_path(target), weights, progress, policy)
             except CacheWriteError:
                 raise
@@ -228,7 +253,8 @@ def _open(session: requests.Session, url: str, offset: int, weights: Weights,
 
 def by_hand(weights: Weights) -> str:
     """The way around any download failure: the browser, then `iabn-zoo import`."""
-    return (f"open {weights.urls[0]} in a browser, download {weights.file_name}, then run "
+    link = next((url for url in weights.urls if not is_hub_name(url)), weights.urls[0])
+    return (f"open {link} in a browser, download {weights.file_name}, then run "
             f"`iabn-zoo import FILE --name {weights.name}`")
 
 

@@ -5,7 +5,8 @@ After the first verified load of a registered file its tensors are kept as safet
 md5 in the metadata) and later loads read that copy, memory-mapped, without unpickling. `build_pretrained` also
 skips the random initialisation the weights would overwrite: it builds the network on the `meta` device and adopts
 the checkpoint's tensors as its parameters, which makes a warm `create_model(..., pretrained=True)` several times
-faster than building, `torch.load` and `load_state_dict`.
+faster than building, `torch.load` and `load_state_dict`. A Hub repository's tensors are read where the Hugging
+Face cache keeps them (safetensors, memory-mapped; a pickle only through `torch.load(weights_only=True)`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .cache import converted_path, writer_lock
 from .catalog import Weights, get_weights, is_weights, list_weights
 from .checkpoint_reader import read_checkpoint
 from .downloader import download
+from .hf_hub.names import is_hub_name
 
 CONVERTED_FORMAT = "iabn-zoo-state-dict/1"
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin", ".safetensors")
@@ -54,6 +56,8 @@ def _looks_like_path(text: str) -> bool:
 
 def load_weights_state_dict(weights: Weights, *, progress: bool = True) -> dict[str, torch.Tensor]:
     """A registered checkpoint's normalised tensors: from the safetensors copy when valid, else download and convert."""
+    if is_hub_name(weights.name):  # a Hub repository: its verified file in the Hugging Face cache is the copy
+        return read_checkpoint(download(weights, progress=progress))
     converted = converted_path(weights)
     cached = read_converted(converted, md5=weights.md5)
     if cached is not None:
@@ -104,11 +108,13 @@ def build_pretrained(build: Callable[[], nn.Module], weights: Any, progress: boo
     """`build()` a network and load `weights` into it, without the random initialisation the weights replace.
     The caller has imported whatever `build` needs: module-level tensors must not land on the meta device."""
     weights = _as_weights(weights)
-    state_dict = load_weights_state_dict(weights, progress=progress)
-    try:
+    try:  # first, so that a constructor refusing its arguments refuses them before any download
         with torch.device("meta"):
             model = build()
     except (NotImplementedError, RuntimeError):  # a constructor that needs real data: initialise normally
+        model = None
+    state_dict = load_weights_state_dict(weights, progress=progress)
+    if model is None:
         return load_checked(build(), state_dict, source=weights.name)
     load_checked(model, state_dict, source=weights.name, assign=True)
     if _has_meta_tensors(model):  # state the checkpoint does not hold (non-persistent buffers): build for real
