@@ -95,10 +95,11 @@ def name_source(name: str, *, pretrained: bool, progress: bool) -> Source:
     size = weights.preprocessing.get("crop")
     if not pretrained:
         facts = {**weights_facts(weights), "weights": None, "source_md5": None, "license": ""}
-        return Source(lambda: create_model(weights.name, backbone_weights=None),
-                      on_meta(lambda: create_model(weights.name, backbone_weights=None)), facts, size)
+        return Source(lambda: create_model(weights.name, pretrained=False, backbone_weights=None),
+                      on_meta(lambda: create_model(weights.name, pretrained=False, backbone_weights=None)), facts,
+                      size)
     return Source(lambda: create_model(weights.name, pretrained=True, progress=progress),
-                  on_meta(lambda: create_model(weights.name)), weights_facts(weights), size)
+                  on_meta(lambda: create_model(weights.name, pretrained=False)), weights_facts(weights), size)
 
 
 def resolve_source(model: nn.Module | str | os.PathLike[str], *, pretrained: bool = True,

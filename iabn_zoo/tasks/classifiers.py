@@ -66,7 +66,7 @@ def load_classifier(model: str | os.PathLike[str], *, progress: bool = True, pre
     if weights is None and pretrained:
         default_weights_for(str(model))  # raises: the one message for a name without weights
     if weights is None or not pretrained:
-        network = create_model(str(model)).eval()
+        network = create_model(str(model), pretrained=False).eval()
         outputs = network.get_classifier().out_features
         return Classifier(network, [f"class {index}" for index in range(outputs)], [set() for _ in range(outputs)],
                           dict(DEFAULT_PREPROCESSING))

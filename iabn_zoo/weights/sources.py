@@ -1,7 +1,7 @@
 """Which sources a download tries, in which order: the mirrors the user names in IABN_ZOO_MIRRORS first, then the
 entry's own sources; a `sources` argument (`iabn-zoo download --source`) picks and orders them for one call.
 
-IABN_ZOO_MIRRORS holds mirror templates separated by spaces or os.pathsep, each an http(s) URL or a Hub repository
+IABN_ZOO_MIRRORS holds mirror templates separated by spaces or commas, each an http(s) URL or a Hub repository
 in which `{name}` and `{file_name}` stand for the entry's weights name and file name; `hf-hub:ORG` alone means
 `hf-hub:ORG/{name}` (the repositories `iabn-zoo push NAME ORG/NAME` makes). Every source is verified the same way.
 """
@@ -18,7 +18,7 @@ from .hf_hub.names import is_hub_name
 
 MIRRORS_ENV = "IABN_ZOO_MIRRORS"
 KINDS = {"hf-hub": True, "hub": True, "http": False, "url": False}  # kind -> whether it means Hub sources
-SEPARATORS = re.compile(rf"[\s{re.escape(os.pathsep)}]+")
+SEPARATORS = re.compile(r"[\s,]+")
 
 
 def mirror_sources(weights: Weights) -> list[str]:

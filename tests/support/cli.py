@@ -133,7 +133,7 @@ def registry_toml(entries: dict[str, dict]) -> str:
 def weights_fields(weights) -> dict:
     """The registry fields of a Weights entry (for writing it into an IABN_ZOO_REGISTRY file)."""
     keys = ("arch", "arch_kwargs", "urls", "md5", "file_name", "num_classes", "task", "metrics", "license",
-            "preprocessing", "description", "labels", "file_size")
+            "preprocessing", "description", "labels", "file_size", "sha256")
     return {key: getattr(weights, key) for key in keys if getattr(weights, key) is not None}
 
 

@@ -185,6 +185,8 @@ class _HubHandler(_Handler):
 
     def readable(self, repo_id: str) -> HubRepo | int:
         """The repository when this user may read it; else the refusal already sent."""
+        if self.user is None and self.headers.get("Authorization"):
+            return self.refuse(401, None, "Invalid credentials in Authorization header")
         repo = self.state.find(repo_id)
         if repo is None or not self.state.can_read(repo, self.user):
             return self.refuse(401 if self.user is None else 404, "RepoNotFound", "Repository not found")

@@ -50,6 +50,12 @@ def token(monkeypatch) -> str:
     return TOKEN
 
 
+@pytest.fixture
+def owner_token() -> str:
+    """The token of alice (without setting HF_TOKEN)."""
+    return TOKEN
+
+
 @pytest.fixture(autouse=True)
 def no_token(monkeypatch):
     """No token unless a test asks for one (`token`), and nothing saved by `hf auth login` in the test HF_HOME."""
