@@ -42,7 +42,7 @@ def hub_cache(tmp_path):
 
 def test_list_has_one_entry_per_weights_and_architecture(hub_cache):
     names = torch.hub.list(hub_cache, trust_repo=True, skip_validation=True, verbose=False)
-    assert sorted(names) == sorted(set(list_archs()) | set(zoo.list_weights()))
+    assert sorted(names) == sorted(set(list_archs()) | set(zoo.list_weights()) | {"hf_hub"})
     assert "resnext101_ipabn_lr_512" in names and "resnext101" in names
 
 
@@ -59,6 +59,8 @@ def test_help_shows_metrics_license_and_preprocessing(hub_cache):
             assert f"{key} {value}" in doc
     arch_doc = torch.hub.help(hub_cache, "resnext101", trust_repo=True, skip_validation=True)
     assert "Randomly initialised by default" in arch_doc and "resnext101_ipabn_lr_512" in arch_doc
+    hf_doc = torch.hub.help(hub_cache, "hf_hub", trust_repo=True, skip_validation=True)
+    assert "repo_id: ORG/NAME or ORG/NAME@REVISION" in hf_doc and "HF_ENDPOINT" in hf_doc
 
 
 def test_hubconf_dependencies_are_importable():

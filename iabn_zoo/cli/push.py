@@ -22,12 +22,14 @@ def register(subparsers: Any) -> None:
                     "write ORG/NAME are checked before anything is made; an existing model card is kept unless "
                     "--replace-card. Needs the `hub` extra (pip install 'iabn-zoo[hub]').")
     parser.add_argument("model", metavar="MODEL", help="a finished RUN directory or a registered weights name")
-    parser.add_argument("repo", nargs="?", metavar="ORG/NAME", help="the Hub repository (created if needed)")
+    parser.add_argument("repo", nargs="?", metavar="ORG/NAME",
+                        help="the Hub repository, created if needed (default: none, which needs --to-folder; with it, "
+                             "the repository its card's usage lines name)")
     parser.add_argument("--private", action="store_true", help="create the repository private (default: public)")
     parser.add_argument("--revision", metavar="BRANCH", help="the branch to commit to (created from main if needed; "
                                                              "default: main)")
     parser.add_argument("--to-folder", metavar="DIR", help="write the repository into DIR (new or empty) instead of "
-                                                          "pushing it; no network")
+                                                          "pushing it; no network (default: push)")
     parser.add_argument("--replace-card", action="store_true",
                         help="replace the model card already on the Hub (default: keep it)")
     parser.add_argument("--message", help="the commit message (default: Upload MODEL with iabn-zoo VERSION)")
