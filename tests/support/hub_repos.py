@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import fnmatch
+import functools
 import hashlib
 import threading
 import time
@@ -33,11 +34,11 @@ class HubFile:
     data: bytes
     lfs: bool
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
 
-    @property
+    @functools.cached_property
     def oid(self) -> str:
         """What the Hub compares uploads with: the sha256 of an LFS file, the git blob id of a regular one."""
         return self.sha256 if self.lfs else git_blob_sha1(self.data)

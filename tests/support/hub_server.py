@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 import yaml
 
-from support.hub_repos import HubFile, HubRepo, HubState, decode_commit_file, is_lfs
+from .hub_repos import HubFile, HubRepo, HubState, decode_commit_file, is_lfs
 
 REPO = r"(?P<repo>[^/]+/[^/]+)"
 API_ROUTES = [(method, re.compile(pattern), name) for method, pattern, name in (
@@ -142,7 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.rfile.readline()
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    def send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
+    def send(self, status: int, body: bytes | memoryview = b"", headers: dict[str, str] | None = None,
              content_type: str = "application/json") -> int:
         self.send_response(status)
         for key, value in {"Content-Type": content_type, "Content-Length": str(len(body)), **(headers or {})}.items():
@@ -381,7 +381,8 @@ class _StorageHandler(_Handler):
         headers = {"Accept-Ranges": "bytes", "ETag": f'"{path.rpartition("/")[2]}"'}
         if match:
             headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
-        record.status = self.send(206 if match else 200, data[start:stop], headers, "application/octet-stream")
+        record.status = self.send(206 if match else 200, memoryview(data)[start:stop], headers,
+                                  "application/octet-stream")
 
     def do_PUT(self) -> None:
         path = urlsplit(self.path).path
