@@ -192,7 +192,8 @@ class _HubHandler(_Handler):
             return self.refuse(401 if self.user is None else 404, "RepoNotFound", "Repository not found")
         if repo.gated and (self.user is None or self.user.name not in repo.allowed):
             return self.refuse(401 if self.user is None else 403, "GatedRepo",
-                               "Access to this model is restricted: you must be authenticated and accept its conditions")
+                               "Access to this model is restricted: you must be authenticated and accept its "
+                               "conditions")
         return repo
 
     def writable(self, repo_id: str) -> HubRepo | int:

@@ -18,7 +18,14 @@ from support.small_networks import trained_like
 
 import iabn_zoo as zoo
 import iabn_zoo.cli as cli
-from iabn_zoo.errors import CheckpointError, ChecksumError, HubError, InvalidArgumentError, PublishError, UnknownNameError
+from iabn_zoo.errors import (
+    CheckpointError,
+    ChecksumError,
+    HubError,
+    InvalidArgumentError,
+    PublishError,
+    UnknownNameError,
+)
 from iabn_zoo.weights.hf_hub import client
 from iabn_zoo.weights.hf_hub.names import parse_hub_name
 
@@ -177,7 +184,8 @@ def test_no_network_is_said_at_once_with_the_ways_around(hub_env, tmp_path):
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]
-    done = run_cli("info", "hf-hub:alice/anything", env=hub_env(tmp_path / "hf", HF_ENDPOINT=f"http://127.0.0.1:{closed}"))
+    env = hub_env(tmp_path / "hf", HF_ENDPOINT=f"http://127.0.0.1:{closed}")
+    done = run_cli("info", "hf-hub:alice/anything", env=env)
     assert done.returncode == 5, done.stderr
     for hint in ("cannot reach the Hugging Face Hub", "connection refused", "HF_ENDPOINT", "HF_HUB_OFFLINE=1",
                  "pass that folder as the MODEL"):
