@@ -129,18 +129,14 @@ def weights_info(weights) -> dict[str, Any]:
 
 def hub_info(weights) -> dict[str, Any]:
     """All fields of a Hub repository's entry, plus its pinned commit and where the Hugging Face cache keeps it."""
-    from ..weights.hf_hub import client
-    from ..weights.hf_hub.names import parse_hub_name
+    from ..weights.hf_hub.resolve import hub_details
 
-    pinned = parse_hub_name(weights.urls[0])
-    cached = client.cached_file(pinned, weights.file_name)
     return {"name": weights.name, "arch": weights.arch, "arch_kwargs": weights.arch_kwargs, "task": weights.task,
             "num_classes": weights.num_classes, "parameters": parameter_count(weights.name),
             "metrics": weights.metrics, "license": weights.license, "preprocessing": weights.preprocessing,
-            "labels": weights.labels, "repo": pinned.repo_id, "commit": pinned.revision,
-            "endpoint": client.endpoint(), "file_name": weights.file_name, "file_size": weights.file_size,
-            "sha256": weights.sha256, "source_md5": weights.md5, "cached": cached is not None,
-            "cache_path": str(cached or client.repo_cache_dir(pinned.repo_id)), "description": weights.description}
+            "labels": weights.labels, **hub_details(weights), "file_name": weights.file_name,
+            "file_size": weights.file_size, "sha256": weights.sha256, "source_md5": weights.md5,
+            "description": weights.description}
 
 
 def arch_info(arch: str) -> dict[str, Any]:

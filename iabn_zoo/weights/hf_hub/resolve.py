@@ -31,3 +31,12 @@ def hub_weights_fields(text: str) -> dict[str, Any]:
     if not document.get("labels"):
         client.download_file(pinned, CLASSES_FILE, progress=False)
     return weights_fields(document, name=name.text, source=pinned.text, folder=config_path.parent)
+
+
+def hub_details(weights: Any) -> dict[str, Any]:
+    """Where a Hub repository's entry comes from: repository, pinned commit, Hub, whether its weights file is in
+    the Hugging Face cache and where."""
+    pinned = parse_hub_name(weights.urls[0])
+    cached = client.cached_file(pinned, weights.file_name)
+    return {"repo": pinned.repo_id, "commit": pinned.revision, "endpoint": client.endpoint(),
+            "cached": cached is not None, "cache_path": str(cached or client.repo_cache_dir(pinned.repo_id))}

@@ -116,3 +116,15 @@ def test_a_private_push_is_private(runs, hub, token, unique, capsys):
     name = unique("private")
     assert cli.main(["push", str(runs["classification"]), name, "--private", "--json"]) == 0
     assert hub.find(name).private
+
+
+def test_a_saved_folder_is_the_repository_and_loads_as_a_model_without_any_network(runs, hub, tmp_path, capsys):
+    folder = tmp_path / "repo"
+    assert cli.main(["push", str(runs["segmentation"]), "--to-folder", str(folder), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["files"]
+    assert {"config.json", "model.safetensors", "classes.csv", "README.md", "curves.png"} <= set(listed)
+    assert hub.requests == []
+    same = {k: torch.equal(v, load_run(runs["segmentation"]).state_dict()[k])
+            for k, v in load_run(folder).state_dict().items()}  # downloaded by hand, a repository is a MODEL
+    assert all(same.values()), [k for k, ok in same.items() if not ok]
+    assert "hf-hub:ORG/NAME" in (folder / "README.md").read_text()
