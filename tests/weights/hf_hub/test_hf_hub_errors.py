@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from iabn_zoo.errors import (
     ChecksumError,
     HubError,
     InvalidArgumentError,
+    MissingExtraError,
     PublishError,
     UnknownNameError,
 )
@@ -193,10 +195,14 @@ def test_no_network_is_said_at_once_with_the_ways_around(hub_env, tmp_path):
     assert done.seconds < 20, f"took {done.seconds:.1f} s: huggingface_hub's retries were not cut short"
 
 
-def test_without_the_hub_extra_the_error_names_it(tmp_path):
-    done = run_cli("predict", "hf-hub:alice/anything", tmp_path, block_imports=("huggingface_hub",))
-    assert done.returncode == 1, done.stderr
-    assert "needs the `hub` extra (huggingface_hub)" in done.stderr and "pip install 'iabn-zoo[hub]'" in done.stderr
+def test_without_the_hub_extra_the_error_names_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # how Python says a package is not importable
+    assert cli.main(["predict", "hf-hub:alice/anything", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert "needs the `hub` extra (huggingface_hub)" in error and "pip install 'iabn-zoo[hub]'" in error
+    with pytest.raises(MissingExtraError) as caught:
+        zoo.push_to_hub("resnet18", "alice/x")
+    assert isinstance(caught.value, ImportError) and caught.value.extra == "hub"
 
 
 def test_push_without_a_token_sends_nothing(runs, hub, unique, capsys):
