@@ -73,6 +73,8 @@ def fetch_verified(name: HubName, filename: str, algorithm: str, expected: str, 
     with watcher or nullcontext():
         path = client.download_file(name, filename, progress=progress, force=force)
     actual = (watcher.digest(path) if watcher is not None else None) or file_digest(path, algorithm)
+    if actual != expected and watcher is not None:
+        actual = file_digest(path, algorithm)  # the watcher may have read bytes rewritten since: hash the file
     if actual != expected:
         client.discard(path, whole_repo=not repo_was_cached)
         raise ChecksumError(f"{filename} of {name} has {algorithm} {actual}, expected {expected} (recorded for "

@@ -55,7 +55,7 @@ def save_pretrained(model: str | os.PathLike[str], folder: str | os.PathLike[str
     check_publishable(model)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise InvalidArgumentError(f"{folder} is not an empty folder; save into a new one", parameters=("folder",))
-    check_output_folder(folder.parent if not folder.exists() else folder, advice="choose another folder")
+    check_output_folder(folder, advice="choose another folder")
     return write_repository(publication(model, progress=progress), folder, repo_id)
 
 

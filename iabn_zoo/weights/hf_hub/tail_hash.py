@@ -4,9 +4,10 @@ pass over its bytes.
 huggingface_hub streams a download into `blobs/<etag>.<random>.incomplete` and renames it onto `blobs/<etag>` when
 complete. `TailHash` watches the blob folder for a new `.incomplete` file, opens it and hashes its bytes as they
 arrive; the open file survives the rename, so once the download returns the rest is read and the digest is known.
-Whenever it cannot vouch for the result (the file was never seen, was rewritten from the start, or is not the file
-the download returned) `digest` answers None and the caller hashes the file itself: correctness never depends on
-how the library names its temporary files.
+`digest` answers None when the file was never seen, shrank while it was read (rewritten from the start) or is not
+the file the download returned; and what it answers is the digest of the bytes it read, which a rewrite it did not
+see can make stale: a caller hashes the file itself when there is no digest, and confirms a mismatch the same way
+before refusing the file. Correctness never depends on how the library names or writes its temporary files.
 """
 
 from __future__ import annotations
