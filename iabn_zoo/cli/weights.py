@@ -83,7 +83,6 @@ def run_download(args: argparse.Namespace) -> int:
     from ..errors import InvalidArgumentError, ZooError
     from ..weights.catalog import get_weights, list_weights
     from ..weights.downloader import download
-    from ..weights.hf_hub.names import is_hub_name
 
     if args.all == bool(args.names):
         raise InvalidArgumentError("give weights names or --all (not both); `iabn-zoo list --pretrained` shows them")
@@ -93,8 +92,7 @@ def run_download(args: argparse.Namespace) -> int:
         from ..weights.sources import ordered_sources
 
         for weights in entries:
-            if not is_hub_name(weights.name):
-                ordered_sources(weights, args.source)  # a source that cannot be is refused before any download
+            ordered_sources(weights, args.source)  # a source that cannot be is refused before any download
     rows, failures = [], []
     for weights in entries:
         try:

@@ -84,9 +84,9 @@ def download(name_or_weights: str | Weights, *, cache_dir: str | os.PathLike[str
     (IABN_ZOO_MIRRORS first); `sources` picks and orders them for this call (see `sources.ordered_sources`). A Hub
     source, and a Hub repository's own entry, answer with the verified file in the Hugging Face cache."""
     weights = name_or_weights if isinstance(name_or_weights, Weights) else get_weights(name_or_weights)
+    chosen = ordered_sources(weights, sources)
     if is_hub_name(weights.name):
         return fetch_repo_weights(weights, progress=progress, force=force)
-    chosen = ordered_sources(weights, sources)
     target = checkpoint_path(weights, Path(cache_dir).expanduser() if cache_dir is not None else None)
     if not force and has_valid_stamp(target, weights.md5):
         return target

@@ -38,6 +38,10 @@ def mirror_sources(weights: Weights) -> list[str]:
 def ordered_sources(weights: Weights, requested: list[str] | tuple[str, ...] | None = None) -> tuple[str, ...]:
     """The sources to try for `weights`: mirrors then the entry's own, or those `requested` picks: a source's
     position in that list (1 first), a kind (`hf-hub`, `http`), or a source of its own (a URL or a Hub name)."""
+    if is_hub_name(weights.name):  # a Hub repository's entry: the repository is its one source
+        if requested:
+            raise InvalidArgumentError(f"{weights.name} is a Hub repository, its own only source: drop the sources")
+        return weights.urls
     known = _unique([*mirror_sources(weights), *weights.urls])
     if not requested:
         return tuple(_checked(weights, known))

@@ -191,5 +191,7 @@ def test_download_source_on_the_command_line(published, hub, unique, token, caps
         assert cli.main(["download", entry.name, "--source", "7"]) == 2
         assert "has 2 source(s), no number 7" in capsys.readouterr().err
         assert cli.main(["download", entry.name, "--source", "ftp://elsewhere/x"]) == 2
+        assert cli.main(["download", f"hf-hub:{repo}", "--source", "1"]) == 2
+        assert "its own only source" in capsys.readouterr().err
     finally:
         unregister_weights(entry.name)
