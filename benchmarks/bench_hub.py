@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import interleaved_medians, row
+from benchmarks.common import interleaved_medians, interleaved_medians_of, row
 
 TARGET_LOAD = 1.1
 TARGET_DOWNLOAD = 1.15
@@ -109,18 +109,16 @@ def _download_rows(quick: bool, tmp: Path, hub: Any, curl: str) -> list[dict[str
     def library_only() -> None:
         client.download_file(HubName(name), "model.safetensors", progress=False, force=True)
 
-    repeats = 3 if quick else 5
-    ours, baseline = interleaved_medians(hub_download, raw_transfer, repeats=repeats)
-    ours_again, library = interleaved_medians(hub_download, library_only, repeats=repeats)
-    library_again, curl_again = interleaved_medians(library_only, raw_transfer, repeats=repeats)
+    ours, library, baseline = interleaved_medians_of([hub_download, library_only, raw_transfer],
+                                                     repeats=3 if quick else 9)
     mib = size >> 20
     return [
         row(f"Hub download + sha256 {mib} MiB vs raw transfer (curl)", ours, baseline, target=TARGET_DOWNLOAD,
             unit="s", note="zoo.download('hf-hub:...', force=True): HEAD, redirect, stream into the Hugging Face "
                            "cache, verify; curl: GET the same storage URL to the same disk"),
-        row(f"Hub download + sha256 {mib} MiB vs huggingface_hub's download alone", ours_again, library,
+        row(f"Hub download + sha256 {mib} MiB vs huggingface_hub's download alone", ours, library,
             target=None, unit="s", note="what iabn-zoo adds: resolving the name, the sha256 (computed while the "
-                                        "file arrives)"),
-        row(f"huggingface_hub's download {mib} MiB vs curl", library_again, curl_again, target=None, unit="s",
+                                        "file arrives); the same rounds as the row above"),
+        row(f"huggingface_hub's download {mib} MiB vs curl", library, baseline, target=None, unit="s",
             note="hf_hub_download's plain-HTTP transfer (10 MB re-chunking in Python) over curl's"),
     ]

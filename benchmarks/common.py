@@ -40,6 +40,23 @@ def interleaved_medians(ours: Callable[[], Any], baseline: Callable[[], Any], re
     return statistics.median(ours_times), statistics.median(base_times)
 
 
+def interleaved_medians_of(callables: list[Callable[[], Any]], repeats: int, warmup: int = 1) -> list[float]:
+    """Median wall-clock seconds of several callables, run in turn each round (the order rotating from round to
+    round), so that machine noise hits all of them alike."""
+    for _ in range(warmup):
+        for fn in callables:
+            fn()
+    times: list[list[float]] = [[] for _ in callables]
+    for i in range(repeats):
+        order = list(range(len(callables)))
+        order = order[i % len(order):] + order[:i % len(order)]
+        for index in order:
+            start = time.perf_counter()
+            callables[index]()
+            times[index].append(time.perf_counter() - start)
+    return [statistics.median(measured) for measured in times]
+
+
 def bench_device() -> str:
     """The device the model benchmarks run on: `IABN_BENCH_DEVICE` (set to `cuda` by benchmarks/gpu.sh), else cpu."""
     return os.environ.get("IABN_BENCH_DEVICE", "cpu")
