@@ -4,7 +4,8 @@ huggingface_hub reads HF_ENDPOINT, HF_HOME and HF_HUB_DISABLE_XET when it is imp
 those variables set here, while this folder is collected: before any test imports huggingface_hub in this process.
 Child processes get the same variables (`hub_env`), with their own HF_HOME where a test needs an empty cache. Every
 test names its repositories apart (`unique`), so that the session's Hugging Face cache needs no cleaning between
-tests. The runs pushed are real: resnet18 and deeplabv3_resnet18 fine-tuned for one epoch on tiny data.
+tests. The runs pushed are real: resnet18 and deeplabv3_resnet18 fine-tuned for one epoch on tiny data (their first
+stages frozen, which makes the optimizer steps cheaper).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("hub_runs")
     colours = write_colour_dataset(base / "colours", train=6, val=6, size=16)
     scenes = write_square_scenes(base / "scenes", train=4, val=4, size=32)
-    common = dict(epochs=1, optimizer="adamw", lr=1e-3, num_workers=0, progress=False)
+    common = dict(epochs=1, optimizer="adamw", lr=1e-3, num_workers=0, progress=False, freeze_stages=3)  # cheaper
     finetune("resnet18", colours, base / "colours_run", batch_size=6, image_size=16, augment="light", **common)
     finetune("deeplabv3_resnet18", scenes, base / "scenes_run", batch_size=4, image_size=32, augment="none",
              backbone_weights="none", **common)
