@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from huggingface_hub import ModelCard
+from huggingface_hub import HfApi, ModelCard
 from support.cli import REPO
 from support.hub_server import front_matter
 
@@ -92,6 +92,11 @@ def test_the_repository_holds_config_weights_classes_and_a_card_the_hub_reads(ru
         assert f'create_model("hf-hub:{name}"' in card_text or f'from_weights("hf-hub:{name}")' in card_text
         assert "![curves.png](curves.png)" in card_text and "@inproceedings{rotabulo2017place" in card_text
         assert '"epochs": 1' in card_text  # how it was trained
+    info = HfApi().model_info(pushed["segmentation"], files_metadata=True)  # what the Hub shows of it
+    assert info.card_data.library_name == "iabn-zoo" and info.card_data.pipeline_tag == "image-segmentation"
+    weights = next(sibling for sibling in info.siblings if sibling.rfilename == "model.safetensors")
+    config = json.loads(hub.find(pushed["segmentation"]).commit_at("main").files["config.json"].data)
+    assert weights.lfs.sha256 == config["weights"]["sha256"] and weights.size == config["weights"]["size"]
     segmentation = hub.find(pushed["segmentation"]).commit_at("main").files
     assert any(path.startswith("samples/") for path in segmentation)
     card = segmentation["README.md"].data.decode()
