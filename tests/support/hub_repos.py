@@ -8,9 +8,12 @@ import base64
 import fnmatch
 import functools
 import hashlib
+import re
 import threading
 import time
 from dataclasses import dataclass, field
+
+import yaml
 
 # the patterns of the .gitattributes the Hub puts in every new model repository (files stored with LFS)
 LFS_PATTERNS = ("*.7z", "*.arrow", "*.bin", "*.bz2", "*.ckpt", "*.ftz", "*.gz", "*.h5", "*.joblib", "*.mlmodel",
@@ -20,6 +23,8 @@ LFS_PATTERNS = ("*.7z", "*.arrow", "*.bin", "*.bz2", "*.ckpt", "*.ftz", "*.gz", 
 GITATTRIBUTES = "".join(f"{pattern} filter=lfs diff=lfs merge=lfs -text\n" for pattern in LFS_PATTERNS).encode()
 LFS_THRESHOLD = 10 * 1000 * 1000  # larger files always go to LFS
 CREATING_ROLES = ("admin", "write", "contributor")
+KNOWN_LICENSES = {"apache-2.0", "mit", "bsd-3-clause", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0", "cc-by-nc-sa-4.0",
+                  "cc0-1.0", "openrail", "other"}  # a few of the Hub's licence ids
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -159,3 +164,9 @@ def decode_commit_file(value: dict) -> bytes:
     if value.get("encoding") == "base64":
         return base64.b64decode(value["content"])
     return str(value["content"]).encode()
+
+
+def front_matter(card: str) -> dict:
+    """The YAML metadata block at the top of a model card, parsed as the Hub parses it ({} when there is none)."""
+    match = re.match(r"^---\s*\n(.*?)\n---\s*\n", card, re.DOTALL)
+    return (yaml.safe_load(match.group(1)) or {}) if match else {}

@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 import yaml
 
-from .hub_repos import HubFile, HubRepo, HubState, decode_commit_file, is_lfs
+from .hub_repos import KNOWN_LICENSES, HubFile, HubRepo, HubState, decode_commit_file, front_matter, is_lfs
 
 REPO = r"(?P<repo>[^/]+/[^/]+)"
 API_ROUTES = [(method, re.compile(pattern), name) for method, pattern, name in (
@@ -52,8 +52,6 @@ API_ROUTES = [(method, re.compile(pattern), name) for method, pattern, name in (
     ("POST", rf"/{REPO}\.git/info/lfs/objects/verify", "lfs_verify"),
     ("GET", rf"/{REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)", "resolve"),
 )]
-KNOWN_LICENSES = {"apache-2.0", "mit", "bsd-3-clause", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0", "cc-by-nc-sa-4.0",
-                  "cc0-1.0", "openrail", "other"}
 
 
 @dataclass
@@ -398,12 +396,6 @@ class _StorageHandler(_Handler):
         record.status = self.send(200, b"", {"ETag": f'"{oid}"'})
 
 
-def front_matter(card: str) -> dict:
-    """The YAML metadata block at the top of a model card, parsed as the Hub parses it ({} when there is none)."""
-    match = re.match(r"^---\s*\n(.*?)\n---\s*\n", card, re.DOTALL)
-    return (yaml.safe_load(match.group(1)) or {}) if match else {}
-
-
 @pytest.fixture
 def hub_server() -> Iterator[HubServer]:
     """A started loopback Hub, stopped after the test."""
@@ -411,4 +403,4 @@ def hub_server() -> Iterator[HubServer]:
         yield server
 
 
-__all__ = ["HubServer", "front_matter", "hub_server"]
+__all__ = ["HubServer", "hub_server"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard
 from support.cli import REPO
-from support.hub_server import front_matter
+from support.hub_repos import front_matter
 
 import iabn_zoo.cli as cli
 from iabn_zoo.factory import load_run
