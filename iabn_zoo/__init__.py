@@ -42,6 +42,7 @@ _EXPORTS = {
     "deployable_copy": "models._deployable",
     "ResourceLimitError": "errors",
     "StorageError": "errors",
+    "RunPreempted": "errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
