@@ -48,7 +48,7 @@ class Trainer:
         self.classes = task.classes
         self.steps_per_epoch = len(self.train_loader)
         resuming = has_resume_point(self.run_dir)
-        torch.manual_seed(cfg.seed)
+        rank_states.seed_all(cfg.seed)
         self.model = task.build_model(description, resuming=resuming).to(procs.device)
         # inputs follow the parameters' dtype (float32; float64 where a test judges exactness)
         self.input_dtype = next(self.model.parameters()).dtype

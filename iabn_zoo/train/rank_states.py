@@ -84,6 +84,14 @@ def numpy_state() -> list[Any] | None:
     return [kind, keys.tolist(), position, has_gauss, cached]
 
 
+def seed_all(seed: int) -> None:
+    """Seed every generator a resume point restores (torch's, Python's, NumPy's), so a run repeats whatever draws."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    if numpy is not None:
+        numpy.random.seed(seed % 2**32)
+
+
 def apply(state: RankState, device: torch.device) -> None:
     """Set this rank's generators to `state` (the epoch's starting generator is the loop's to use)."""
     torch.set_rng_state(state.torch_rng)
