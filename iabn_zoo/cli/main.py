@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import RunPreempted, ZooError
-from ..system.distributed import job_place
+from ..system.distributed import job_place, lost_peer
 from ..system.resources import out_of_memory_guard
 from ..system.storage import is_storage_failure, os_error_of, storage_error
 from .exit_codes import EXIT_INTERNAL, EXIT_INTERRUPTED, exit_code
@@ -85,6 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
         except Exception as error:
+            peer = lost_peer(error)
+            if peer is not None:  # another process of the torchrun job is gone: its log has the cause
+                if args.debug:
+                    traceback.print_exc()
+                report_error(str(peer), peer)
+                return exit_code(peer)
             if not is_storage_failure(error):  # a bug, not a user error: say so, keep the traceback behind --debug
                 return internal_error(error, args.debug)
             if args.debug:  # a write the library did not guard: still the user's disk, not a bug
@@ -110,6 +116,8 @@ def internal_error(error: Exception, debug: bool) -> int:
     """Report a bug: say so, keep the traceback behind --debug."""
     if debug:
         traceback.print_exc()
-    print(f"iabn-zoo: internal error: {type(error).__name__}: {error} (rerun with --debug and report it)",
+    place = job_place()
+    where = f"[{place.describe()}] " if place.distributed else ""
+    print(f"iabn-zoo: internal error: {where}{type(error).__name__}: {error} (rerun with --debug and report it)",
           file=sys.stderr)
     return EXIT_INTERNAL

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.constants import default_pg_timeout
 
-from ..errors import bad_argument
+from ..errors import ZooError, bad_argument
 from .devices import resolve_device
 
 ROUND_KEY = "iabn_zoo/round"
@@ -61,6 +61,25 @@ def job_place() -> JobPlace:
     return JobPlace(rank=_int("RANK", 0), world_size=_int("WORLD_SIZE", 1), local_rank=_int("LOCAL_RANK", 0),
                     node=_int("GROUP_RANK", 0), nodes=_int("GROUP_WORLD_SIZE", 1),
                     max_restarts=_int("TORCHELASTIC_MAX_RESTARTS", 0), host=socket.gethostname())
+
+
+# what gloo and NCCL say when a peer of a collective is gone
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted",
+             "ProcessGroupNCCL's watchdog")
+
+
+def lost_peer(error: BaseException) -> ZooError | None:
+    """The error to report for a collective that failed because another process of the torchrun job is gone (it
+    crashed, was killed, or its node went away): not a bug of this process; None for any other error."""
+    if not job_place().distributed:
+        return None
+    text = str(error)
+    if not (isinstance(error, dist.DistError) or any(words in text for words in PEER_LOST)):
+        return None
+    first = text.strip().splitlines()[0][:200] if text.strip() else type(error).__name__
+    return ZooError(f"lost contact with another process of this torchrun job ({first}); that process's own log says "
+                    "why it stopped. Under torchrun --max-restarts N the job restarts and continues from its last "
+                    "resume point")
 
 
 def process_device(device: str | torch.device | None) -> torch.device:
@@ -102,13 +121,10 @@ def round_store(place: JobPlace, timeout: timedelta) -> dist.Store:
         if token != registered:
             store.set(f"{ROUND_KEY}/{token}/nonce/{place.rank}", nonce)
             registered = token
-        try:
-            store.wait([f"{ROUND_KEY}/{token}/go"], timedelta(seconds=ROUND_POLL_S))
-        except RuntimeError:  # DistStoreError: not answered yet
-            continue
-        if nonce in store.get(f"{ROUND_KEY}/{token}/go").split(b","):
+        answer = f"{ROUND_KEY}/{token}/go"
+        if store.check([answer]) and nonce in store.get(answer).split(b","):
             return dist.PrefixStore(f"{ROUND_KEY}/{token}/", store)
-        time.sleep(ROUND_POLL_S)  # an earlier round's answer: wait for this round's token
+        time.sleep(ROUND_POLL_S)  # not answered yet, or an earlier round's answer: this round's token comes
     raise TimeoutError(f"{place.describe()} found no other process of its torchrun job in {timeout}")
 
 
@@ -150,6 +166,15 @@ def summed(values: torch.Tensor, device: torch.device) -> torch.Tensor:
     packed = values.to(communication_device(device))
     dist.all_reduce(packed)
     return packed.cpu()
+
+
+def highest(value: int, device: torch.device) -> int:
+    """The largest of every rank's `value` (`value` itself on one process)."""
+    if not in_group():
+        return value
+    packed = torch.tensor([value], device=communication_device(device))
+    dist.all_reduce(packed, op=dist.ReduceOp.MAX)
+    return int(packed.item())
 
 
 def shard(count: int) -> range:

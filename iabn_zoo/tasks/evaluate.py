@@ -18,7 +18,7 @@ import torch.nn as nn
 from ..data.folders import ImageFolder, find_classes
 from ..data.transforms import eval_transform
 from ..errors import DataError, bad_argument
-from ..system.distributed import joined_group, process_device, shard, summed
+from ..system.distributed import highest, joined_group, process_device, shard, summed
 from ..system.progress import progress_bar
 from ..system.resources import out_of_memory_guard
 from .accuracy import TOPK, Tally, count_correct
@@ -80,9 +80,9 @@ def evaluate_model(model: nn.Module, dataset: torch.utils.data.Dataset, *, ten_c
             outputs = logits.shape[1]
             tally.add(0.0, *count_correct(logits.float(), targets), targets.numel())
             bar.update(targets.numel())
-    counts = summed(torch.tensor([tally.top1, tally.top5, tally.images, outputs]), torch.device(device))
+    counts = summed(torch.tensor([tally.top1, tally.top5, tally.images]), torch.device(device))
     tally = Tally(top1=int(counts[0]), top5=int(counts[1]), images=int(counts[2]))
-    outputs = int(counts[3])
+    outputs = highest(outputs, torch.device(device))  # a rank may have had no image
     top5 = tally.top5_percent if outputs > TOPK else None  # with TOPK classes or fewer it is always 100%
     return {"top1": tally.top1_percent, "top5": top5, "images": tally.images}
 

@@ -1,12 +1,12 @@
 """A worker for the tests of runs under torchrun (`python -m torch.distributed.run ... elastic_worker.py ARGS`, or on
-its own as one process): the real `iabn-zoo` command line, with the tiny segmentation architecture registered and
-faults injected at a chosen optimizer step on the job's first attempt, by environment variables:
+its own as one process): the real `iabn-zoo` command line, with the tiny architectures registered
+(`tiny_vistas_deeplab3`, `tiny_classifier`) and faults injected at a chosen optimizer step on the job's first
+attempt, by environment variables:
 
   IABN_TEST_FAULT=kill@7:node1  SIGKILL this worker after optimizer step 7 if it runs on node 1 (GROUP_RANK)
-  IABN_TEST_FAULT=term@7:rank1  SIGTERM to itself after step 7 on global rank 1
   IABN_TEST_FAULT=wait@5        after step 5 every worker writes IABN_TEST_MARKERS/rank{R} and waits until it has
                                 been sent SIGTERM (the test signals the torchrun agents once every marker exists)
-  IABN_TEST_DTYPE=float64       the networks' default dtype
+  IABN_TEST_DTYPE=float64       the default dtype of fine-tuning (the networks' parameters; inputs follow them)
 
 ARGS are one command line, or several separated by `--then` (run in turn in the same processes; the worker prints
 `exit COMMAND CODE` after each and exits with the first non-zero code).
@@ -25,10 +25,11 @@ import torch  # noqa: E402
 from iabn_zoo import cli  # noqa: E402
 from iabn_zoo.train import loop  # noqa: E402
 from support.segmentation_fixtures import tiny_arch_registered  # noqa: E402
+from support.tiny_classifier import tiny_classifier_registered  # noqa: E402
 
 
 def targeted(where: str) -> bool:
-    """Whether `where` (`node1`, `rank1`, or empty: everyone) names this worker."""
+    """Whether `where` (`node1`: GROUP_RANK 1, `rank1`: RANK 1, or empty: everyone) names this worker."""
     if not where:
         return True
     kind = where.rstrip("0123456789")
@@ -48,8 +49,6 @@ def inject(fault: str) -> None:
             return
         if kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
-        elif kind == "term":
-            os.kill(os.getpid(), signal.SIGTERM)
         elif kind == "wait":
             Path(os.environ["IABN_TEST_MARKERS"], f"rank{self.procs.rank}").write_text(str(os.getpid()))
             while not self.boundary.watch.requested:  # synchronisation with the test, not a timing guess
@@ -70,15 +69,14 @@ def commands(argv: list[str]) -> list[list[str]]:
 
 
 def main() -> int:
-    import faulthandler; faulthandler.register(signal.SIGUSR1)
     torch.set_num_threads(1)
-    if os.environ.get("IABN_TEST_DTYPE") == "float64":
-        torch.set_default_dtype(torch.float64)
+    training_dtype = getattr(torch, os.environ.get("IABN_TEST_DTYPE", "float32"))
     if os.environ.get("IABN_TEST_FAULT") and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
         inject(os.environ["IABN_TEST_FAULT"])
     first_failure = 0
-    with tiny_arch_registered():
+    with tiny_arch_registered(), tiny_classifier_registered():
         for argv in commands(sys.argv[1:]):
+            torch.set_default_dtype(training_dtype if argv[0] == "finetune" else torch.float32)
             code = cli.main(argv)
             print(f"exit {argv[0]} {code}", flush=True)
             first_failure = first_failure or code
