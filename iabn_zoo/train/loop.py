@@ -187,21 +187,26 @@ class Trainer:
         states = rank_states.gather(own, self.procs)
         position = {"batches_done": done, "steps_per_epoch": self.steps_per_epoch,
                     "world_size": self.procs.world_size, "elapsed_s": elapsed}
-        if not stop:
-            if self.procs.is_writer:
-                try_save_step_point(self.run_dir, self.resume_point(states, position))
-            self.boundary.point_written()
-            return
+        point = self.resume_point(states, position) if self.procs.is_writer else None
+        if stop:
+            self.stop_at(point, f"step {self.step} ({done} of the {self.steps_per_epoch} of epoch {self.epoch + 1})")
+        if point is not None:
+            try_save_step_point(self.run_dir, point)
+        self.boundary.point_written()
+
+    def stop_at(self, point: ResumePoint | None, where: str) -> None:
+        """Write rank 0's `point` (None on the other ranks), then stop every rank: RunPreempted, or the writer's
+        StorageError when the point could not be written (the previous one is kept)."""
         failure = None
-        if self.procs.is_writer:
+        if point is not None:
             try:
-                save_step_point(self.run_dir, self.resume_point(states, position))
+                save_step_point(self.run_dir, point)
             except StorageError as error:
                 failure = error
         if self.boundary.agree(failure is not None)[0]:  # every rank stops with the writer's verdict
             raise failure or StorageError(f"stopped by SIGTERM, but rank 0 could not write the resume point of step "
                                           f"{self.step} (its message says why)", path=str(self.run_dir))
-        raise self.preempted(f"step {self.step} ({done} of the {self.steps_per_epoch} of epoch {self.epoch + 1})")
+        raise self.preempted(where)
 
     def preempted(self, where: str) -> RunPreempted:
         return RunPreempted(f"stopped by SIGTERM: {self.run_dir} holds a resume point after {where}; the same "
