@@ -4,8 +4,8 @@ its own as one process): the real `iabn-zoo` command line, with the tiny archite
 attempt, by environment variables:
 
   IABN_TEST_FAULT=kill@7:node1  SIGKILL this worker after optimizer step 7 if it runs on node 1 (GROUP_RANK)
-  IABN_TEST_FAULT=wait@5        after step 5 every worker writes IABN_TEST_MARKERS/rank{R} and waits until it has
-                                been sent SIGTERM (the test signals the torchrun agents once every marker exists)
+  IABN_TEST_FAULT=wait@5:rank1  after step 5 rank 1 writes its pid to IABN_TEST_MARKERS/rank1 and waits until it
+                                has been sent SIGTERM (which the test sends once the file exists)
   IABN_TEST_DTYPE=float64       the default dtype of fine-tuning (the networks' parameters; inputs follow them)
 
 ARGS are one command line, or several separated by `--then` (run in turn in the same processes; the worker prints
