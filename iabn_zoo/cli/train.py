@@ -61,7 +61,7 @@ def add_finetune(subparsers: Any) -> None:
     parser.add_argument("--resume", nargs="?", const="yes", choices=("auto", "yes", "no"), metavar="auto|yes|no",
                         help="--resume (yes): continue the run in RUN from its last resume point; --resume auto: "
                              "continue it if RUN has one, else start it (the command to repeat after any restart); "
-                             "no: start a run. Default: auto under torchrun --max-restarts N >= 1, else no")
+                             "no: start a run (default: auto under torchrun --max-restarts N >= 1, else no)")
     parser.add_argument("--save-every", metavar="STEPS|Nmin",
                         help="also write a resume point inside an epoch every STEPS optimizer steps or N minutes of "
                              f"training; 0: only at epoch ends and on SIGTERM (default {default('save_every')})")

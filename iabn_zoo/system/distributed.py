@@ -125,7 +125,7 @@ def round_store(place: JobPlace, timeout: timedelta) -> dist.Store:
         if store.check([answer]) and nonce in store.get(answer).split(b","):
             return dist.PrefixStore(f"{ROUND_KEY}/{token}/", store)
         time.sleep(ROUND_POLL_S)  # not answered yet, or an earlier round's answer: this round's token comes
-    raise TimeoutError(f"{place.describe()} found no other process of its torchrun job in {timeout}")
+    raise ZooError(f"{place.describe()} met no rank 0 of its torchrun job in {timeout}; see the other processes' logs")
 
 
 @contextmanager
