@@ -47,6 +47,7 @@ _EXPORTS = {
     "MissingExtraError": "errors",
     "push_to_hub": "weights.hf_hub.publish",
     "save_pretrained": "weights.hf_hub.publish",
+    "RunPreempted": "errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -158,3 +158,14 @@ class ResourceLimitError(ZooError, MemoryError):
     """The work does not fit this machine (memory of the CPU or the device): the message says how much it needs or
     where it ran out, and which sizes to lower."""
 
+
+
+class RunPreempted(ZooError):
+    """Fine-tuning stopped on SIGTERM after writing a resume point on every rank's behalf: not a failure of the run,
+    which the same command continues (`--resume auto`, or a torchrun restart). Exit code 75 on the command line."""
+
+    def __init__(self, message: str, *, run_dir: str = "", epoch: int = 0, step: int = 0, parameters=()):
+        self.run_dir = run_dir
+        self.epoch = epoch
+        self.step = step
+        super().__init__(message, parameters=parameters)

@@ -12,7 +12,8 @@ import warnings
 from collections.abc import Sequence
 
 from .. import __version__
-from ..errors import ZooError
+from ..errors import RunPreempted, ZooError
+from ..system.distributed import job_place, lost_peer
 from ..system.resources import out_of_memory_guard
 from ..system.storage import is_storage_failure, os_error_of, storage_error
 from .exit_codes import EXIT_INTERNAL, EXIT_INTERRUPTED, exit_code
@@ -75,8 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.debug:
                 traceback.print_exc()
             message = error.render(lambda name: spell_option(command_parser, name))
-            print(f"iabn-zoo: error: {message if args.debug else without_worker_traceback(message)}",
-                  file=sys.stderr)
+            report_error(message if args.debug else without_worker_traceback(message), error)
             return exit_code(error)
         except KeyboardInterrupt:
             print("iabn-zoo: interrupted", file=sys.stderr)
@@ -85,6 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
         except Exception as error:
+            peer = lost_peer(error)
+            if peer is not None:  # another process of the torchrun job is gone: its log has the cause
+                if args.debug:
+                    traceback.print_exc()
+                report_error(str(peer), peer)
+                return exit_code(peer)
             if not is_storage_failure(error):  # a bug, not a user error: say so, keep the traceback behind --debug
                 return internal_error(error, args.debug)
             if args.debug:  # a write the library did not guard: still the user's disk, not a bug
@@ -96,10 +102,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             return exit_code(failure)
 
 
+def report_error(message: str, error: ZooError) -> None:
+    """Print an error; under torchrun naming the rank and node that met it, and a stop on SIGTERM (the same on every
+    rank) only once, by rank 0."""
+    place = job_place()
+    if not place.distributed:
+        print(f"iabn-zoo: error: {message}", file=sys.stderr)
+    elif place.rank == 0 or not isinstance(error, RunPreempted):
+        print(f"iabn-zoo: error: [{place.describe()}] {message}", file=sys.stderr)
+
+
 def internal_error(error: Exception, debug: bool) -> int:
     """Report a bug: say so, keep the traceback behind --debug."""
     if debug:
         traceback.print_exc()
-    print(f"iabn-zoo: internal error: {type(error).__name__}: {error} (rerun with --debug and report it)",
+    place = job_place()
+    where = f"[{place.describe()}] " if place.distributed else ""
+    print(f"iabn-zoo: internal error: {where}{type(error).__name__}: {error} (rerun with --debug and report it)",
           file=sys.stderr)
     return EXIT_INTERNAL

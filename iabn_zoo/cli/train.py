@@ -26,7 +26,7 @@ EPOCH_COLUMNS = ("epoch", "train_loss", "train_top1", "val_top1", "val_top5", "l
 FINETUNE_OPTIONS = ("epochs", "batch_size", "lr", "image_size", "augment", "pretrained", "bn_mode", "optimizer",
                     "momentum", "weight_decay", "classifier_lr_mult", "schedule", "step_epochs", "gamma",
                     "freeze_stages", "clip_grad_norm", "precision", "sync_bn", "seed", "num_workers", "on_error",
-                    "device") + SEGMENTATION_OPTIONS
+                    "device", "save_every") + SEGMENTATION_OPTIONS
 
 
 def register(subparsers: Any) -> None:
@@ -58,7 +58,13 @@ def add_finetune(subparsers: Any) -> None:
     parser.add_argument("model", metavar="MODEL", help="weights name (pretrained) or architecture name")
     parser.add_argument("data", metavar="DATA", help="folder holding train/ and val/")
     parser.add_argument("--out", dest="out_dir", required=True, metavar="RUN", help="run directory to write")
-    parser.add_argument("--resume", action="store_true", help="continue the run in RUN from its last resume point")
+    parser.add_argument("--resume", nargs="?", const="yes", choices=("auto", "yes", "no"), metavar="auto|yes|no",
+                        help="--resume (yes): continue the run in RUN from its last resume point; --resume auto: "
+                             "continue it if RUN has one, else start it (the command to repeat after any restart); "
+                             "no: start a run (default: auto under torchrun --max-restarts N >= 1, else no)")
+    parser.add_argument("--save-every", metavar="STEPS|Nmin",
+                        help="also write a resume point inside an epoch every STEPS optimizer steps or N minutes of "
+                             f"training; 0: only at epoch ends and on SIGTERM (default {default('save_every')})")
     parser.add_argument("--epochs", type=int, help=f"epochs to train (default {default('epochs')})")
     add_batch_size(parser, default=None, help=f"images per process and step (default {default('batch_size')})")
     parser.add_argument("--lr", type=float, help=f"base learning rate (default {default('lr')})")
@@ -169,14 +175,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if is_segmentation_model(args.model) or args.scales is not None or args.flip:
         scores = evaluate_segmentation(args.model, args.data, scales=parse_scales(args.scales or "1"),
                                        flip=args.flip, device=args.device, precision=args.precision,
-                                       progress=progress_allowed(args), on_error=args.on_error)
-        emit(scores, as_json=args.json)
+                                       progress=progress_allowed(args) and is_main_process(),
+                                       on_error=args.on_error)
+        if is_main_process():  # under torchrun every rank has the scores of all the images
+            emit(scores, as_json=args.json)
         return 0
 
     scores = evaluate(args.model, args.data, ten_crops=args.ten_crops, scale=args.scale, crop=args.image_size,
                       batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
-                      on_error=args.on_error, progress=progress_allowed(args),
+                      on_error=args.on_error, progress=progress_allowed(args) and is_main_process(),
                       precision=args.precision, pretrained=args.pretrained)
+    if not is_main_process():
+        return 0
     emit(scores, as_json=args.json)
     if scores["skipped"]:
         print(f"iabn-zoo: {scores['skipped']} unreadable image(s) skipped", file=sys.stderr)

@@ -18,7 +18,7 @@ import torch.nn as nn
 from ..data.folders import ImageFolder, find_classes
 from ..data.transforms import eval_transform
 from ..errors import DataError, bad_argument
-from ..system.devices import resolve_device
+from ..system.distributed import highest, joined_group, process_device, shard, summed
 from ..system.progress import progress_bar
 from ..system.resources import out_of_memory_guard
 from .accuracy import TOPK, Tally, count_correct
@@ -66,9 +66,10 @@ def evaluate_model(model: nn.Module, dataset: torch.utils.data.Dataset, *, ten_c
     and the logits of the ten crops are averaged, as in the authors' script."""
     check_precision(precision, device)
     model = inference_model(model.to(device), precision)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    part = torch.utils.data.Subset(dataset, shard(len(dataset)))  # under torchrun, this rank's share
+    loader = torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     tally, outputs = Tally(), 0
-    with progress_bar(total=len(dataset), enabled=progress, desc="evaluate", unit="image", leave=False) as bar:
+    with progress_bar(total=len(part), enabled=progress, desc="evaluate", unit="image", leave=False) as bar:
         for images, targets in loader:
             images, targets = images.to(device), targets.to(device)
             if ten_crops:
@@ -79,6 +80,9 @@ def evaluate_model(model: nn.Module, dataset: torch.utils.data.Dataset, *, ten_c
             outputs = logits.shape[1]
             tally.add(0.0, *count_correct(logits.float(), targets), targets.numel())
             bar.update(targets.numel())
+    counts = summed(torch.tensor([tally.top1, tally.top5, tally.images]), torch.device(device))
+    tally = Tally(top1=int(counts[0]), top5=int(counts[1]), images=int(counts[2]))
+    outputs = highest(outputs, torch.device(device))  # a rank may have had no image
     top5 = tally.top5_percent if outputs > TOPK else None  # with TOPK classes or fewer it is always 100%
     return {"top1": tally.top1_percent, "top5": top5, "images": tally.images}
 
@@ -90,9 +94,10 @@ def evaluate(model: str | os.PathLike[str], data_dir: str | os.PathLike[str], *,
     """Top-1/top-5 (percent) and image count of `model` (what create_model accepts, or a RUN directory) over the
     folder `data_dir`. `scale` (shorter side) and `crop` default to the network's preprocessing (ImageNet: 256 and
     224); `precision` is fp32, bf16 or fp16 (CUDA only). Every option, the data folder and the memory the sizes need
-    are checked before the network is loaded."""
+    are checked before the network is loaded. Under torchrun each rank scores its share of the images and every
+    rank returns the scores of them all."""
     check_sizes(batch_size=batch_size, num_workers=num_workers, scale=scale, crop=crop)
-    target = resolve_device(device)
+    target = process_device(device)
     check_precision(precision, target)
     prep = model_preprocessing(model)
     root = evaluation_root(data_dir)
@@ -104,7 +109,8 @@ def evaluate(model: str | os.PathLike[str], data_dir: str | os.PathLike[str], *,
     network = load_classifier(model, progress=progress, pretrained=pretrained)
     dataset = evaluation_set(network, root, ten_crops=ten_crops, scale=scale, crop=crop, on_error=on_error,
                              folders=folders)
-    with out_of_memory_guard(f"evaluating at {crop} px with a batch of {batch_size}", ("crop", "batch_size")):
+    with out_of_memory_guard(f"evaluating at {crop} px with a batch of {batch_size}", ("crop", "batch_size")), \
+            joined_group(target.type):
         scores = evaluate_model(network.model, dataset, ten_crops=ten_crops, batch_size=batch_size,
                                 num_workers=num_workers, device=target, progress=progress, precision=precision)
     return {"model": str(model), "data": str(root), **scores, "ten_crops": ten_crops, "scale": scale, "crop": crop,

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..data.segmentation_data import SegmentationEvalTransform, open_segmentation_split
 from ..errors import DataError, InvalidArgumentError
-from ..system.devices import resolve_device
+from ..system.distributed import joined_group, process_device, shard, summed
 from ..system.progress import progress_bar
 from .confusion import ConfusionMatrix
 from .precision import check_precision
@@ -25,9 +25,10 @@ from .segmentation_runs import is_segmentation_model, segmentation_network
 def evaluate_segmentation(model: str | os.PathLike[str], data_dir: str | os.PathLike[str], *,
                           scales: tuple[float, ...] = (1.0,), flip: bool = False, device: str | None = None,
                           precision: str = "fp32", progress: bool = True, on_error: str = "skip") -> dict[str, Any]:
-    """Scores (percent) of `model` over `data_dir` (a data set's root, whose val split is used, or one split)."""
+    """Scores (percent) of `model` over `data_dir` (a data set's root, whose val split is used, or one split); under
+    torchrun each rank segments its share of the images and every rank returns the scores of them all."""
     scales = check_scales(scales)
-    target = resolve_device(device)
+    target = process_device(device)
     check_precision(precision, target)
     if not is_segmentation_model(model):
         raise InvalidArgumentError(f"{model} is not a segmentation run or segmentation weights; `iabn-zoo evaluate` "
@@ -43,11 +44,13 @@ def evaluate_segmentation(model: str | os.PathLike[str], data_dir: str | os.Path
     predictor = SegmentationPredictor(network.to(target), mean=prep["mean"], std=prep["std"], long_side=None,
                                       scales=scales, flip=flip, precision=precision)
     confusion = ConfusionMatrix(len(classes), ignore_index)
-    for index in progress_bar(range(len(dataset)), enabled=progress, desc="evaluate", unit="image",
-                              leave=False):
-        image, mask = dataset[index]
-        _, predicted = predictor.fuse(image.unsqueeze(0))
-        confusion.update(predicted[0].cpu(), mask)
+    with joined_group(target.type):
+        for index in progress_bar(shard(len(dataset)), enabled=progress, desc="evaluate", unit="image",
+                                  leave=False):
+            image, mask = dataset[index]
+            _, predicted = predictor.fuse(image.unsqueeze(0))
+            confusion.update(predicted[0].cpu(), mask)
+        confusion.matrix = summed(confusion.matrix, target)
     scores = confusion.scores()
     return {"model": str(model), "data": str(dataset.root), "miou": scores["miou"],
             "pixel_accuracy": scores["pixel_accuracy"], "per_class_iou": dict(zip(classes, scores["per_class_iou"])),

@@ -16,13 +16,14 @@ from ..factory import resolve_weights
 from ..layers import BN_MODES
 from ..weights.run_reader import CONFIG_FILE, read_json
 from .run_writer import has_resume_point
+from .step_boundary import DEFAULT_SAVE_EVERY, parse_save_every
 from .task_options import check_task_options, resolve_task
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "linear", "step", "poly")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 MIN_IMAGE_SIZE = 8
-RESUMABLE_CHANGES = frozenset({"epochs", "num_workers", "progress", "device", "on_error"})
+RESUMABLE_CHANGES = frozenset({"epochs", "num_workers", "progress", "device", "on_error", "save_every"})
 
 
 @dataclass
@@ -68,6 +69,7 @@ class FinetuneConfig:
     num_classes: int | None = None  # None: from the data (classes.csv, layout)
     scale_range: list[float] | tuple[float, float] = (0.5, 2.0)
     grad_checkpointing: bool = False
+    save_every: int | str | None = DEFAULT_SAVE_EVERY  # resume points inside an epoch: steps, "Nmin", 0 (off)
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -117,6 +119,7 @@ def check_config(cfg: FinetuneConfig) -> None:
            f"must be an integer >= 0, got {cfg.num_workers!r}")
     _check(isinstance(cfg.grad_checkpointing, bool), "grad_checkpointing",
            f"must be true or false, got {cfg.grad_checkpointing!r}")
+    parse_save_every(cfg.save_every)
 
 
 def resolve_config(model: str, data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], resume: bool,

@@ -27,6 +27,7 @@ from ..weights.run_reader import CONFIG_FILE, RESUME_FILE, read_json
 from .config import FinetuneConfig, resolve_config
 from .classification_task import ClassificationTask
 from .loop import Trainer
+from .elastic import check_same_run_everywhere, resume_wanted
 from .processes import process_group
 from .run_writer import epoch_bytes, has_resume_point, write_classes_csv, write_json
 from .segmentation_task import SegmentationTask
@@ -48,21 +49,26 @@ class FinetuneResult:
         return self.metrics[-1] if self.metrics else {}
 
 
-def finetune(model: str, data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, resume: bool = False,
-             on_epoch_end: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> FinetuneResult:
+def finetune(model: str, data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
+             resume: bool | str | None = None, on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+             **options: Any) -> FinetuneResult:
     """Fine-tune `model` (a weights or architecture name) on DATA/train, validating on DATA/val, into `out_dir`.
 
-    `options` are the fields of FinetuneConfig (epochs, batch_size, lr, image_size, augment, ...). With
-    `resume=True` an interrupted run continues exactly where its last resume point left off (there must be one).
+    `options` are the fields of FinetuneConfig (epochs, batch_size, lr, image_size, augment, save_every, ...). With
+    `resume=True` an interrupted run continues exactly where its last resume point left off (there must be one);
+    `resume="auto"` continues one if `out_dir` has a resume point and starts one otherwise; the default (None) is
+    "auto" in a job torchrun may restart (`--max-restarts N >= 1`), else False (`train.elastic`). SIGTERM writes a
+    resume point at the next step boundary and raises RunPreempted.
     Options, device, memory, data and the output folder (writable, room for two epochs' files) are all checked
     before anything is written. A resume writes config.json only with its first saved epoch. `on_epoch_end(record)`
     is called on every rank after each epoch.
     """
-    cfg = resolve_config(model, data_dir, out_dir, resume, options)
+    cfg = resolve_config(model, data_dir, out_dir, resume_wanted(resume, Path(out_dir)), options)
     run_dir = Path(cfg.out_dir)
     resuming = has_resume_point(run_dir)
     check_output_folder(run_dir, advice=ADVICE)
     with process_group(cfg.device) as procs:
+        check_same_run_everywhere(run_dir, procs)
         if cfg.task == "classification":
             check_training_fits(cfg.model, cfg.image_size, cfg.batch_size, procs.device)
         task = TASKS[cfg.task](cfg, procs)  # checks the data before anything is written

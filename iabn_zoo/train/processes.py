@@ -4,7 +4,6 @@ over ranks."""
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..errors import bad_argument
-from ..system.devices import resolve_device
+from ..system.distributed import joined_group, process_device
 from ..tasks.accuracy import Tally
 
 
@@ -35,34 +34,15 @@ class Processes:
         return self.world_size > 1
 
 
-def process_device(device: str | None, local_rank: int) -> torch.device:
-    """The device this process trains on: `device` checked by resolve_device; a CUDA device without an index is
-    this process's GPU under torchrun (LOCAL_RANK), the first one otherwise."""
-    target = resolve_device(device)
-    if target.type != "cuda" or target.index is not None:
-        return target
-    if local_rank >= torch.cuda.device_count():
-        raise bad_argument("device", f"cuda: this process has LOCAL_RANK {local_rank} but the machine has "
-                                     f"{torch.cuda.device_count()} GPU(s); start fewer processes per node")
-    return torch.device("cuda", local_rank)
-
-
 @contextmanager
 def process_group(device: str | None) -> Iterator[Processes]:
     """Join the torchrun job when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU), and leave it afterwards."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    target = process_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+    target = process_device(device)
     if target.type == "cuda":
         torch.cuda.set_device(target)
-    started_here = world_size > 1 and not dist.is_initialized()
-    if started_here:
-        dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
-    try:
+    with joined_group(target.type):
         rank = dist.get_rank() if dist.is_initialized() else 0
         yield Processes(rank=rank, world_size=dist.get_world_size() if dist.is_initialized() else 1, device=target)
-    finally:
-        if started_here:
-            dist.destroy_process_group()
 
 
 def buffer_sync_option(sync_layers: bool) -> dict[str, bool]:

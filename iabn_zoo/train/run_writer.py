@@ -5,7 +5,9 @@ An epoch is saved as one unit (`save_epoch`): every file of the epoch (its tenso
 metrics.jsonl, config.json, resume.json) is first written completely and fsynced beside the previous epoch's files
 under temporary names; only then are they renamed into place, `resume.json` (which names the tensor file and holds
 the metrics) first of the live names, so that it is the commit point. A write that fails (a full disk) or is killed
-at any moment removes its partial files and leaves the previous epoch as the resume point, complete.
+at any moment removes its partial files and leaves the previous epoch as the resume point, complete. Resume points
+inside an epoch (`step_points`) go through the same commit point; a committed point removes the tensor files no
+longer named by resume.json, so that the run folder holds at most two (an epoch's and one inside the next epoch).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import csv
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +38,10 @@ from ..weights.run_reader import (
     read_metrics,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # a resume point at the end of an epoch
+STEP_FORMAT_VERSION = 2  # inside an epoch (`step_points`): older versions refuse it instead of restarting the epoch
 OPTIMIZER_PREFIX = "optimizer."
+TENSOR_FILE_PATTERN = re.compile(r"resume-epoch\d{4}(-step\d+-w\d+)?\.safetensors")
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -76,6 +81,24 @@ class ResumePoint:
     scaler: dict[str, Any]
     rng: dict[str, torch.Tensor]
     metrics: list[dict[str, Any]] = field(default_factory=list)  # one record per finished epoch, up to `epoch`
+    ranks: list[dict[str, Any]] = field(default_factory=list)  # each rank's JSON-ready state (`rank_states`)
+    position: dict[str, Any] | None = None  # inside an epoch: where (`step_points`); None at an epoch's end
+
+
+def resume_document(point: ResumePoint, tensor_name: str, optimizer_rest: dict[str, Any]) -> dict[str, Any]:
+    """resume.json's content for `point`, whose tensors are in `tensor_name`."""
+    document = {"format": FORMAT_VERSION if point.position is None else STEP_FORMAT_VERSION, "epoch": point.epoch,
+                "step": point.step, "tensor_file": tensor_name, "optimizer": optimizer_rest,
+                "scheduler": {"step": point.step}, "scaler": point.scaler, "metrics": point.metrics,
+                "ranks": point.ranks}
+    return document if point.position is None else {**document, "within_epoch": point.position}
+
+
+def point_tensors(point: ResumePoint) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensor file's content of `point` (model, optimizer buffers, RNG states) and the optimizer's JSON rest."""
+    optimizer_tensors, optimizer_rest = split_optimizer_state(point.optimizer)
+    return storable({**prefixed(point.model, "model."), **optimizer_tensors, **prefixed(point.rng, "rng.")}), \
+        optimizer_rest
 
 
 def split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -116,18 +139,12 @@ def save_epoch(run_dir: Path, point: ResumePoint, *, description: dict[str, Any]
     epoch remains the resume point. A full disk or an unwritable folder raises StorageError saying what was kept."""
     previous = resume_tensor_file(run_dir)
     tensor_name = f"resume-epoch{point.epoch:04d}.safetensors"
-    optimizer_tensors, optimizer_rest = split_optimizer_state(point.optimizer)
-    tensors = storable({**prefixed(point.model, "model."), **optimizer_tensors, **prefixed(point.rng, "rng.")})
+    tensors, optimizer_rest = point_tensors(point)
     weights = {key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")}
     documents = {METRICS_FILE: metrics_bytes(point.metrics), CONFIG_FILE: json_bytes(description),
-                 RESUME_FILE: json_bytes({"format": FORMAT_VERSION, "epoch": point.epoch, "step": point.step,
-                                          "tensor_file": tensor_name, "optimizer": optimizer_rest,
-                                          "scheduler": {"step": point.step}, "scaler": point.scaler,
-                                          "metrics": point.metrics})}
+                 RESUME_FILE: json_bytes(resume_document(point, tensor_name, optimizer_rest))}
     needed = safetensors_bytes(tensors) + safetensors_bytes(weights) + sum(map(len, documents.values()))
-    kept = (f"the run keeps epoch {point.epoch - 1} as its resume point (`--resume` continues from it)"
-            if previous is not None else "the run has no finished epoch yet")
-    context = f"epoch {point.epoch} was not saved; {kept}"
+    context = f"epoch {point.epoch} was not saved; {kept_point_words(run_dir)}"
     advice = "move the run folder to a disk with room"
     check_room_in(run_dir, needed=needed, context=context, advice=advice)
     writers = {tensor_name: lambda path: save_file(tensors, str(path), metadata={"epoch": str(point.epoch)}),
@@ -151,8 +168,25 @@ def save_epoch(run_dir: Path, point: ResumePoint, *, description: dict[str, Any]
             temporary.unlink(missing_ok=True)
         if not committed and (previous is None or previous.name != tensor_name):
             (run_dir / tensor_name).unlink(missing_ok=True)
-    if previous is not None and previous.name != tensor_name:
-        previous.unlink(missing_ok=True)
+    remove_unnamed_tensor_files(run_dir, keep={tensor_name})
+
+
+def kept_point_words(run_dir: Path) -> str:
+    """What a failed save leaves as the run's resume point, in words."""
+    if not has_resume_point(run_dir):
+        return "the run has no finished epoch yet"
+    meta = read_json(run_dir / RESUME_FILE)
+    where = (f"epoch {meta['epoch']}" if meta.get("within_epoch") is None else
+             f"step {meta['step']} (inside epoch {meta['epoch'] + 1})")
+    return f"the run keeps {where} as its resume point (`--resume` continues from it)"
+
+
+def remove_unnamed_tensor_files(run_dir: Path, keep: set[str]) -> None:
+    """Remove the resume tensor files of `run_dir` other than `keep` (those committed resume.json names): earlier
+    points, and files a write killed between its renames left behind."""
+    for path in run_dir.glob("resume-epoch*.safetensors"):
+        if TENSOR_FILE_PATTERN.fullmatch(path.name) and path.name not in keep:
+            path.unlink(missing_ok=True)
 
 
 def epoch_bytes(model: torch.nn.Module, optimizer: str) -> int:
@@ -177,11 +211,16 @@ def resume_tensor_file(run_dir: Path) -> Path | None:
 
 
 def load_resume_point(run_dir: Path) -> ResumePoint:
-    """The committed resume point of `run_dir`."""
-    meta = read_json(run_dir / RESUME_FILE)
-    if meta.get("format") != FORMAT_VERSION:
+    """The committed resume point of `run_dir` (at an epoch's end or inside an epoch)."""
+    return resume_point_from(run_dir, read_json(run_dir / RESUME_FILE))
+
+
+def resume_point_from(run_dir: Path, meta: dict[str, Any]) -> ResumePoint:
+    """The resume point that the resume.json document `meta` describes, its tensors read from `run_dir`."""
+    if meta.get("format") not in (FORMAT_VERSION, STEP_FORMAT_VERSION):
         raise CheckpointError(f"{run_dir / RESUME_FILE} has format {meta.get('format')!r}, this version reads "
-                              f"{FORMAT_VERSION}; resume with the iabn-zoo version that wrote it")
+                              f"{FORMAT_VERSION} and {STEP_FORMAT_VERSION}; resume with the iabn-zoo version that "
+                              "wrote it")
     # copies, not views of the memory-mapped file: the optimizer keeps what it is given, and a mapped file goes on
     # taking disk space after the next epoch deletes it
     tensors = {key: value.clone() for key, value in read_safetensors(run_dir / meta["tensor_file"]).items()}
@@ -190,4 +229,5 @@ def load_resume_point(run_dir: Path) -> ResumePoint:
         metrics = [record for record in read_metrics(run_dir) if record["epoch"] <= meta["epoch"]]
     return ResumePoint(epoch=meta["epoch"], step=meta["step"], model=unprefixed(tensors, "model."),
                        optimizer=join_optimizer_state(tensors, meta["optimizer"]), scaler=meta["scaler"],
-                       rng=unprefixed(tensors, "rng."), metrics=metrics)
+                       rng=unprefixed(tensors, "rng."), metrics=metrics, ranks=meta.get("ranks", []),
+                       position=meta.get("within_epoch"))

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 KINDS = {errors.ZooError: 1, errors.InvalidArgumentError: 2, errors.UnknownNameError: 3, errors.RegistryError: 4,
          errors.DownloadError: 5, errors.ChecksumError: 6, errors.CheckpointError: 7, errors.DataError: 8,
          errors.ExportError: 9, errors.ResourceLimitError: 10,
-         errors.StorageError: 11, errors.PublishError: 12}
+         errors.StorageError: 11, errors.PublishError: 12, errors.RunPreempted: 75}
 
 
 def documented_codes(text: str) -> dict[int, str]:
