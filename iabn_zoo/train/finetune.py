@@ -3,8 +3,9 @@
 `finetune("resnet50_ipabn_sync_lr_512", "data/", "runs/r1", epochs=5)` trains on data/train, validates on data/val
 after every epoch and writes the run directory described in `iabn_zoo.weights.run_reader`. Under torchrun every
 InPlace-ABN layer becomes synchronised (statistics over all ranks), samplers split the data, and rank 0 alone
-writes files. The pieces: `config` (options), `processes` (ranks, devices), `loaders`, `model`, `optim`
-(parameters, optimizer, schedule), `loop` (the epochs), `run_writer` (the files).
+writes files. The pieces: `config` (options), `task` (the contract every task module fulfils), `processes`
+(ranks, devices), `model` (the network and config.json, the one skeleton of every task), `fitting` (the memory
+check, `auto` sizes), `optim` (parameters, optimizer, schedule), `loop` (the epochs), `run_writer` (the files).
 """
 
 from __future__ import annotations
@@ -22,26 +23,25 @@ import torch.nn as nn
 from ..errors import DataError
 from ..system.resources import out_of_memory_guard
 from ..system.storage import check_output_folder
-from ..tasks.footprint import check_training_fits
 from ..weights.run_reader import CONFIG_FILE, RESUME_FILE, read_json
 from .config import FinetuneConfig, resolve_config
-from .classification_task import ClassificationTask
+from .fitting import fit_run
 from .loop import Trainer
+from .model import describe_run, network_spec
 from .processes import process_group
-from .run_writer import epoch_bytes, has_resume_point, write_classes_csv, write_json
-from .segmentation_task import SegmentationTask
-
-
-TASKS = {"classification": ClassificationTask, "segmentation": SegmentationTask}
+from .run_writer import epoch_bytes, has_resume_point
+from .task import task_class
 
 
 @dataclass
 class FinetuneResult:
-    """The outcome: the run directory, one record per epoch, and the trained network (unwrapped)."""
+    """The outcome: the run directory, one record per epoch, the trained network (unwrapped), and the run's
+    configuration (sizes chosen by `auto` included)."""
 
     run_dir: Path
     metrics: list[dict[str, Any]]
     model: nn.Module = field(repr=False)
+    config: FinetuneConfig | None = field(default=None, repr=False)
 
     @property
     def final(self) -> dict[str, Any]:
@@ -52,39 +52,38 @@ def finetune(model: str, data_dir: str | os.PathLike[str], out_dir: str | os.Pat
              on_epoch_end: Callable[[dict[str, Any]], None] | None = None, **options: Any) -> FinetuneResult:
     """Fine-tune `model` (a weights or architecture name) on DATA/train, validating on DATA/val, into `out_dir`.
 
-    `options` are the fields of FinetuneConfig (epochs, batch_size, lr, image_size, augment, ...). With
+    `options` are the fields of FinetuneConfig (epochs, batch_size, lr, image_size, augment, ...); `batch_size="auto"`
+    (or for segmentation `image_size="auto"`) takes the largest that fits `memory_budget` (train.fitting). With
     `resume=True` an interrupted run continues exactly where its last resume point left off (there must be one).
-    Options, device, memory, data and the output folder (writable, room for two epochs' files) are all checked
-    before anything is written. A resume writes config.json only with its first saved epoch. `on_epoch_end(record)`
-    is called on every rank after each epoch.
+    Options, device, data, memory and the output folder (writable, room for two epochs' files) are all checked
+    before anything is written; the run's files (config.json, classes.csv, logs) appear with its first saved epoch.
+    `on_epoch_end(record)` is called on every rank after each epoch.
     """
     cfg = resolve_config(model, data_dir, out_dir, resume, options)
     run_dir = Path(cfg.out_dir)
     resuming = has_resume_point(run_dir)
     check_output_folder(run_dir, advice=ADVICE)
     with process_group(cfg.device) as procs:
-        if cfg.task == "classification":
-            check_training_fits(cfg.model, cfg.image_size, cfg.batch_size, procs.device)
-        task = TASKS[cfg.task](cfg, procs)  # checks the data before anything is written
+        task = task_class(cfg.task)(cfg, procs)  # opens and checks the data before anything is written
         check_resumed_classes(cfg, task.classes)
+        spec = network_spec(cfg, task)
+        fit_run(cfg, task, spec, procs)  # the memory of a step at the run's sizes, or the `auto` size chosen
+        task.start()
         if procs.is_writer:
             say_what_the_resume_does(cfg, task.train_loader.batch_size or cfg.batch_size)
-        description = task.describe()
+        description = describe_run(cfg, task, spec)
         trainer = Trainer(cfg, procs, description, task)  # builds the network before anything is written
         if procs.is_writer:
             epochs_in_flight = 1 if resuming else 2  # the new epoch is written beside the previous one
             check_output_folder(run_dir, needed=epochs_in_flight * epoch_bytes(trainer.model, cfg.optimizer),
                                 advice=ADVICE, context="nothing was trained or written")
-            if not resuming:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                write_json(run_dir / CONFIG_FILE, description)
-                write_classes_csv(run_dir, task.classes)
-        with out_of_memory_guard(f"training at {cfg.image_size} px with a batch of {cfg.batch_size}",
+        size = cfg.image_size if isinstance(cfg.image_size, int) else "x".join(map(str, cfg.image_size))
+        with out_of_memory_guard(f"training at {size} px with a batch of {cfg.batch_size}",
                                  ("image_size", "batch_size")):
             metrics = trainer.run(on_epoch_end)
         if procs.distributed:
             dist.barrier()
-        return FinetuneResult(run_dir=Path(cfg.out_dir), metrics=metrics, model=trainer.model.eval())
+        return FinetuneResult(run_dir=Path(cfg.out_dir), metrics=metrics, model=trainer.model.eval(), config=cfg)
 
 
 ADVICE = "choose another run folder"

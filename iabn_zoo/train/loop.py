@@ -1,7 +1,8 @@
 """The fine-tuning loop: train an epoch, validate, save the weights and the resume point, repeat.
 
 One loop for every task: what differs between classification and segmentation (data, loss, metrics, validation
-pictures, the network and its description) comes from the task object (`classification_task`, `segmentation_task`).
+pictures) comes from the task object (the contract: `train.task`); the network from the run's description
+(`train.model`, the same for every task).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..layers import convert_norm
 from ..system.progress import progress_bar
 from .config import FinetuneConfig
 from .logs import RunLogs
+from .model import build_model
 from .optim import freeze, lr_factor, make_optimizer, set_lr, stage_modules
 from .processes import Processes, autocast_dtype, buffer_sync_option
 from .run_writer import ResumePoint, has_resume_point, load_resume_point, save_epoch
@@ -42,7 +44,7 @@ class Trainer:
         self.steps_per_epoch = len(self.train_loader)
         resuming = has_resume_point(self.run_dir)
         torch.manual_seed(cfg.seed)
-        self.model = task.build_model(description, resuming=resuming).to(procs.device)
+        self.model = build_model(cfg, description, resuming=resuming).to(procs.device)
         # inputs follow the parameters' dtype (float32; float64 where a test judges exactness)
         self.input_dtype = next(self.model.parameters()).dtype
         self.frozen = stage_modules(self.model, cfg.freeze_stages)
@@ -150,7 +152,7 @@ class Trainer:
 
     def run(self, on_epoch_end: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
         """Train the remaining epochs, validating, saving a resume point and logging after each."""
-        logs = RunLogs(self.run_dir, first_epoch=self.epoch) if self.procs.is_writer else None
+        logs = RunLogs(self.run_dir, self.task, first_epoch=self.epoch) if self.procs.is_writer else None
         try:
             while self.epoch < self.cfg.epochs:
                 record = {"epoch": self.epoch + 1, **self.train_one_epoch(), **self.validate()}
