@@ -130,20 +130,26 @@ def out_of_memory_guard(what: str, lower: Sequence[str]) -> Iterator[None]:
             raise
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        raise ResourceLimitError(f"out of memory while {what}{failure_detail(str(error))}; lower "
-                                 f"{_alternatives(lower)}", parameters=lower) from None
+        detail, in_worker = failure_detail(str(error))
+        names = [*lower, "num_workers"] if in_worker else list(lower)
+        raise ResourceLimitError(f"out of memory while {what}{detail}; lower {_alternatives(names)}",
+                                 parameters=names) from None
 
 
-def failure_detail(message: str) -> str:
-    """What an out-of-memory message says in a few words: the allocation that failed, or a data loader worker that
-    died or could not allocate (whose shared-memory files are removed here)."""
+def failure_detail(message: str) -> tuple[str, bool]:
+    """What an out-of-memory message says in a few words (the allocation that failed; a data loader worker that
+    died, whose shared-memory files are removed here, or failed), and whether a data loader worker failed."""
     if remove_files_of_dead_workers(message):
-        return " (a data loader worker was killed, most likely by the kernel for memory)"
-    if "in DataLoader worker" in message:  # torch re-raises a worker's error with its traceback as the text
-        last = [line for line in message.splitlines() if line.strip()][-1]
-        return f" ({last.split(': ', 1)[-1]})" if "data loader worker" in last else " (in a data loader worker)"
+        return " (a data loader worker was killed, most likely by the kernel for memory)", True
+    in_worker = "in DataLoader worker" in message  # torch re-raises a worker's error with its traceback as text
+    last = [line for line in message.splitlines() if line.strip()][-1] if message.strip() else ""
     match = ALLOCATION.search(message)
-    return f" (an allocation of {format_bytes(int(match.group(1)))} failed)" if match else ""
+    if in_worker and "data loader worker" in last:  # the worker's own words (system.loader_workers.SharedBatch)
+        return f" ({last.split(': ', 1)[-1]})", True
+    what = f"an allocation of {format_bytes(int(match.group(1)))} failed" if match else ""
+    if in_worker:
+        return f" (in a data loader worker{': ' + what if what else ''}; each worker holds whole decoded images)", True
+    return (f" ({what})" if what else ""), False
 
 
 def _alternatives(parameters: Sequence[str]) -> str:

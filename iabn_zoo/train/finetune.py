@@ -21,10 +21,11 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..errors import DataError
+from ..system.progress import write_line
 from ..system.resources import out_of_memory_guard
 from ..system.storage import check_output_folder
 from ..weights.run_reader import CONFIG_FILE, RESUME_FILE, read_json
-from .config import FinetuneConfig, resolve_config
+from .config import AUTO, FinetuneConfig, resolve_config
 from .fitting import fit_run
 from .loop import Trainer
 from .model import describe_run, network_spec
@@ -68,6 +69,8 @@ def finetune(model: str, data_dir: str | os.PathLike[str], out_dir: str | os.Pat
         check_resumed_classes(cfg, task.classes)
         spec = network_spec(cfg, task)
         fit_run(cfg, task, spec, procs)  # the memory of a step at the run's sizes, or the `auto` size chosen
+        if procs.is_writer:
+            say_what_auto_reuses(cfg, options)
         task.start()
         if procs.is_writer:
             say_what_the_resume_does(cfg, task.train_loader.batch_size or cfg.batch_size)
@@ -107,6 +110,14 @@ def say_what_the_resume_does(cfg: FinetuneConfig, batch: int) -> None:
     if os.path.realpath(trained_on) != os.path.realpath(cfg.data_dir):
         warnings.warn(f"resuming {run_dir} on {cfg.data_dir}, not on {trained_on} where its first {done} epoch(s) "
                       "were trained (the classes are the same): training continues on the new data", stacklevel=3)
+
+
+def say_what_auto_reuses(cfg: FinetuneConfig, options: dict[str, Any]) -> None:
+    """On resume, `auto` means the size the run chose and recorded: say which."""
+    for option in ("batch_size", "image_size"):
+        if options.get(option) == AUTO and getattr(cfg, option) != AUTO:
+            write_line(f"iabn-zoo: {option.replace('_', ' ')} {getattr(cfg, option)}, as chosen when {cfg.out_dir} "
+                       "started (recorded in its config.json)")
 
 
 def check_resumed_classes(cfg: FinetuneConfig, classes: list[str]) -> None:
