@@ -118,11 +118,10 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Probe:
-    """A size that fits, the peak its measured steps reached, and the line its measurements drew."""
+    """A size that fits, and the peak its measured steps reached."""
 
     value: int
     peak: int
-    line: Line
 
 
 class SizeSearch:
@@ -135,11 +134,14 @@ class SizeSearch:
         self.crop = crop_hw(cfg.image_size) if self.fit == "batch" else (0, 0)
         self.limit = task.batch_limit() if self.fit == "batch" else LARGEST
         self.base = in_use(device)
+        self.meters: dict[str, StepMeter] = {}
 
     def meter(self, bn_mode: str) -> StepMeter:
-        """The ledger of the run's network in `bn_mode`, with the task's loss."""
-        return StepMeter(lambda where: self.spec.build(bn_mode=bn_mode, device=where), self.device,
-                         self.cfg.optimizer, self.task.ledger_loss)
+        """The ledger of the run's network in `bn_mode`, with the task's loss (made once per mode)."""
+        if bn_mode not in self.meters:
+            self.meters[bn_mode] = StepMeter(lambda where: self.spec.build(bn_mode=bn_mode, device=where),
+                                             self.device, self.cfg.optimizer, self.task.ledger_loss)
+        return self.meters[bn_mode]
 
     def shape(self, value: int) -> tuple[int, tuple[int, int]]:
         """(batch, crop) of a candidate value."""
@@ -159,6 +161,7 @@ class SizeSearch:
     def largest(self, bn_mode: str) -> Probe | None:
         """The largest value whose measured steps fit the budget in `bn_mode` (see `choose_size`)."""
         meter = self.meter(bn_mode)
+        self.base = in_use(self.device)  # after the ledger's own real step: its one-off costs are the baseline's
         points: list[tuple[int, int]] = []  # (ledger count, measured peak over the baseline)
         best, ceiling, value = None, self.limit, SMALLEST[self.fit]
         for _ in range(PROBES):
@@ -168,7 +171,7 @@ class SizeSearch:
             held = peak + self.loader(batch, size) - self.task.batch_bytes(batch, size)  # the steps held one
             line = Line.through(min(points), max(points)) if len(points) > 1 else Line(points[0][1], FIRST_RATIO)
             fits = held <= self.budget.limit - self.budget.margin // 2
-            best, ceiling = (Probe(value, peak, line), ceiling) if fits else (best, value - 1)
+            best, ceiling = (Probe(value, peak), ceiling) if fits else (best, value - 1)
             value = self.predicted(meter, line, ceiling) or 0
             if not fits and best is not None:  # the line missed: no further than halfway to the failed size
                 value = min(value, (best.value + ceiling + 1) // 2)
@@ -208,11 +211,13 @@ def choose_size(cfg: Any, task: Any, spec: NetworkSpec, budget: Budget, device: 
     budget less its margin, which is measured in turn; then the line through the two measurements predicts again
     (PROBES sizes in all; a size that does not fit caps the next ones). A size fits when its measured peak, with
     the data loader's batches, leaves half the margin free; the largest that fit is the answer (None: not even the
-    smallest fits). The other mode's answer is the ledger's, through the same measured line."""
+    smallest fits). The other mode's answer is the largest size whose ledger count, in that mode, is within the
+    count of the chosen size: what it would fit in the memory the chosen step is counted to need."""
     search = SizeSearch(cfg, task, spec, budget, device, option)
     chosen = search.largest(spec.bn_mode)
     if chosen is None:
         return None
     other = "standard" if spec.bn_mode != "standard" else "inplace"
-    compared = search.predicted(search.meter(other), chosen.line, search.limit)
+    counted = search.meter(spec.bn_mode).total(*search.shape(chosen.value))
+    compared, *_ = fit_mode(search.meter(other), search.fit, counted, batch=cfg.batch_size, size=search.crop)
     return SizeChoice(option, chosen.value, chosen.peak, other, compared, budget)

@@ -69,7 +69,7 @@ def finetune(model: str, data_dir: str | os.PathLike[str], out_dir: str | os.Pat
         check_resumed_classes(cfg, task.classes)
         spec = network_spec(cfg, task)
         fit_run(cfg, task, spec, procs)  # the memory of a step at the run's sizes, or the `auto` size chosen
-        if procs.is_writer:
+        if procs.is_writer and resuming:
             say_what_auto_reuses(cfg, options)
         task.start()
         if procs.is_writer:

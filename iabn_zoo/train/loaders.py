@@ -9,7 +9,7 @@ import torch
 from ..data.folders import ImageFolder, load_splits
 from ..data.transforms import eval_scale_for, eval_transform, train_transform
 from ..errors import DataError
-from ..system.loader_workers import worker_options
+from ..system.loader_workers import WorkerLoader, worker_options
 from .config import FinetuneConfig
 from .processes import Processes
 
@@ -45,10 +45,10 @@ def make_loaders(cfg: FinetuneConfig, procs: Processes, train_set: ImageFolder, 
     """Training loader (shuffled, split over ranks, seeded augmentation), validation loader (rank's shard)."""
     sampler = training_sampler(train_set, cfg, procs)
     workers = worker_options(cfg.num_workers)
-    train_loader = torch.utils.data.DataLoader(
+    train_loader = WorkerLoader(
         train_set, batch_size=min(cfg.batch_size, len(sampler)), sampler=sampler, num_workers=cfg.num_workers,
         drop_last=True, pin_memory=procs.device.type == "cuda", persistent_workers=False, **workers)
     shard = torch.utils.data.Subset(val_set, list(range(procs.rank, len(val_set), procs.world_size)))
-    val_loader = torch.utils.data.DataLoader(shard, batch_size=cfg.batch_size, shuffle=False,
+    val_loader = WorkerLoader(shard, batch_size=cfg.batch_size, shuffle=False,
                                              num_workers=cfg.num_workers, **workers)
     return Loaders(train=train_loader, val=val_loader)

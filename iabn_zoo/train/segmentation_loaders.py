@@ -23,7 +23,7 @@ from ..data.segmentation_data import (
 )
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import DataError
-from ..system.loader_workers import worker_options
+from ..system.loader_workers import WorkerLoader, worker_options
 from .config import FinetuneConfig
 from .processes import Processes
 from .task_options import crop_hw
@@ -83,8 +83,8 @@ def make_segmentation_loaders(cfg: FinetuneConfig, procs: Processes, data: Segme
     data.train.transform = train_augmentation(cfg)
     sampler = RankBatchSampler(len(data.train), cfg.batch_size, procs.rank, procs.world_size, cfg.seed)
     workers = worker_options(cfg.num_workers)
-    train = torch.utils.data.DataLoader(data.train, batch_sampler=sampler, num_workers=cfg.num_workers,
+    train = WorkerLoader(data.train, batch_sampler=sampler, num_workers=cfg.num_workers,
                                         pin_memory=procs.device.type == "cuda", **workers)
     shard = torch.utils.data.Subset(data.val, list(range(procs.rank, len(data.val), procs.world_size)))
-    val = torch.utils.data.DataLoader(shard, batch_size=1, shuffle=False, num_workers=cfg.num_workers, **workers)
+    val = WorkerLoader(shard, batch_size=1, shuffle=False, num_workers=cfg.num_workers, **workers)
     return train, val
