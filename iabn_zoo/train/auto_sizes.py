@@ -30,11 +30,11 @@ PREFETCH = 2  # batches each DataLoader worker prepares ahead (torch's default p
 
 @dataclass(frozen=True)
 class Budget:
-    """What one process may use in all (`limit`), what it uses now, and how messages name the limit."""
+    """What one process may use in all (`limit`), what it uses now, and where the limit comes from."""
 
     limit: int
     in_use: int
-    said: str
+    source: str  # "the memory budget", "what this machine has free"
 
     @property
     def room(self) -> int:
@@ -63,8 +63,8 @@ def loader_bytes(cfg: Any, task: Any, device: torch.device, batch: int, crop: tu
 
 
 def measured_peak(spec: NetworkSpec, cfg: Any, task: Any, device: torch.device, bn_mode: str, batch: int,
-                  crop: tuple[int, int]) -> int:
-    """The peak of two real training steps (forward, the task's loss, backward, an optimizer step; the second
+                  crop: tuple[int, int], steps: int = 2) -> int:
+    """The peak of `steps` real training steps (forward, the task's loss, backward, an optimizer step; the second
     shows the allocator's steady state) at `batch` crops of `crop`, in `bn_mode`: the process's resident set on the
     CPU, CUDA's allocated bytes, both in all (not over a baseline)."""
     torch.manual_seed(0)
@@ -76,7 +76,7 @@ def measured_peak(spec: NetworkSpec, cfg: Any, task: Any, device: torch.device, 
         torch.cuda.reset_peak_memory_stats(device)
     else:
         reset_peak_resident()
-    for _ in range(2):
+    for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
         output, gradient = training_forward(model, inputs, task.ledger_loss)
         output.backward(gradient)
@@ -192,13 +192,13 @@ class SizeChoice:
     budget: Budget
 
     def line(self) -> str:
-        """`batch 19 fits in 16.0 GiB (standard BatchNorm: 9)`, or `crop 640 px fits in ...`."""
+        """`batch 19 fits in 16.0 GiB (standard BatchNorm: 9); ...`, or `crop 640 px fits in ...`."""
         names = {"standard": "standard BatchNorm", "inplace": "InPlace-ABN"}
         unit = " px" if self.option == "image_size" else ""
         what = "batch" if self.option == "batch_size" else "crop"
         other = "none fits" if self.other_value is None else f"{self.other_value}{unit}"
-        return (f"{what} {self.value}{unit} fits in {self.budget.said} ({names[self.other_mode]}: {other}); "
-                f"measured steps peaked at {format_bytes(self.peak)}")
+        return (f"{what} {self.value}{unit} fits in {format_bytes(self.budget.limit)} ({names[self.other_mode]}: "
+                f"{other}); {self.budget.source}, measured steps peaked at {format_bytes(self.peak)}")
 
 
 def choose_size(cfg: Any, task: Any, spec: NetworkSpec, budget: Budget, device: torch.device,

@@ -68,7 +68,8 @@ def finetune(model: str, data_dir: str | os.PathLike[str], out_dir: str | os.Pat
         task = task_class(cfg.task)(cfg, procs)  # opens and checks the data before anything is written
         check_resumed_classes(cfg, task.classes)
         spec = network_spec(cfg, task)
-        fit_run(cfg, task, spec, procs)  # the memory of a step at the run's sizes, or the `auto` size chosen
+        with out_of_memory_guard("measuring training steps to choose a size that fits", ("memory_budget",)):
+            fit_run(cfg, task, spec, procs)  # the memory of a step at the run's sizes, or the `auto` size chosen
         if procs.is_writer and resuming:
             say_what_auto_reuses(cfg, options)
         task.start()

@@ -39,19 +39,22 @@ LOWER = ("image_size", "batch_size")
 
 
 def process_budget(cfg: Any, device: torch.device) -> Budget:
-    """The run's budget on this process's `device` (see the module's description)."""
+    """The run's budget on this process's `device` (see the module's description): `memory_budget`, but never more
+    than the device has free, or what it has free."""
     used = in_use(device)
+    free = available_memory(device)
+    sharing = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
+    holder = "this machine" if device.type == "cpu" else str(device)
+    share = None if free is None else free // max(sharing, 1)
+    has_free = f"what {holder} has free" + (f", shared by {sharing} processes" if sharing > 1 else "")
     if cfg.memory_budget is not None:
         limit = parse_bytes(str(cfg.memory_budget), "memory_budget")
-        return Budget(limit, used, f"{format_bytes(limit)} (the memory budget)")
-    free = available_memory(device)
-    if free is None:
+        if share is None or limit <= used + share:
+            return Budget(limit, used, "the memory budget")
+        return Budget(used + share, used, f"the memory budget, lowered to {has_free}")
+    if share is None:
         raise bad_argument("memory_budget", f"is needed: the free memory of {device} is unknown")
-    sharing = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
-    share = free // max(sharing, 1)
-    holder = "this machine" if device.type == "cpu" else str(device)
-    return Budget(used + share, used, f"{format_bytes(used + share)} (what {holder} has free"
-                                      + (f", shared by {sharing} processes" if sharing > 1 else "") + ")")
+    return Budget(used + share, used, has_free)
 
 
 class RunMeter(StepMeter):
@@ -117,23 +120,26 @@ def check_sizes(cfg: Any, task: Any, spec: NetworkSpec, budget: Budget, device: 
     raise ResourceLimitError(
         f"a training step of {cfg.model} at {pixels(crop)} px with a batch of {cfg.batch_size} needs at least "
         f"{format_bytes(needed)} of memory (weights, gradients, optimizer state, what is kept for backward and the "
-        f"data loader's batches), and {holder} {format_bytes(budget.room)} for it of {budget.said}; lower "
+        f"data loader's batches), and {holder} {format_bytes(budget.room)} for it ({budget.source}: "
+        f"{format_bytes(budget.limit)}, {format_bytes(budget.in_use)} in use); lower "
         f"{{image_size}} or {{batch_size}}: {what_fits(meter, budget.room, task, cfg.batch_size, crop)} (or let "
         "auto choose one of them)", parameters=(*LOWER, "memory_budget"))
 
 
-def agree(value: int, procs: Any) -> int:
-    """The smallest of every rank's `value` (each rank checked its own device)."""
+def every_rank(value: int, procs: Any) -> list[int]:
+    """Every rank's `value`, in rank order (each rank checked its own device)."""
     if not procs.distributed:
-        return value
-    packed = torch.tensor([value], dtype=torch.int64, device=procs.device if procs.device.type == "cuda" else "cpu")
-    dist.all_reduce(packed, op=dist.ReduceOp.MIN)
-    return int(packed.item())
+        return [value]
+    device = procs.device if procs.device.type == "cuda" else torch.device("cpu")
+    values = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(procs.world_size)]
+    dist.all_gather(values, torch.tensor([value], dtype=torch.int64, device=device))
+    return [int(v.item()) for v in values]
 
 
 def fit_run(cfg: Any, task: Any, spec: NetworkSpec, procs: Any) -> SizeChoice | None:
     """Check the run's sizes against its budget, or choose the one that is `auto` (set in `cfg`, and said on rank
-    0); every rank checks its own device and the ranks agree (the smallest answer; one refusal refuses all)."""
+    0); every rank checks its own device and the ranks agree (the smallest answer, all of them said; one refusal
+    refuses all)."""
     budget = process_budget(cfg, procs.device)
     auto = next((option for option in task.auto_sizes if getattr(cfg, option) == AUTO), None)
     if auto is None:
@@ -142,20 +148,23 @@ def fit_run(cfg: Any, task: Any, spec: NetworkSpec, procs: Any) -> SizeChoice | 
             check_sizes(cfg, task, spec, budget, procs.device)
         except ResourceLimitError as error:
             refusal = error
-        if agree(int(refusal is None), procs) == 0:
+        if min(every_rank(int(refusal is None), procs)) == 0:
             raise refusal or ResourceLimitError("another process of the job has not the memory for these sizes; "
                                                 "lower {image_size} or {batch_size}", parameters=LOWER)
         return None
     choice = choose_size(cfg, task, spec, budget, procs.device, auto)
-    value = agree(choice.value if choice is not None else 0, procs)
+    answers = every_rank(choice.value if choice is not None else 0, procs)
+    value = min(answers)
     if value == 0:
         what = (f"a batch of {SMALLEST['batch']} at {pixels(crop_hw(cfg.image_size))} px" if auto == "batch_size"
                 else f"a crop of {SMALLEST['crop']} px at a batch of {cfg.batch_size}")
-        raise ResourceLimitError(f"not even {what} fits in {budget.said} less a margin of "
+        raise ResourceLimitError(f"not even {what} fits in {format_bytes(budget.limit)} ({budget.source}) less a "
+                                 f"margin of "
                                  f"{format_bytes(budget.margin)}; lower {{{LOWER[auto == 'image_size']}}}, or give "
                                  "more {memory_budget}", parameters=(*LOWER, "memory_budget"))
     setattr(cfg, auto, value)
     choice = SizeChoice(auto, value, choice.peak, choice.other_mode, choice.other_value, budget)
     if procs.is_writer:
-        write_line(f"iabn-zoo: {choice.line()}")
+        ranks = f" (the smallest of the processes' answers, {', '.join(map(str, answers))})" if len(answers) > 1 else ""
+        write_line(f"iabn-zoo: {choice.line()}{ranks}")
     return choice

@@ -13,6 +13,7 @@ import signal
 import struct
 import subprocess
 import sys
+import textwrap
 import zlib
 from pathlib import Path
 
@@ -35,10 +36,12 @@ from support.segmentation_fixtures import tiny_arch_registered
 
 from iabn_zoo.errors import DataError
 from iabn_zoo.system.memory_limits import resident_bytes
+from iabn_zoo.system.resources import parse_bytes
 from iabn_zoo.train.finetune import finetune
 
 MODEL = "tiny_vistas_deeplab3"
 MIB = 2 ** 20
+SIZE = r"[\d.]+ [KMGT]iB"  # a byte count as the messages write it (system.resources.format_bytes)
 ADDRESS_SPACE = 5 << 29  # 2.5 GiB: the trainer runs in it, a worker decoding a 7000x7000 image does not
 
 
@@ -159,13 +162,13 @@ def test_batch_auto_fits_the_budget_beats_standard_bn_and_resume_reuses_it(tmp_p
     done, peak = run_measured("finetune", MODEL, squares, "--out", tmp_path / "run", "--epochs", "1", *common,
                               env=env)
     assert done.returncode == 0, done.stderr
-    said = re.search(r"batch (\d+) fits in ([\d.]+) MiB \(the memory budget\) \(standard BatchNorm: (\d+)\); "
-                     r"measured steps peaked at ([\d.]+) MiB", done.stderr)
+    said = re.search(rf"batch (\d+) fits in ({SIZE}) \(standard BatchNorm: (\d+)\); the memory budget, "
+                     rf"measured steps peaked at ({SIZE})", done.stderr)
     assert said, done.stderr
     chosen, standard = int(said.group(1)), int(said.group(3))
-    assert float(said.group(2)) == pytest.approx(budget / MIB, abs=0.1)
+    assert parse_bytes(said.group(2)) == pytest.approx(budget, rel=0.05)  # written to one decimal
     assert peak <= budget, f"the run peaked at {peak / MIB:.0f} MiB, over its budget of {budget / MIB:.0f} MiB"
-    assert float(said.group(4)) * MIB <= budget
+    assert parse_bytes(said.group(4)) <= budget
     assert 2 <= standard < chosen < 320, f"batch {chosen}, standard BatchNorm {standard}"
     assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["batch_size"] == chosen
 
@@ -185,7 +188,7 @@ def test_image_size_auto_chooses_the_crop_at_a_batch(tmp_path, capfd):
                           memory_budget=resident_bytes() + 600 * MIB, num_workers=0, augment="none",
                           progress=False)
     crop = result.config.image_size
-    said = re.search(r"crop (\d+) px fits in [\d.]+ MiB \(the memory budget\) \(standard BatchNorm: (\d+) px\)",
+    said = re.search(rf"crop (\d+) px fits in {SIZE} \(standard BatchNorm: (\d+) px\); the memory budget",
                      capfd.readouterr().err)
     assert said and int(said.group(1)) == crop > 32 and 32 <= int(said.group(2)) < crop, said
     document = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -217,6 +220,40 @@ def oom_kills(cgroup: Path) -> int:
         if found:
             return int(found.group(1))
     return 0
+
+
+RANKS = textwrap.dedent("""
+    import json, os, sys
+    sys.path.insert(0, sys.argv[3])
+    import torch
+    from support.segmentation_fixtures import tiny_arch_registered
+    from iabn_zoo.train.finetune import finetune
+
+    torch.set_num_threads(1)
+    data, base, budgets = sys.argv[1], sys.argv[2], json.loads(sys.argv[4])
+    rank = int(os.environ["RANK"])
+    with tiny_arch_registered():
+        result = finetune("tiny_vistas_deeplab3", data, os.path.join(base, "run"), epochs=1, batch_size="auto",
+                          image_size=64, memory_budget=budgets[rank], num_workers=0, augment="none", progress=False)
+    print("rank", rank, "batch", result.config.batch_size, flush=True)
+""")
+
+
+def test_under_torchrun_each_rank_measures_its_own_budget_and_all_take_the_smallest(tmp_path, squares):
+    base = import_rss()
+    budgets = [base + 450 * MIB, base + 250 * MIB]  # rank 1 has less room
+    (tmp_path / "ranks.py").write_text(RANKS)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(tmp_path / "ranks.py"), str(squares), str(tmp_path), str(REPO / "tests"),
+                           json.dumps(budgets)], env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    batches = {int(rank): int(batch) for rank, batch in re.findall(r"rank (\d) batch (\d+)", done.stdout)}
+    said = re.search(r"batch (\d+) fits in .* \(the smallest of the processes' answers, (\d+), (\d+)\)", done.stderr)
+    assert said and len(batches) == 2, (done.stdout, done.stderr[-2000:])
+    agreed, answers = int(said.group(1)), [int(said.group(2)), int(said.group(3))]
+    assert batches == {0: agreed, 1: agreed} and agreed == min(answers), (batches, answers)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["batch_size"] == agreed
 
 
 def memory_cgroup(limit: int) -> Path | None:
@@ -254,8 +291,9 @@ def test_under_a_cgroup_limit_auto_fills_the_cgroup(tmp_path, squares, child_tmp
     finally:
         cgroup.rmdir()
     assert done.returncode == 0 and killed == 0, (done.returncode, killed, done.stderr)
-    said = re.search(r"batch (\d+) fits in ([\d.]+) MiB \(what this machine has free\)", done.stderr)
+    said = re.search(rf"batch (\d+) fits in ({SIZE}) \(standard BatchNorm: \d+\); what this machine has free",
+                     done.stderr)
     assert said, done.stderr
     # the budget is the resident set (libraries' pages, which the cgroup does not charge, included) plus what the
     # cgroup still allows: near the cgroup's limit, far below this machine's memory
-    assert float(said.group(2)) * MIB <= limit + 300 * MIB, f"budget {said.group(2)} MiB, cgroup limit {limit}"
+    assert parse_bytes(said.group(2)) <= limit + 300 * MIB, f"budget {said.group(2)}, cgroup limit {limit}"
