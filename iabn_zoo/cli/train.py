@@ -125,7 +125,7 @@ def add_evaluate(subparsers: Any) -> None:
     add_precision(parser)
     add_pretrained(parser)
     parser.add_argument("--scales", help="segmentation: comma-separated test-time scales (default: the model's "
-                                          "recommended ones, as `segment` uses them: 1 for runs and the Vistas weights)")
+                                          "recommended ones, as `segment` takes them: 1 for runs and Vistas)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction,
                         help="segmentation: also score each scale mirrored (default: as recommended; the Vistas "
                              "weights flip, runs do not)")

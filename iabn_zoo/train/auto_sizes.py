@@ -96,10 +96,14 @@ class Line:
     slope: float
 
     @classmethod
-    def through(cls, low: tuple[int, int], high: tuple[int, int]) -> Line:
-        """The line through two (count, measured excess) points, its slope at least 1 (the ledger is a floor)."""
-        slope = max(1.0, (high[1] - low[1]) / max(high[0] - low[0], 1))
-        return cls(max(0.0, low[1] - slope * low[0]), slope)
+    def through(cls, point: tuple[int, int], slope: float) -> Line:
+        """The line of `slope` through one (count, measured excess) point."""
+        return cls(point[1] - slope * point[0], slope)
+
+    @classmethod
+    def between(cls, low: tuple[int, int], high: tuple[int, int]) -> Line:
+        """The line through two points, its slope at least 1 (the ledger is a floor of what a step holds)."""
+        return cls.through(low, max(1.0, (high[1] - low[1]) / max(high[0] - low[0], 1)))
 
 
 class Prediction:
@@ -169,7 +173,7 @@ class SizeSearch:
             peak = measured_peak(self.spec, self.cfg, self.task, self.device, bn_mode, batch, size)
             points.append((meter.total(batch, size), peak - self.base))
             held = peak + self.loader(batch, size) - self.task.batch_bytes(batch, size)  # the steps held one
-            line = Line.through(min(points), max(points)) if len(points) > 1 else Line(points[0][1], FIRST_RATIO)
+            line = Line.between(min(points), max(points)) if len(points) > 1 else Line.through(points[0], FIRST_RATIO)
             fits = held <= self.budget.limit - self.budget.margin // 2
             best, ceiling = (Probe(value, peak), ceiling) if fits else (best, value - 1)
             value = self.predicted(meter, line, ceiling) or 0

@@ -127,7 +127,8 @@ def save_epoch(run_dir: Path, point: ResumePoint, *, description: dict[str, Any]
     tensors = storable({**prefixed(point.model, "model."), **optimizer_tensors, **prefixed(point.rng, "rng.")})
     weights = {key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")}
     documents = {METRICS_FILE: metrics_bytes(point.metrics), CONFIG_FILE: json_bytes(description),
-                 CLASSES_FILE: classes_csv_bytes(description["classes"]), RESUME_FILE: json_bytes({"format": FORMAT_VERSION, "epoch": point.epoch, "step": point.step,
+                 CLASSES_FILE: classes_csv_bytes(description["classes"]),
+                 RESUME_FILE: json_bytes({"format": FORMAT_VERSION, "epoch": point.epoch, "step": point.step,
                                           "tensor_file": tensor_name, "optimizer": optimizer_rest,
                                           "scheduler": {"step": point.step}, "scaler": point.scaler,
                                           "metrics": point.metrics})}
