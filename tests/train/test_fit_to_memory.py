@@ -297,3 +297,18 @@ def test_under_a_cgroup_limit_auto_fills_the_cgroup(tmp_path, squares, child_tmp
     # the budget is the resident set (libraries' pages, which the cgroup does not charge, included) plus what the
     # cgroup still allows: near the cgroup's limit, far below this machine's memory
     assert parse_bytes(said.group(2)) <= limit + 300 * MIB, f"budget {said.group(2)}, cgroup limit {limit}"
+
+
+@pytest.mark.parametrize("options, named", [
+    ({"model": "resnet18", "image_size": "auto"}, "image_size"),  # a classification crop is not chosen
+    ({"model": MODEL, "image_size": "auto", "batch_size": "auto"}, "image_size"),  # one of the two, not both
+    ({"model": MODEL, "batch_size": "many"}, "batch_size"),
+    ({"model": MODEL, "memory_budget": "lots"}, "memory_budget"),
+    ({"model": MODEL, "memory_budget": "0"}, "memory_budget"),
+])
+def test_bad_sizes_and_budgets_are_refused_by_name(options, named):
+    from iabn_zoo.errors import InvalidArgumentError
+    from iabn_zoo.train.config import FinetuneConfig
+
+    with tiny_arch_registered(), pytest.raises(InvalidArgumentError, match=named):
+        FinetuneConfig(data_dir="data", out_dir="out", **options)
