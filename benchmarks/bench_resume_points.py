@@ -99,7 +99,7 @@ def point_write_seconds(folder: Path, repeats: int) -> tuple[float, int]:
                             rng=rng, ranks=ranks, position={"batches_done": step, "steps_per_epoch": 1000,
                                                             "world_size": 1, "elapsed_s": 0.0})
         start = time.perf_counter()
-        save_step_point(folder, point)
+        save_step_point(folder, point, description={"classes": ["blue", "green", "red"]})
         times.append(time.perf_counter() - start)
     size = sum(path.stat().st_size for path in folder.glob("resume-*-step*.safetensors"))
     return statistics.median(times), size

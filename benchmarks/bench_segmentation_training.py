@@ -23,6 +23,7 @@ from benchmarks.common import bench_device, interleaved_medians, row, synchroniz
 from iabn_zoo.models._registry import is_arch
 from iabn_zoo.train.budget import fit_budget, kept_bytes
 from iabn_zoo.train.memory import MIB, build_model, model_and_inputs, training_forward
+from iabn_zoo.train.task import ledger_loss_of
 
 KEPT_TARGET = 0.5
 BATCH_TARGET = 1.8
@@ -34,12 +35,12 @@ META = torch.device("meta")
 
 def kept_rows(name: str, *, batch: int, side: int, check_side: int) -> list[dict[str, Any]]:
     """Bytes kept for backward at `side` px (meta ledger), checked against a real CPU forward at `check_side`."""
-    kept, checks = {}, []
+    kept, checks, loss = {}, [], ledger_loss_of(name)
     for bn_mode in ("inplace", "standard"):
-        kept[bn_mode] = kept_bytes(build_model(name, bn_mode, META), batch, (side, side), META)
+        kept[bn_mode] = kept_bytes(build_model(name, bn_mode, META), batch, (side, side), META, loss)
         real = kept_bytes(build_model(name, bn_mode, torch.device("cpu")), batch, (check_side, check_side),
-                          torch.device("cpu"))
-        meta = kept_bytes(build_model(name, bn_mode, META), batch, (check_side, check_side), META)
+                          torch.device("cpu"), loss)
+        meta = kept_bytes(build_model(name, bn_mode, META), batch, (check_side, check_side), META, loss)
         checks.append(f"{bn_mode} {real / MIB:.1f} MiB real = {meta / MIB:.1f} MiB meta"
                       + ("" if real == meta else " (DIFFER)"))
     note = (f"bytes kept for backward, batch {batch}, {side}x{side}, loss on resized logits; meta-device ledger; "
@@ -58,13 +59,14 @@ def batch_row(name: str, side: int) -> dict[str, Any]:
                     f"bytes kept counted on {standard.counted_on}, {verified}")
 
 
-def step_function(model: torch.nn.Module, images: torch.Tensor):
-    """One SGD training step of a segmentation network: cross-entropy on the logits resized to the crop."""
+def step_function(model: torch.nn.Module, images: torch.Tensor, task_loss):
+    """One SGD training step of a segmentation network: training's loss (cross-entropy on the logits resized to the
+    crop)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = training_forward(model, images.clone())
+        loss, _ = training_forward(model, images.clone(), task_loss)
         loss.backward()
         optimizer.step()
 
@@ -76,7 +78,7 @@ def step_row(name: str, *, batch: int, side: int, repeats: int, device: str) -> 
     steps = {}
     for bn_mode in ("inplace", "standard"):
         model, images = model_and_inputs(name, bn_mode, batch=batch, size=side, device=torch.device(device))
-        steps[bn_mode] = synchronized(step_function(model, images), device)
+        steps[bn_mode] = synchronized(step_function(model, images, ledger_loss_of(name)), device)
     ours, base = interleaved_medians(steps["inplace"], steps["standard"], repeats=repeats, warmup=1)
     return row(f"train step {name} b{batch} {side}px {device} (InPlace-ABN default backend vs standard BN)", ours,
                base, target=STEP_TARGET, unit="s",

@@ -16,6 +16,7 @@ from ..errors import RunPreempted, ZooError
 from ..system.distributed import job_place, lost_peer
 from ..system.resources import out_of_memory_guard
 from ..system.storage import is_storage_failure, os_error_of, storage_error
+from ..system.temporary import remove_torch_cache_made_here
 from .exit_codes import EXIT_INTERNAL, EXIT_INTERRUPTED, exit_code
 from .options import HelpFormatter, add_shared_flags, merge_global_flags, spell_option
 
@@ -62,6 +63,7 @@ def without_worker_traceback(message: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit code instead of raising."""
+    remove_torch_cache_made_here()
     parser = build_parser()
     args = merge_global_flags(parser.parse_args(argv))
     command_parser = getattr(args, "command_parser", parser)

@@ -35,7 +35,8 @@ def register(subparsers) -> None:
     info = add_command(subparsers, "info", help="everything known about one architecture or weights name",
                        description="Every field of a weights entry (source, md5, scores, preprocessing, license, "
                                    "cache paths), or an architecture's parameters and published weights.")
-    info.add_argument("name", metavar="NAME", help="an architecture or weights name (see `iabn-zoo list`)")
+    info.add_argument("name", metavar="NAME", help="an architecture or weights name (see `iabn-zoo list`), or a "
+                                                   "fine-tuning RUN directory")
     info.set_defaults(func=run_info)
 
 
@@ -102,12 +103,37 @@ def _default_weights_name(arch: str) -> str:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    """Print every field of a weights entry (or an architecture's summary) as `key: value` lines or JSON."""
+    """Print every field of a weights entry (or an architecture's, or a RUN's summary) as `key: value` lines or
+    JSON."""
     from ..factory import resolve_weights
+    from ..models import is_arch
+    from ..weights.catalog import is_weights
+    from ..weights.run_reader import is_run_dir
 
+    if not is_arch(args.name) and not is_weights(args.name) and is_run_dir(args.name):
+        emit(run_info_fields(args.name), as_json=args.json)
+        return 0
     weights = resolve_weights(args.name)
     emit(weights_info(weights) if weights is not None else arch_info(args.name), as_json=args.json)
     return 0
+
+
+def passes_in_words(model: str, task: str) -> str | None:
+    """A segmentation model's recommended test-time passes in words (None for a classifier)."""
+    from ..tasks.inference_passes import recommended_passes
+
+    return recommended_passes(model).said() if task == "segmentation" else None
+
+
+def run_info_fields(run_dir: str) -> dict[str, Any]:
+    """What a fine-tuning run's config.json says, and its epochs so far."""
+    from ..weights.run_reader import read_metrics, read_run
+
+    info = read_run(run_dir)
+    return {"run": str(info.run_dir), "task": info.task, "arch": info.arch, "arch_kwargs": info.arch_kwargs,
+            "bn_mode": info.bn_mode, "num_classes": info.num_classes, "epochs": len(read_metrics(info.run_dir)),
+            "preprocessing": info.preprocessing, "test_time": passes_in_words(run_dir, info.task),
+            "source_weights": info.config.get("model")}
 
 
 def weights_info(weights) -> dict[str, Any]:
@@ -121,6 +147,7 @@ def weights_info(weights) -> dict[str, Any]:
     return {"name": weights.name, "arch": weights.arch, "arch_kwargs": weights.arch_kwargs, "task": weights.task,
             "num_classes": weights.num_classes, "parameters": parameter_count(weights.name),
             "metrics": weights.metrics, "license": weights.license, "preprocessing": weights.preprocessing,
+            "test_time": passes_in_words(weights.name, weights.task),
             "labels": weights.labels, "urls": list(weights.urls), "md5": weights.md5, "file_name": weights.file_name,
             "file_size": cached_file_size(weights), "cached": is_cached(weights),
             "checkpoint_path": str(checkpoint_path(weights)), "safetensors_path": str(converted_path(weights)),

@@ -70,9 +70,9 @@ def add_precision(parser: argparse.ArgumentParser, help: str = "weights and acti
 
 
 def add_batch_size(parser: argparse.ArgumentParser, *aliases: str, default: int | None = BATCH_SIZE,
-                   help: str = "images per forward pass") -> None:
-    """--batch-size (plus old spellings kept as aliases)."""
-    parser.add_argument("--batch-size", *aliases, dest="batch_size", type=int, default=default, help=help)
+                   help: str = "images per forward pass", type: Any = int) -> None:
+    """--batch-size (plus old spellings kept as aliases); `type` parses its value (an integer by default)."""
+    parser.add_argument("--batch-size", *aliases, dest="batch_size", type=type, default=default, help=help)
 
 
 def add_image_size(parser: argparse.ArgumentParser, *aliases: str, default: int | None = None,

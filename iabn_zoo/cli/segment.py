@@ -10,8 +10,6 @@ from .exit_codes import exit_code
 from .options import add_command, add_device, add_precision, progress_allowed
 from .output import emit
 
-DEFAULT_SCALES = "0.7,1,1.2"
-
 
 def register(subparsers) -> None:
     """Add the `segment` sub-command."""
@@ -28,8 +26,12 @@ def register(subparsers) -> None:
     parser.add_argument("--weights", default="wider_resnet38_deeplab3_vistas",
                         help="segmentation weights name, an architecture for its default weights, or a segmentation "
                              "fine-tuning RUN directory (its classes, colours and long side)")
-    parser.add_argument("--scales", default=DEFAULT_SCALES, help="comma-separated test-time scales, each > 0")
-    parser.add_argument("--flip", action="store_true", help="also run each scale on the mirrored image")
+    parser.add_argument("--scales", help="comma-separated test-time scales, each > 0 (default: the weights' or the "
+                                          "run's recommended ones, as `iabn-zoo info` shows: 1 for the Vistas "
+                                          "weights and for runs)")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction,
+                        help="also run each scale on the mirrored image (default: as recommended; the Vistas "
+                             "weights flip, runs do not)")
     parser.add_argument("--fusion", default="mean", choices=("mean", "voting", "max"),
                         help="how passes are fused: mean of probabilities, voting, max probability")
     parser.add_argument("--output", default="palette", choices=("palette", "raw", "prob", "overlay"),
@@ -69,20 +71,25 @@ def run_segment(args: argparse.Namespace) -> int:
         outputs_to_write,
         write_png,
     )
-    from ..tasks.segmentation_runs import run_class_table, run_segment_defaults
+    from ..tasks.inference_passes import recommended_passes
+    from ..tasks.segmentation_runs import check_segmentation_run, run_class_table
     from ..weights.catalog import get_weights
     from ..weights.run_reader import is_run_dir
 
     if args.long_side is not None and args.long_side <= 0:
         raise bad_argument("long_side", f"must be a positive number of pixels, got {args.long_side}")
-    scales = parse_scales(args.scales)
+    given_scales = parse_scales(args.scales) if args.scales is not None else None
     device = resolve_device(args.device)
     check_precision(args.precision, device)
     run = is_run_dir(args.weights)  # a segmentation fine-tuning run: its classes, palette and long side
+    if run:
+        check_segmentation_run(args.weights)
     weights = None if run else get_weights(args.weights)
     source = args.weights if run else weights.name
-    trained_side = run_segment_defaults(args.weights) if run else weights.preprocessing.get("long_side", 2048)
-    long_side = args.long_side if args.long_side is not None else trained_side
+    passes = recommended_passes(source)  # the weights' or the run's scales, flip and long side, unless given
+    scales = given_scales if given_scales is not None else passes.scales
+    flip = args.flip if args.flip is not None else passes.flip
+    long_side = args.long_side if args.long_side is not None else passes.long_side
     images = collect_images(args.inputs)
     targets = output_paths(images, args.out)
     kind = output_kind(args.output, args.prob_bits)
@@ -96,7 +103,7 @@ def run_segment(args: argparse.Namespace) -> int:
     failed = 0
     if todo:
         predictor = SegmentationPredictor.from_weights(source, progress=progress_allowed(args), device=device,
-                                                       scales=scales, flip=args.flip, fusion=args.fusion,
+                                                       scales=scales, flip=flip, fusion=args.fusion,
                                                        long_side=long_side, precision=args.precision)
         make_output_folder(args.out)  # only now: a failed download or a bad checkpoint leaves no empty folder
         colors, names = run_class_table(source, args.output) if run else class_table(source, args.output)

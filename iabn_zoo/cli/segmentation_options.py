@@ -10,7 +10,6 @@ from pathlib import Path
 # FinetuneConfig fields these options set (passed on when given)
 SEGMENTATION_OPTIONS = ("task", "output_stride", "backbone_weights", "loss", "ohem_threshold", "ohem_min_kept",
                         "class_weights", "ignore_index", "num_classes", "scale_range", "grad_checkpointing")
-SEGMENTATION_COLUMNS = ("epoch", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy", "lr", "images_per_s")
 
 
 def numbers(text: str, what: str) -> list[float]:
@@ -22,8 +21,20 @@ def numbers(text: str, what: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"{what} must be comma-separated numbers, got {text!r}") from None
 
 
-def image_size(text: str) -> int | list[int]:
-    """A side (224) or height,width (512,1024)."""
+def size_or_auto(text: str) -> int | str:
+    """A batch size (an integer), or auto."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer or auto, got {text!r}") from None
+
+
+def image_size(text: str) -> int | list[int] | str:
+    """A side (224), height,width (512,1024), or auto."""
+    if text == "auto":
+        return text
     try:
         sides = [int(item) for item in text.split(",")]
     except ValueError:

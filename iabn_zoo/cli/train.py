@@ -19,14 +19,13 @@ from .options import (
     progress_allowed,
 )
 from .output import emit
-from .segmentation_options import SEGMENTATION_COLUMNS, SEGMENTATION_OPTIONS, add_segmentation_options, image_size
+from .segmentation_options import SEGMENTATION_OPTIONS, add_segmentation_options, image_size, size_or_auto
 
-EPOCH_COLUMNS = ("epoch", "train_loss", "train_top1", "val_top1", "val_top5", "lr", "images_per_s")
 # FinetuneConfig fields the command passes on when given explicitly (a resume takes the rest from the run)
 FINETUNE_OPTIONS = ("epochs", "batch_size", "lr", "image_size", "augment", "pretrained", "bn_mode", "optimizer",
                     "momentum", "weight_decay", "classifier_lr_mult", "schedule", "step_epochs", "gamma",
                     "freeze_stages", "clip_grad_norm", "precision", "sync_bn", "seed", "num_workers", "on_error",
-                    "device", "save_every") + SEGMENTATION_OPTIONS
+                    "device", "save_every", "memory_budget") + SEGMENTATION_OPTIONS
 
 
 def register(subparsers: Any) -> None:
@@ -66,11 +65,16 @@ def add_finetune(subparsers: Any) -> None:
                         help="also write a resume point inside an epoch every STEPS optimizer steps or N minutes of "
                              f"training; 0: only at epoch ends and on SIGTERM (default {default('save_every')})")
     parser.add_argument("--epochs", type=int, help=f"epochs to train (default {default('epochs')})")
-    add_batch_size(parser, default=None, help=f"images per process and step (default {default('batch_size')})")
+    add_batch_size(parser, default=None, type=size_or_auto,
+                   help=f"images per process and step (default {default('batch_size')}); auto: the largest that "
+                        "fits --memory-budget, measured, recorded in RUN/config.json (a resume reuses it)")
+    parser.add_argument("--memory-budget", metavar="SIZE",
+                        help="the memory a process may use (16GiB, 500MB, 2.5G): what --batch-size auto fills and "
+                             "what the sizes are checked against (default: the device's free memory)")
     parser.add_argument("--lr", type=float, help=f"base learning rate (default {default('lr')})")
-    parser.add_argument("--image-size", type=image_size, metavar="S|H,W",
+    parser.add_argument("--image-size", type=image_size, metavar="S|H,W|auto",
                         help="training crop side in pixels (default 224), or H,W for segmentation (where the "
-                             "default is 512)")
+                             "default is 512, and auto takes the largest square crop that fits at --batch-size)")
     parser.add_argument("--augment", choices=("imagenet", "light", "standard", "jitter", "none"),
                         help="classification: imagenet (default, the authors' recipe), light or none for small or "
                              "non-photographic images; segmentation: standard (default: random scale, crop, flip), "
@@ -126,8 +130,11 @@ def add_evaluate(subparsers: Any) -> None:
     add_on_error(parser)
     add_precision(parser)
     add_pretrained(parser)
-    parser.add_argument("--scales", help="segmentation: comma-separated test-time scales (default 1)")
-    parser.add_argument("--flip", action="store_true", help="segmentation: also score each scale mirrored")
+    parser.add_argument("--scales", help="segmentation: comma-separated test-time scales (default: the model's "
+                                          "recommended ones, as `segment` takes them: 1 for runs and Vistas)")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction,
+                        help="segmentation: also score each scale mirrored (default: as recommended; the Vistas "
+                             "weights flip, runs do not)")
     parser.set_defaults(func=run_evaluate)
 
 
@@ -137,24 +144,25 @@ def is_main_process() -> bool:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    """Fine-tune, printing one line per epoch (rank 0), then the run's summary."""
+    """Fine-tune, printing the task's columns after each epoch (rank 0), then the run's summary."""
     from ..train.finetune import finetune
+    from ..train.task import task_for
 
     options = {name: getattr(args, name) for name in FINETUNE_OPTIONS if getattr(args, name) is not None}
     options["progress"] = progress_allowed(args)  # a preference of this invocation, never the run's
     printing = is_main_process() and not args.json
+    task = task_for(args.model, args.task)
 
     def report(record: dict[str, Any]) -> None:
         if printing:
-            columns = SEGMENTATION_COLUMNS if "val_miou" in record else EPOCH_COLUMNS
-            print(" ".join(f"{key}={format_value(record.get(key))}" for key in columns), flush=True)
+            print(" ".join(f"{key}={format_value(record.get(key))}" for key in task.columns), flush=True)
 
     result = finetune(args.model, args.data, args.out_dir, resume=args.resume, on_epoch_end=report, **options)
     if is_main_process():
         final = result.final
-        scores = ("val_miou", "val_pixel_accuracy") if "val_miou" in final else ("val_top1", "val_top5")
         emit({"run_dir": str(result.run_dir), "epochs": len(result.metrics),
-              **{key: final.get(key) for key in scores}, "train_loss": final.get("train_loss")}, as_json=args.json)
+              **{key: final.get(key) for key in task.summary}, "train_loss": final.get("train_loss"),
+              "batch_size": result.config.batch_size, "image_size": result.config.image_size}, as_json=args.json)
     return 0
 
 
@@ -172,9 +180,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..tasks.segmentation_evaluate import evaluate_segmentation
     from ..tasks.segmentation_runs import is_segmentation_model
 
-    if is_segmentation_model(args.model) or args.scales is not None or args.flip:
-        scores = evaluate_segmentation(args.model, args.data, scales=parse_scales(args.scales or "1"),
-                                       flip=args.flip, device=args.device, precision=args.precision,
+    if is_segmentation_model(args.model) or args.scales is not None or args.flip is not None:
+        scales = parse_scales(args.scales) if args.scales is not None else None
+        scores = evaluate_segmentation(args.model, args.data, scales=scales, flip=args.flip, device=args.device,
+                                       precision=args.precision,
                                        progress=progress_allowed(args) and is_main_process(),
                                        on_error=args.on_error)
         if is_main_process():  # under torchrun every rank has the scores of all the images

@@ -3,7 +3,7 @@ ResNet, ResNet, DenseNet), the DeepLabV3 head, the Vistas segmentation network a
 touch no files or URLs. May import: layers, errors."""
 
 from ._base import FeatureInfo, ZooModule, ZooNet
-from ._registry import get_arch, is_arch, list_archs, register_arch, unregister_arch
+from ._registry import arch_task, get_arch, is_arch, list_archs, register_arch, unregister_arch
 
-__all__ = ["FeatureInfo", "ZooModule", "ZooNet", "get_arch", "is_arch", "list_archs", "register_arch",
+__all__ = ["FeatureInfo", "ZooModule", "ZooNet", "arch_task", "get_arch", "is_arch", "list_archs", "register_arch",
            "unregister_arch"]

@@ -1,5 +1,5 @@
 """DeepLabV3 on any classification backbone of the zoo: `deeplabv3_<arch>` for every architecture the families
-register, all made by one constructor.
+register, and the Vistas network `wider_resnet38_a2_deeplab3` (the published layout), all made by one constructor.
 
 The backbone is built without its classifier and dilated to output stride 8 or 16 (its last down-sampling stages
 dilate instead, DeepLabV3's layout); the head is the Vistas network's DeepLabV3 head, with atrous rates 12, 24, 36
@@ -76,4 +76,19 @@ def backbone_of(arch: str) -> str | None:
 
 
 for _backbone in registered_from(BACKBONE_MODULES):
-    register_arch(_constructor(_backbone))
+    register_arch(_constructor(_backbone), task="segmentation")
+
+
+@register_arch(task="segmentation")
+def wider_resnet38_a2_deeplab3(bn_mode: str = "inplace", activation: str = "leaky_relu",
+                               activation_param: float = 0.01, num_classes: int = 65, backend: str | None = None,
+                               features_only: bool = False, pooling_size: int | Sequence[int] | None = 84,
+                               head_channels: int = 256, memory_efficient: bool | None = None, *,
+                               output_stride: int = 8) -> SegmentationNet:
+    """The Vistas model: `deeplabv3` on WRN38-A2 with output stride 8 (the published layout; 16 possible), its
+    head pooling `pooling_size` feature-map pixels at inference (None = whole map), 65 classes; logits at
+    1/output_stride of the input. Its state_dict is the checkpoint's `body`, `head` and `cls`."""
+    return deeplabv3("wider_resnet38_a2", bn_mode=bn_mode, activation=activation, activation_param=activation_param,
+                     num_classes=num_classes, backend=backend, features_only=features_only,
+                     memory_efficient=memory_efficient, output_stride=output_stride, head_channels=head_channels,
+                     pooling_size=pooling_size)

@@ -1,5 +1,5 @@
-"""Segmentation networks: `SegmentationNet` (`body`, DeepLabV3 `head`, 1x1 `cls`) and the Vistas network on it, a
-dilated WideResNet38-A2 body as in the checkpoint (`deeplabv3` builds the same on any zoo backbone).
+"""Segmentation networks: `SegmentationNet` (`body`, DeepLabV3 `head`, 1x1 `cls`); `deeplabv3` builds every one of
+them, the Vistas network (a dilated WideResNet38-A2 body, as in the checkpoint) included.
 
 `forward` returns class logits at the body's output resolution, 1/output_stride of the input, ceil-sized (ceil(H / 8)
 x ceil(W / 8) at the Vistas network's stride 8); resizing them to the image, test-time scales and flips belong to
@@ -8,18 +8,13 @@ the predictor (`iabn_zoo.tasks.segment`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn as nn
 
 from ..errors import InvalidArgumentError
-from ..layers import make_norm_act
 from ._base import FeatureInfo, ZooModule, ZooNet, check_num_classes
 from ._checkpoint import Block
-from ._registry import register_arch
-from ._blocks import check_output_stride
-from .deeplab import HEAD_DILATIONS, DeepLabV3Head, pooling_window
+from .deeplab import DeepLabV3Head
 
 
 class SegmentationNet(ZooModule):
@@ -73,25 +68,3 @@ def check_head_channels(head_channels: object) -> int:
     if not isinstance(head_channels, int) or isinstance(head_channels, bool) or head_channels < 1:
         raise InvalidArgumentError(f"head_channels must be a positive integer, got {head_channels!r}")
     return head_channels
-
-
-@register_arch
-def wider_resnet38_a2_deeplab3(bn_mode: str = "inplace", activation: str = "leaky_relu",
-                               activation_param: float = 0.01, num_classes: int = 65, backend: str | None = None,
-                               features_only: bool = False, pooling_size: int | Sequence[int] | None = 84,
-                               head_channels: int = 256, *, output_stride: int = 8) -> SegmentationNet:
-    """The Vistas model: WRN38-A2 with output stride 8 (the published layout; 16 possible), DeepLabV3 head
-    (`head_channels`, inference pooling window `pooling_size` in feature-map pixels, None = whole map) and a 1x1
-    classifier; logits at 1/output_stride of the input."""
-    from .wider_resnet import wider_resnet38_a2
-
-    check_num_classes(num_classes)  # cheap checks first: the body alone holds over 100M parameters
-    pooling_window(pooling_size)
-    check_head_channels(head_channels)
-    check_output_stride(output_stride, tuple(HEAD_DILATIONS))
-    body = wider_resnet38_a2(bn_mode=bn_mode, activation=activation, activation_param=activation_param,
-                             num_classes=0, backend=backend, output_stride=output_stride)
-    norm_act = make_norm_act(bn_mode, activation, activation_param, backend=backend)
-    head = DeepLabV3Head(body.num_features, head_channels, head_channels, HEAD_DILATIONS[output_stride],
-                         norm_act=norm_act, pooling_size=pooling_size)
-    return SegmentationNet(body, head, num_classes, features_only=features_only)

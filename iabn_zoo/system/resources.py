@@ -17,10 +17,14 @@ from pathlib import Path
 import torch
 
 from ..errors import ResourceLimitError, ZooError, bad_argument
+from .loader_workers import remove_files_of_dead_workers
+from .memory_limits import address_space_headroom, cgroup_headroom, cgroup_limit
 
-CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
-# How out-of-memory failures read when they do not come as MemoryError or torch.OutOfMemoryError.
-OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "not enough memory", "out of memory", "is killed by signal: Killed")
+# How out-of-memory failures read when they do not come as MemoryError or torch.OutOfMemoryError (a DataLoader
+# worker that dies is, in practice, a worker the kernel killed for memory, or one whose shared memory ran out).
+OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "Cannot allocate memory", "not enough memory", "out of memory",
+                          "unable to mmap", "unable to allocate shared memory", "is killed by signal: Killed",
+                          "is killed by signal: Bus error", "exited unexpectedly")
 ALLOCATION = re.compile(r"(?:tried to allocate|allocate) (\d+) bytes")
 BYTE_COUNT = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([KMGT])(i?)(B?)|B?)", re.IGNORECASE)
 UNIT_POWERS = {"K": 1, "M": 2, "G": 3, "T": 4}
@@ -58,14 +62,8 @@ def physical_memory() -> int | None:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
-    for limit_file in CGROUP_LIMITS:
-        try:
-            text = limit_file.read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            total = min(total, int(text))
-    return total
+    limit = cgroup_limit()
+    return total if limit is None else min(total, limit)
 
 
 def total_memory(device: torch.device) -> int | None:
@@ -81,19 +79,25 @@ def total_memory(device: torch.device) -> int | None:
 
 
 def available_memory(device: torch.device) -> int | None:
-    """The memory `device` has free now: CUDA's free bytes, the CPU's MemAvailable (falling back on all of it)."""
+    """The memory `device` has free now: CUDA's free bytes; for the CPU the least of MemAvailable (else all of
+    it), what this process's cgroups still allow and what its address-space limit still allows."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    if device.type == "cpu":
-        try:
-            for line in MEMINFO.read_text().splitlines():
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-                    total = physical_memory()
-                    return available if total is None else min(available, total)
-        except (OSError, ValueError, IndexError):
-            pass
-    return total_memory(device)
+    if device.type != "cpu":
+        return total_memory(device)
+    limits = [meminfo_available() or total_memory(device), cgroup_headroom(), address_space_headroom()]
+    return min((limit for limit in limits if limit is not None), default=None)
+
+
+def meminfo_available() -> int | None:
+    """The kernel's estimate of the memory available to new work (MemAvailable), None where unknown."""
+    try:
+        for line in MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def check_fits(needed: int, device: torch.device, *, what: str, lower: Sequence[str]) -> None:
@@ -126,10 +130,26 @@ def out_of_memory_guard(what: str, lower: Sequence[str]) -> Iterator[None]:
             raise
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        match = ALLOCATION.search(str(error))
-        detail = f" (an allocation of {format_bytes(int(match.group(1)))} failed)" if match else ""
-        raise ResourceLimitError(f"out of memory while {what}{detail}; lower {_alternatives(lower)}",
-                                 parameters=lower) from None
+        detail, in_worker = failure_detail(str(error))
+        names = [*lower, "num_workers"] if in_worker else list(lower)
+        raise ResourceLimitError(f"out of memory while {what}{detail}; lower {_alternatives(names)}",
+                                 parameters=names) from None
+
+
+def failure_detail(message: str) -> tuple[str, bool]:
+    """What an out-of-memory message says in a few words (the allocation that failed; a data loader worker that
+    died, whose shared-memory files are removed here, or failed), and whether a data loader worker failed."""
+    if remove_files_of_dead_workers(message):
+        return " (a data loader worker was killed, most likely by the kernel for memory)", True
+    in_worker = "in DataLoader worker" in message  # torch re-raises a worker's error with its traceback as text
+    last = [line for line in message.splitlines() if line.strip()][-1] if message.strip() else ""
+    match = ALLOCATION.search(message)
+    if in_worker and "data loader worker" in last:  # the worker's own words (system.loader_workers.SharedBatch)
+        return f" ({last.split(': ', 1)[-1]})", True
+    what = f"an allocation of {format_bytes(int(match.group(1)))} failed" if match else ""
+    if in_worker:
+        return f" (in a data loader worker{': ' + what if what else ''}; each worker holds whole decoded images)", True
+    return (f" ({what})" if what else ""), False
 
 
 def _alternatives(parameters: Sequence[str]) -> str:

@@ -239,15 +239,18 @@ class SegmentationPredictor:
                      device: str | torch.device | None = None, **options: Any):
         """A predictor for registered segmentation weights (or an architecture's default ones), or a segmentation
         fine-tuning RUN directory: downloads and verifies the checkpoint (a run: its latest weights), and takes
-        mean, std and the long side from the registry's (the run's) preprocessing (`options` override them). The network stays on the CPU unless `device` names another (checked by resolve_device)."""
+        mean, std, the long side and the recommended test-time scales and flip (`tasks.inference_passes`) from the
+        registry's (the run's) preprocessing; `options` override them. The network stays on the CPU unless
+        `device` names another (checked by resolve_device)."""
         from ..factory import create_model
         from ..system.devices import resolve_device
         from ..weights.catalog import get_weights
+        from .inference_passes import recommended_passes
         from .segmentation_runs import is_run_dir, run_predictor
 
         target = resolve_device(device) if device is not None else torch.device("cpu")
         if is_run_dir(weights):  # a segmentation fine-tuning run: its network, classes and preprocessing
-            model, options = run_predictor(weights, options)
+            model, options = run_predictor(weights, {**recommended_passes(weights).options(), **options})
             return cls(model.to(target), **options)
         entry = get_weights(weights)
         if entry.task != "segmentation":
@@ -255,8 +258,8 @@ class SegmentationPredictor:
                 f"{weights!r} is a {entry.task} model; `iabn-zoo list --json` shows the segmentation weights"
             )
         prep = entry.preprocessing
-        options = {"mean": prep["mean"], "std": prep["std"], "long_side": prep.get("long_side", 2048),
-                   "interpolation": prep.get("interpolation", "bilinear"), **options}
+        options = {"mean": prep["mean"], "std": prep["std"], "interpolation": prep.get("interpolation", "bilinear"),
+                   **recommended_passes(entry.name).options(), **options}
         model = create_model(entry.name, pretrained=True, progress=progress)
         return cls(model.to(target), **options)
 

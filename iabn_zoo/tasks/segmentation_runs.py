@@ -28,16 +28,24 @@ def is_segmentation_model(model: str | os.PathLike[str]) -> bool:
     return is_weights(str(model)) and get_weights(str(model)).task == "segmentation"
 
 
+def segmentation_classes(model: str | os.PathLike[str]) -> tuple[list[str], int]:
+    """(class names, ignore index) of a segmentation run or weights name (nothing downloaded)."""
+    if is_run_dir(model):
+        info = read_run(model)
+        return list(info.classes), int(read_json(info.run_dir / CONFIG_FILE).get("ignore_index", 255))
+    weights = get_weights(str(model))
+    return class_names(weights.labels or "vistas", weights.num_classes), 255
+
+
 def segmentation_network(model: str | os.PathLike[str], *, progress: bool = True
                          ) -> tuple[torch.nn.Module, list[str], dict[str, Any], int]:
     """(network in eval mode, class names, preprocessing, ignore index) of a segmentation run or weights name."""
+    classes, ignore_index = segmentation_classes(model)
     if is_run_dir(model):
-        info = read_run(model)
-        ignore_index = int(read_json(info.run_dir / CONFIG_FILE).get("ignore_index", 255))
-        return load_run(model), list(info.classes), dict(info.preprocessing), ignore_index
+        return load_run(model), classes, dict(read_run(model).preprocessing), ignore_index
     weights = get_weights(str(model))
     network = create_model(weights.name, pretrained=True, progress=progress).eval()
-    return network, class_names(weights.labels or "vistas", weights.num_classes), dict(weights.preprocessing), 255
+    return network, classes, dict(weights.preprocessing), ignore_index
 
 
 def run_predictor(run_dir: str | os.PathLike[str], options: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -50,12 +58,11 @@ def run_predictor(run_dir: str | os.PathLike[str], options: dict[str, Any]) -> t
     return network, {**defaults, **options}
 
 
-def run_segment_defaults(run_dir: str | os.PathLike[str]) -> int | None:
-    """The long side `segment` resizes images to for a run: the one it was trained at (None: keep the size)."""
+def check_segmentation_run(run_dir: str | os.PathLike[str]) -> None:
+    """`segment --weights RUN` takes segmentation runs only."""
     if run_task(run_dir) != "segmentation":
         raise InvalidArgumentError(f"{run_dir} is a classification run; `iabn-zoo predict` classifies with it",
                                    parameters=("weights",))
-    return read_run(run_dir).preprocessing.get("long_side")
 
 
 def run_class_table(run_dir: str | os.PathLike[str], output: str) -> tuple[list[Color], list[str]]:

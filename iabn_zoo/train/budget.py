@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -31,6 +32,7 @@ from ..errors import bad_argument
 from ..system.devices import resolve_device
 from ..system.resources import total_memory
 from .memory import MEASURED_MODES, SavedTensorLedger, build_model, random_images, training_forward
+from .task import LedgerLoss, ledger_loss_of
 
 FITS = ("batch", "crop")
 OPTIMIZERS = ("sgd", "adamw")
@@ -86,28 +88,33 @@ def make_optimizer(name: str, parameters: list[nn.Parameter]) -> torch.optim.Opt
     raise bad_argument("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 
-def kept_bytes(model: nn.Module, batch: int, size: tuple[int, int], device: torch.device) -> int:
-    """Bytes the ledger counts for one training forward of `model` on a random batch (backward not run)."""
+def kept_bytes(model: nn.Module, batch: int, size: tuple[int, int], device: torch.device,
+               loss: LedgerLoss | None) -> int:
+    """Bytes the ledger counts for one training forward of `model` on a random batch, ending in `loss` (the task's
+    ledger loss; backward not run)."""
     inputs = random_images(batch, size, device)
     ledger = SavedTensorLedger(list(model.parameters()))
     with ledger.recording():
-        output, _ = training_forward(model, inputs)
+        output, _ = training_forward(model, inputs, loss)
     del output
     return ledger.saved_bytes
 
 
 class StepMeter:
-    """What a training step of one network in one mode needs, at any batch and crop (steps 1 and 2 above)."""
+    """What a training step of one network in one mode needs, at any batch and crop (steps 1 and 2 above):
+    `build(device)` makes the network in training mode, `loss` is its task's ledger loss."""
 
-    def __init__(self, name: str, bn_mode: str, grad_checkpointing: bool, device: torch.device, optimizer: str):
+    def __init__(self, build: Callable[[torch.device], nn.Module], device: torch.device, optimizer: str,
+                 loss: LedgerLoss | None):
         self.device = device
+        self.loss = loss
         torch.manual_seed(0)
-        self.model = build_model(name, bn_mode, device, grad_checkpointing)
+        self.model = build(device)
         size = (CALIBRATION_SIDE, CALIBRATION_SIDE)
         self.static, real_kept = self._real_step(optimizer, size)
-        meta_model = build_model(name, bn_mode, torch.device("meta"), grad_checkpointing)
+        meta_model = build(torch.device("meta"))
         try:
-            meta_kept = kept_bytes(meta_model, CALIBRATION_BATCH, size, torch.device("meta"))
+            meta_kept = kept_bytes(meta_model, CALIBRATION_BATCH, size, torch.device("meta"), loss)
         except (RuntimeError, NotImplementedError):  # an operation without a meta kernel
             meta_kept = None
         self.on_meta = meta_kept == real_kept
@@ -121,7 +128,7 @@ class StepMeter:
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         ledger = SavedTensorLedger(list(self.model.parameters()))
         with ledger.recording():
-            output, gradient = training_forward(self.model, inputs)
+            output, gradient = training_forward(self.model, inputs, self.loss)
         output.backward(gradient)
         optimizer = make_optimizer(optimizer_name, parameters)
         optimizer.step()
@@ -139,7 +146,7 @@ class StepMeter:
 
     def total(self, batch: int, size: tuple[int, int]) -> int:
         """Bytes of a training step at `batch` and `size`: static plus kept for backward, counted."""
-        return self.static.total + kept_bytes(self.model, batch, size, self.device)
+        return self.static.total + kept_bytes(self.model, batch, size, self.device, self.loss)
 
     def affordable(self, needed: float) -> bool:
         """Whether counting a step of `needed` bytes is cheap: always on meta, else a quarter of the device."""
@@ -222,10 +229,12 @@ def fit_budget(name: str, budget: int, *, fit: str = "batch", batch: int = 2, si
         raise bad_argument("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     size = (size, size) if isinstance(size, int) else (size[0], size[1])
     target = resolve_device(device)
+    loss = ledger_loss_of(name)
     answers = []
     for checkpointing in (False, True) if grad_checkpointing else (False,):
         for bn_mode in modes:
-            meter = StepMeter(name, bn_mode, checkpointing, target, optimizer)
+            meter = StepMeter(partial(build_model, name, bn_mode, grad_checkpointing=checkpointing), target,
+                              optimizer, loss)
             answer, at_answer, above, slope, verified = fit_mode(meter, fit, budget, batch=batch, size=size)
             answers.append(BudgetAnswer(bn_mode, checkpointing, fit, answer, at_answer, above, meter.static.total,
                                         slope, meter.counted_on, verified))

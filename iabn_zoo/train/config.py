@@ -10,20 +10,22 @@ from pathlib import Path
 from typing import Any
 
 from ..data.folders import ON_ERROR
-from ..data.transforms import AUGMENT_PRESETS
 from ..errors import InvalidArgumentError, bad_argument
 from ..factory import resolve_weights
 from ..layers import BN_MODES
+from ..system.resources import parse_bytes
 from ..weights.run_reader import CONFIG_FILE, read_json
 from .run_writer import has_resume_point
 from .step_boundary import DEFAULT_SAVE_EVERY, parse_save_every
-from .task_options import check_task_options, resolve_task
+from .task import refuse_other_tasks_options, resolve_task
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "linear", "step", "poly")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 MIN_IMAGE_SIZE = 8
-RESUMABLE_CHANGES = frozenset({"epochs", "num_workers", "progress", "device", "on_error", "save_every"})
+RESUMABLE_CHANGES = frozenset({"epochs", "num_workers", "progress", "device", "on_error", "save_every",
+                               "memory_budget"})
+AUTO = "auto"  # a batch size or crop chosen as the largest that fits (train.fitting), then recorded as an integer
 
 
 @dataclass
@@ -34,9 +36,9 @@ class FinetuneConfig:
     data_dir: str
     out_dir: str
     epochs: int = 10
-    batch_size: int = 32
+    batch_size: int | str = 32  # or "auto": the largest that fits memory_budget, recorded as the integer chosen
     lr: float = 0.01
-    image_size: int | list[int] | None = None  # None: 224 (classification), 512 (segmentation); or (H, W)
+    image_size: int | list[int] | str | None = None  # None: the task's default; (H, W); "auto" for segmentation
     augment: str | None = None  # None: imagenet (classification), standard (segmentation)
     pretrained: bool | None = None  # None: True for a weights name, False for a bare architecture
     bn_mode: str | None = None  # None: the weights' mode (sync becomes inplace on one process), else inplace
@@ -70,6 +72,7 @@ class FinetuneConfig:
     scale_range: list[float] | tuple[float, float] = (0.5, 2.0)
     grad_checkpointing: bool = False
     save_every: int | str | None = DEFAULT_SAVE_EVERY  # resume points inside an epoch: steps, "Nmin", 0 (off)
+    memory_budget: str | int | None = None  # what a process may use (16GiB, bytes); None: the device's free memory
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -90,15 +93,20 @@ def _is_number(value: Any) -> bool:
 
 def check_config(cfg: FinetuneConfig) -> None:
     """Refuse out-of-range options with a message naming the option and what it accepts."""
-    resolve_task(cfg)
+    task = resolve_task(cfg)
     _check(_is_int(cfg.epochs) and cfg.epochs >= 1, "epochs", f"must be an integer >= 1, got {cfg.epochs!r}")
-    _check(_is_int(cfg.batch_size) and cfg.batch_size >= 2, "batch_size",
-           f"must be an integer >= 2 (batch statistics need two images), got {cfg.batch_size!r}")
+    _check((_is_int(cfg.batch_size) and cfg.batch_size >= 2) or cfg.batch_size == AUTO, "batch_size",
+           f"must be an integer >= 2 (batch statistics need two images) or auto, got {cfg.batch_size!r}")
     _check(_is_number(cfg.lr) and cfg.lr > 0, "lr", f"must be a positive number, got {cfg.lr!r}")
-    check_task_options(cfg, MIN_IMAGE_SIZE)
-    augment = (("augment", AUGMENT_PRESETS),) if cfg.task == "classification" else ()
-    for name, choices in (*augment, ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                          ("precision", PRECISIONS), ("on_error", ON_ERROR)):
+    refuse_other_tasks_options(cfg, task)
+    task.check_options(cfg, MIN_IMAGE_SIZE)
+    if cfg.batch_size == AUTO and cfg.image_size == AUTO:
+        raise InvalidArgumentError("{image_size} and {batch_size} cannot both be auto: give one, and the other is "
+                                   "chosen to fit", parameters=("image_size", "batch_size"))
+    if cfg.memory_budget is not None:
+        parse_bytes(str(cfg.memory_budget), "memory_budget")
+    for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", PRECISIONS),
+                          ("on_error", ON_ERROR)):
         value = getattr(cfg, name)
         _check(value in choices, name, f"must be one of {', '.join(choices)}, got {value!r}")
     _check(cfg.bn_mode is None or cfg.bn_mode in BN_MODES, "bn_mode",
@@ -142,7 +150,8 @@ def resolve_config(model: str, data_dir: str | os.PathLike[str], out_dir: str | 
                                    "it, or choose another {out_dir}", parameters=("resume", "out_dir"))
     stored = read_json(run_dir / CONFIG_FILE)["config"]
     stored.update({"data_dir": str(data_dir), "out_dir": str(run_dir)})
-    changed = sorted(k for k, v in options.items() if k not in RESUMABLE_CHANGES and stored.get(k) != as_json(v))
+    changed = sorted(k for k, v in options.items() if k not in RESUMABLE_CHANGES and stored.get(k) != as_json(v)
+                     and v != AUTO)  # a size chosen to fit: the run's recorded choice is reused
     changed += ["model"] if stored["model"] != model else []
     if changed:
         listing = ", ".join(f"{{{k}}} (run: {stored.get(k)!r})" for k in changed)

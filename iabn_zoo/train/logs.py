@@ -1,7 +1,7 @@
-"""The logs people look at during fine-tuning, written by rank 0 after every epoch: TensorBoard scalars in
-RUN/tensorboard/ (loss, top-1, top-5 or mIoU, pixel accuracy and per-class IoU, learning rate, images/s per epoch;
-`tensorboard --logdir RUN/tensorboard`), a segmentation run's validation pictures there too, and RUN/curves.png
-(loss and top-1 or mIoU per epoch, train and val).
+"""The logs people look at during fine-tuning, written by rank 0 after every saved epoch (none before the first):
+TensorBoard scalars in RUN/tensorboard/ (the task's: loss, top-1 and top-5, or mIoU, pixel accuracy and per-class
+IoU; learning rate, images/s per epoch; `tensorboard --logdir RUN/tensorboard`), the task's validation pictures
+there too, and RUN/curves.png (loss, and the task's score, per epoch, train and val).
 
 tensorboard and matplotlib are the `logs` extra (`pip install 'iabn-zoo[logs]'`, which `make setup` installs):
 without one of them, its log is skipped and the run says so once; training itself never depends on them.
@@ -22,22 +22,22 @@ from ..system.storage import storage_guard
 
 TENSORBOARD_DIR = "tensorboard"
 CURVES_FILE = "curves.png"
-# TensorBoard tag -> metrics.jsonl key
-SCALARS = {"loss/train": "train_loss", "loss/val": "val_loss", "top1/train": "train_top1", "top1/val": "val_top1",
-           "top5/val": "val_top5", "learning_rate": "lr", "images_per_second": "images_per_s",
-           "miou/val": "val_miou", "pixel_accuracy/val": "val_pixel_accuracy"}
-PER_CLASS_KEY = "val_per_class_iou"  # a list in class order: one scalar per class, "iou/val/NN"
 
 
 class RunLogs:
-    """TensorBoard and curves.png of one run; `first_epoch` is where a resumed run continues (later events of an
-    earlier attempt are purged, so the curves never hold two versions of an epoch)."""
+    """TensorBoard and curves.png of one run of `task` (its `scalars`: TensorBoard tag -> metrics.jsonl key, a list
+    value giving one scalar per item, "TAG/NN"; its `score_curve`); `first_epoch` is where a resumed run continues
+    (later events of an earlier attempt are purged, so the curves never hold two versions of an epoch). The event
+    file is opened with the first epoch logged, which is saved by then."""
 
-    def __init__(self, run_dir: Path, *, first_epoch: int = 0):
+    def __init__(self, run_dir: Path, task: Any, *, first_epoch: int = 0):
         self.run_dir = run_dir
-        self.writer = tensorboard_writer(run_dir / TENSORBOARD_DIR, purge_step=first_epoch + 1)
+        self.scalars, self.score_curve = task.scalars, task.score_curve
+        self.first_epoch = first_epoch
+        self.writer_class = summary_writer_class()
+        self.writer = None
         self.figure = figure_class()
-        skipped = ([f"{run_dir / TENSORBOARD_DIR} (no tensorboard)"] if self.writer is None else []) + \
+        skipped = ([f"{run_dir / TENSORBOARD_DIR} (no tensorboard)"] if self.writer_class is None else []) + \
                   ([f"{run_dir / CURVES_FILE} (no matplotlib)"] if self.figure is None else [])
         if skipped:
             warnings.warn(f"training logs skipped: {' and '.join(skipped)}; pip install 'iabn-zoo[logs]' to have "
@@ -54,19 +54,19 @@ class RunLogs:
     def log(self, metrics: list[dict[str, Any]], pictures: Sequence[Image.Image]) -> None:
         """The writes of `epoch_end`: the last record's scalars and pictures, then the curves of all."""
         record = metrics[-1]
+        if self.writer is None and self.writer_class is not None:
+            self.writer = self.writer_class(log_dir=str(self.run_dir / TENSORBOARD_DIR),
+                                            purge_step=self.first_epoch + 1)
         if self.writer is not None:
-            for tag, key in SCALARS.items():
-                if record.get(key) is not None:
-                    self.writer.add_scalar(tag, record[key], record["epoch"])
-            for index, value in enumerate(record.get(PER_CLASS_KEY) or []):
-                if value is not None:
-                    self.writer.add_scalar(f"iou/val/{index:02d}", value, record["epoch"])
+            for tag, key in self.scalars.items():
+                for name, value in scalar_values(tag, record.get(key)):
+                    self.writer.add_scalar(name, value, record["epoch"])
             for index, picture in enumerate(pictures):
                 self.writer.add_image(f"validation/{index}", numpy.asarray(picture.convert("RGB")), record["epoch"],
                                       dataformats="HWC")
             self.writer.flush()
         if self.figure is not None:
-            write_curves(self.run_dir / CURVES_FILE, metrics, self.figure)
+            write_curves(self.run_dir / CURVES_FILE, metrics, self.figure, self.score_curve)
 
     def close(self) -> None:
         """Flush and close the TensorBoard event file."""
@@ -74,13 +74,20 @@ class RunLogs:
             self.writer.close()
 
 
-def tensorboard_writer(log_dir: Path, *, purge_step: int):
-    """A TensorBoard SummaryWriter on `log_dir`, None when tensorboard is not installed."""
+def scalar_values(tag: str, value: Any) -> list[tuple[str, float]]:
+    """The TensorBoard scalars of one metric: itself, or one per item of a list ("TAG/NN"); None values skipped."""
+    if isinstance(value, list):
+        return [(f"{tag}/{index:02d}", item) for index, item in enumerate(value) if item is not None]
+    return [] if value is None else [(tag, value)]
+
+
+def summary_writer_class():
+    """TensorBoard's SummaryWriter, None when tensorboard is not installed."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+    return SummaryWriter
 
 
 def figure_class():
@@ -92,12 +99,12 @@ def figure_class():
     return Figure
 
 
-def write_curves(path: Path, metrics: list[dict[str, Any]], figure_type) -> None:
-    """Loss and top-1 (classification) or mIoU (segmentation) per epoch, train and val, as one PNG written
+def write_curves(path: Path, metrics: list[dict[str, Any]], figure_type,
+                 score: tuple[str, tuple[str, ...]]) -> None:
+    """Loss and the task's `score` ((title, keys): top-1, or mIoU) per epoch, train and val, as one PNG written
     atomically."""
     figure = figure_type(figsize=(10, 4), dpi=100, layout="constrained")
     epochs = [record["epoch"] for record in metrics]
-    score = ("mIoU (%)", ("val_miou",)) if "val_miou" in metrics[-1] else ("top-1 (%)", ("train_top1", "val_top1"))
     for axes, (title, keys) in zip(figure.subplots(1, 2), (("loss", ("train_loss", "val_loss")), score)):
         for key in keys:
             values = [record.get(key) for record in metrics]

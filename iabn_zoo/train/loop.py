@@ -1,10 +1,11 @@
 """The fine-tuning loop: train an epoch, validate, save the weights and the resume point, repeat.
 
 One loop for every task: what differs between classification and segmentation (data, loss, metrics, validation
-pictures, the network and its description) comes from the task object (`classification_task`, `segmentation_task`).
-Between steps, `step_boundary` decides when a resume point inside the epoch is written (`step_points`, with every
-rank's generators and tallies: `rank_states`) and when a SIGTERM stops the run; a run resumed inside an epoch skips
-the batches it trained (`resumed_epoch`) and ends with the bits of a run that never stopped.
+pictures) comes from the task object (the contract: `train.task`); the network from the run's description
+(`train.model`, the same for every task). Between steps, `step_boundary` decides when a resume point inside the epoch
+is written (`step_points`, with every rank's generators and tallies: `rank_states`) and when a SIGTERM stops the run;
+a run resumed inside an epoch skips the batches it trained (`resumed_epoch`) and ends with the bits of a run that
+never stopped.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..layers import convert_norm
 from ..system.progress import progress_bar
 from .config import FinetuneConfig
 from .logs import RunLogs
+from .model import build_model
 from .optim import freeze, lr_factor, make_optimizer, set_lr, stage_modules
 from .processes import Processes, autocast_dtype, buffer_sync_option
 from . import rank_states
@@ -49,7 +51,7 @@ class Trainer:
         self.steps_per_epoch = len(self.train_loader)
         resuming = has_resume_point(self.run_dir)
         rank_states.seed_all(cfg.seed)
-        self.model = task.build_model(description, resuming=resuming).to(procs.device)
+        self.model = build_model(cfg, description, resuming=resuming).to(procs.device)
         # inputs follow the parameters' dtype (float32; float64 where a test judges exactness)
         self.input_dtype = next(self.model.parameters()).dtype
         self.frozen = stage_modules(self.model, cfg.freeze_stages)
@@ -191,7 +193,7 @@ class Trainer:
         if stop:
             self.stop_at(point, f"step {self.step} ({done} of the {self.steps_per_epoch} of epoch {self.epoch + 1})")
         if point is not None:
-            try_save_step_point(self.run_dir, point)
+            try_save_step_point(self.run_dir, point, description=self.description)
         self.boundary.point_written()
 
     def stop_at(self, point: ResumePoint | None, where: str) -> None:
@@ -200,7 +202,7 @@ class Trainer:
         failure = None
         if point is not None:
             try:
-                save_step_point(self.run_dir, point)
+                save_step_point(self.run_dir, point, description=self.description)
             except StorageError as error:
                 failure = error
         if self.boundary.agree(failure is not None)[0]:  # every rank stops with the writer's verdict
@@ -215,7 +217,7 @@ class Trainer:
 
     def run(self, on_epoch_end: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
         """Train the remaining epochs, validating, saving a resume point and logging after each."""
-        logs = RunLogs(self.run_dir, first_epoch=self.epoch) if self.procs.is_writer else None
+        logs = RunLogs(self.run_dir, self.task, first_epoch=self.epoch) if self.procs.is_writer else None
         try:
             with self.boundary.watch:
                 while self.epoch < self.cfg.epochs:

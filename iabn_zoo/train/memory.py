@@ -1,4 +1,5 @@
 """Training-memory measurement: what one forward/backward step keeps for backward, its peak and its time, per bn_mode.
+The step ends in the loss of the network's task (`train.task`, the ledger loss its training uses).
 
 Bytes kept for backward are counted with `torch.autograd.graph.saved_tensors_hooks`: every tensor autograd saves
 during the forward pass, parameters excluded, each storage counted once (an in-place layer's output that the next
@@ -21,12 +22,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..errors import bad_argument
 from ..factory import create_model
-from ..models.segmentation import SegmentationNet
 from ..system.devices import resolve_device
+from .task import LedgerLoss, ledger_loss_of
 
 MEASURED_MODES = ("standard", "inplace")
 MIB = 2 ** 20
@@ -83,36 +83,30 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def is_segmentation(model: nn.Module) -> bool:
-    """Whether `model` is trained on per-pixel classes (a segmentation network giving logits)."""
-    return isinstance(model, SegmentationNet) and not model.features_only
-
-
-def training_forward(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def training_forward(model: nn.Module, inputs: torch.Tensor,
+                     loss: LedgerLoss | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The forward half of a training step: what to call backward on, and the gradient to give it.
 
-    A segmentation network gets the loss segmentation training uses: its logits resized bilinearly to the crop and a
-    per-pixel cross-entropy against a random mask, so the resized logits are counted as training keeps them.
-    Other networks get a random gradient at the output(s) in place of a loss, which keeps the measurement to what
-    the network itself saves."""
+    `loss` is the ledger loss of the network's task (`train.task`: the loss its training uses, against random
+    targets; for segmentation the logits resized to the crop, so they are counted as training keeps them). Without
+    one, or for stage maps (features_only), a random gradient at the output(s) keeps the measurement to what the
+    network itself saves."""
     output = model(inputs)
-    if is_segmentation(model):
-        logits = F.interpolate(output, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
-        mask = torch.randint(0, logits.shape[1], (logits.shape[0], *logits.shape[2:]), device=inputs.device)
-        return F.cross_entropy(logits, mask, ignore_index=255), None
     if isinstance(output, (list, tuple)):
         output = torch.cat([o.flatten() for o in output])
+    elif loss is not None:
+        return loss(output, inputs), None
     return output, torch.randn_like(output)
 
 
-def training_step(model: nn.Module, inputs: torch.Tensor) -> None:
+def training_step(model: nn.Module, inputs: torch.Tensor, loss: LedgerLoss | None = None) -> None:
     """One forward and backward pass (see `training_forward` for the loss)."""
-    output, gradient = training_forward(model, inputs)
+    output, gradient = training_forward(model, inputs, loss)
     output.backward(gradient)
 
 
 def measure_step(model: nn.Module, inputs: torch.Tensor, bn_mode: str = "", repeats: int = 1,
-                 grad_checkpointing: bool = False) -> StepMemory:
+                 grad_checkpointing: bool = False, loss: LedgerLoss | None = None) -> StepMemory:
     """Measure training steps of `model` (put in training mode) on `inputs`: bytes and peak of the first, median time.
 
     An unmeasured warm-up step runs first, so that one-off costs (allocator growth, lazy initialisation, thread
@@ -120,24 +114,24 @@ def measure_step(model: nn.Module, inputs: torch.Tensor, bn_mode: str = "", repe
     """
     model.train()
     device = inputs.device
-    training_step(model, inputs)
+    training_step(model, inputs, loss)
     model.zero_grad(set_to_none=True)
     ledger = SavedTensorLedger(list(model.parameters()))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         start_bytes = torch.cuda.memory_allocated(device)
     with ledger.recording():
-        seconds = [_timed_step(model, inputs)]
+        seconds = [_timed_step(model, inputs, loss)]
     peak = torch.cuda.max_memory_allocated(device) - start_bytes if device.type == "cuda" else None
-    seconds += [_timed_step(model, inputs) for _ in range(repeats - 1)]
+    seconds += [_timed_step(model, inputs, loss) for _ in range(repeats - 1)]
     return StepMemory(bn_mode, ledger.saved_bytes, peak, statistics.median(seconds), grad_checkpointing)
 
 
-def _timed_step(model: nn.Module, inputs: torch.Tensor) -> float:
+def _timed_step(model: nn.Module, inputs: torch.Tensor, loss: LedgerLoss | None) -> float:
     """Seconds of one training step, the device synchronised on both ends; gradients cleared afterwards."""
     _synchronize(inputs.device)
     start = time.perf_counter()
-    training_step(model, inputs)
+    training_step(model, inputs, loss)
     _synchronize(inputs.device)
     seconds = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
@@ -197,12 +191,13 @@ def compare_modes(name: str, *, batch: int = 4, size: int | tuple[int, int] = 22
     if not isinstance(repeats, int) or repeats < 1:
         raise bad_argument("repeats", f"must be an integer >= 1, got {repeats!r}")
     target = resolve_device(device)
+    loss = ledger_loss_of(name)
     results = []
     for checkpointing in (False, True) if grad_checkpointing else (False,):
         for bn_mode in modes:
             model, inputs = model_and_inputs(name, bn_mode, batch=batch, size=size, device=target, seed=seed,
                                              grad_checkpointing=checkpointing)
-            results.append(measure_step(model, inputs, bn_mode, repeats, checkpointing))
+            results.append(measure_step(model, inputs, bn_mode, repeats, checkpointing, loss))
             del model
     return results
 

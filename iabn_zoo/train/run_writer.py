@@ -2,12 +2,14 @@
 resume point, metrics and class names, every file atomically.
 
 An epoch is saved as one unit (`save_epoch`): every file of the epoch (its tensor file, model.safetensors,
-metrics.jsonl, config.json, resume.json) is first written completely and fsynced beside the previous epoch's files
-under temporary names; only then are they renamed into place, `resume.json` (which names the tensor file and holds
-the metrics) first of the live names, so that it is the commit point. A write that fails (a full disk) or is killed
-at any moment removes its partial files and leaves the previous epoch as the resume point, complete. Resume points
-inside an epoch (`step_points`) go through the same commit point; a committed point removes the tensor files no
-longer named by resume.json, so that the run folder holds at most two (an epoch's and one inside the next epoch).
+metrics.jsonl, config.json, classes.csv, resume.json) is first written completely and fsynced beside the previous
+epoch's files under temporary names; only then are they renamed into place, `resume.json` (which names the tensor
+file and holds the metrics) first of the live names, so that it is the commit point. A write that fails (a full
+disk) or is killed at any moment removes its partial files and leaves the previous epoch as the resume point,
+complete. The run folder itself is made by the first epoch's save (nothing of a run exists before it), and removed
+again if that save fails. Resume points inside an epoch (`step_points`) go through the same commit point; a
+committed point removes the tensor files no longer named by resume.json, so that the run folder holds at most two
+(an epoch's and one inside the next epoch).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from safetensors.torch import save_file
 
 from ..errors import CheckpointError
 from ..system.files import fsync_directory, write_atomic, write_temporary
-from ..system.storage import check_room_in, safetensors_bytes, storage_guard
+from ..system.storage import check_output_folder, safetensors_bytes, storage_guard
 from ..system.tensor_files import read_safetensors, storable
 from ..weights.run_reader import (
     CLASSES_FILE,
@@ -59,13 +61,18 @@ def metrics_bytes(records: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
 
 
-def write_classes_csv(run_dir: Path, classes: list[str]) -> None:
-    """RUN/classes.csv (index,name), the label file a registered entry of the run points to."""
+def classes_csv_bytes(classes: list[str]) -> bytes:
+    """classes.csv's content (index,name), the label file a registered entry of a run points to."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["index", "name"])
     writer.writerows(enumerate(classes))
-    write_atomic(run_dir / CLASSES_FILE, text.getvalue().encode())
+    return text.getvalue().encode()
+
+
+def write_classes_csv(folder: Path, classes: list[str]) -> None:
+    """FOLDER/classes.csv, written atomically."""
+    write_atomic(folder / CLASSES_FILE, classes_csv_bytes(classes))
 
 
 # -- the resume point: tensors go to a safetensors file, everything else to resume.json -------------------------
@@ -142,19 +149,22 @@ def save_epoch(run_dir: Path, point: ResumePoint, *, description: dict[str, Any]
     tensors, optimizer_rest = point_tensors(point)
     weights = {key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")}
     documents = {METRICS_FILE: metrics_bytes(point.metrics), CONFIG_FILE: json_bytes(description),
+                 CLASSES_FILE: classes_csv_bytes(description["classes"]),
                  RESUME_FILE: json_bytes(resume_document(point, tensor_name, optimizer_rest))}
     needed = safetensors_bytes(tensors) + safetensors_bytes(weights) + sum(map(len, documents.values()))
     context = f"epoch {point.epoch} was not saved; {kept_point_words(run_dir)}"
     advice = "move the run folder to a disk with room"
-    check_room_in(run_dir, needed=needed, context=context, advice=advice)
+    check_output_folder(run_dir, needed=needed, context=context, advice=advice)
     writers = {tensor_name: lambda path: save_file(tensors, str(path), metadata={"epoch": str(point.epoch)}),
                MODEL_FILE: lambda path: save_file(weights, str(path), metadata={
                    "epoch": str(point.epoch), "format": "iabn-zoo fine-tuning run"}),
                **{name: (lambda path, data=data: path.write_bytes(data)) for name, data in documents.items()}}
     staged: dict[str, Path] = {}
     committed = False
+    made: list[Path] = []
     try:
         with storage_guard(run_dir, needed=needed, context=context, advice=advice):
+            made = make_folders(run_dir)
             for name, write in writers.items():
                 staged[name] = write_temporary(run_dir / name, write)
             # the switch-over: the tensor file under its name, resume.json (the commit point), then the rest
@@ -168,6 +178,8 @@ def save_epoch(run_dir: Path, point: ResumePoint, *, description: dict[str, Any]
             temporary.unlink(missing_ok=True)
         if not committed and (previous is None or previous.name != tensor_name):
             (run_dir / tensor_name).unlink(missing_ok=True)
+        for folder in reversed(made if not committed else []):
+            folder.rmdir()
     remove_unnamed_tensor_files(run_dir, keep={tensor_name})
 
 
@@ -187,6 +199,13 @@ def remove_unnamed_tensor_files(run_dir: Path, keep: set[str]) -> None:
     for path in run_dir.glob("resume-epoch*.safetensors"):
         if TENSOR_FILE_PATTERN.fullmatch(path.name) and path.name not in keep:
             path.unlink(missing_ok=True)
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; the ones created, outermost first."""
+    missing = [path for path in (folder, *folder.parents) if not path.exists()][::-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
 
 
 def epoch_bytes(model: torch.nn.Module, optimizer: str) -> int:

@@ -13,13 +13,17 @@ size), and the confusion matrices are summed over ranks.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-
 import torch
 
-from ..data.segmentation_data import SegmentationEvalTransform, SegmentationTrainTransform, open_segmentation_data
+from ..data.segmentation_data import (
+    SegmentationData,
+    SegmentationEvalTransform,
+    SegmentationTrainTransform,
+    open_segmentation_data,
+)
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import DataError
+from ..system.loader_workers import WorkerLoader, worker_options
 from .config import FinetuneConfig
 from .processes import Processes
 from .task_options import crop_hw
@@ -51,18 +55,6 @@ class RankBatchSampler(torch.utils.data.Sampler[list[int]]):
         return len(self.job_batches())
 
 
-@dataclass(frozen=True)
-class SegmentationLoaders:
-    """The training and validation loaders of this rank, the class names, and the training batch sampler."""
-
-    train: torch.utils.data.DataLoader
-    val: torch.utils.data.DataLoader
-    classes: list[str]
-    sampler: RankBatchSampler
-    ignore_index: int
-    val_set: torch.utils.data.Dataset  # the whole validation split (`val` loads this rank's share)
-
-
 def train_augmentation(cfg: FinetuneConfig) -> SegmentationTrainTransform:
     """Random scale, crop of image_size (padded with the ignore index), flip; `jitter` adds colour jitter; `none`
     only crops."""
@@ -71,21 +63,28 @@ def train_augmentation(cfg: FinetuneConfig) -> SegmentationTrainTransform:
                                              mean=IMAGENET_MEAN, std=IMAGENET_STD, ignore_index=cfg.ignore_index)
 
 
-def make_segmentation_loaders(cfg: FinetuneConfig, procs: Processes) -> SegmentationLoaders:
-    """Scan and check DATA (DataError naming the file), then this rank's loaders."""
+def open_run_data(cfg: FinetuneConfig, procs: Processes) -> SegmentationData:
+    """Scan and check DATA (DataError naming the file); the training crops are set by `make_segmentation_loaders`,
+    once the run's crop is final."""
     data = open_segmentation_data(cfg.data_dir, num_classes=cfg.num_classes, ignore_index=cfg.ignore_index,
-                                  train_transform=train_augmentation(cfg),
                                   val_transform=SegmentationEvalTransform(mean=IMAGENET_MEAN, std=IMAGENET_STD),
                                   on_error=cfg.on_error, seed=cfg.seed)
     if data.train is None or data.val is None or len(data.val) == 0:
         raise DataError(f"{cfg.data_dir} needs a training and a validation split with images and masks")
-    sampler = RankBatchSampler(len(data.train), cfg.batch_size, procs.rank, procs.world_size, cfg.seed)
-    if len(sampler) == 0:
+    if len(RankBatchSampler(len(data.train), 2, procs.rank, procs.world_size, cfg.seed)) == 0:
         raise DataError(f"{len(data.train)} training images cannot feed {procs.world_size} process(es) with "
                         f"{max(2, procs.world_size)} images per step; add images or use fewer processes")
-    train = torch.utils.data.DataLoader(data.train, batch_sampler=sampler, num_workers=cfg.num_workers,
-                                        pin_memory=procs.device.type == "cuda")
+    return data
+
+
+def make_segmentation_loaders(cfg: FinetuneConfig, procs: Processes, data: SegmentationData
+                              ) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+    """This rank's training loader (crops of image_size) and validation loader (its share, one image at a time)."""
+    data.train.transform = train_augmentation(cfg)
+    sampler = RankBatchSampler(len(data.train), cfg.batch_size, procs.rank, procs.world_size, cfg.seed)
+    workers = worker_options(cfg.num_workers)
+    train = WorkerLoader(data.train, batch_sampler=sampler, num_workers=cfg.num_workers,
+                                        pin_memory=procs.device.type == "cuda", **workers)
     shard = torch.utils.data.Subset(data.val, list(range(procs.rank, len(data.val), procs.world_size)))
-    val = torch.utils.data.DataLoader(shard, batch_size=1, shuffle=False, num_workers=cfg.num_workers)
-    return SegmentationLoaders(train=train, val=val, classes=list(data.classes), sampler=sampler,
-                               ignore_index=data.ignore_index, val_set=data.val)
+    val = WorkerLoader(shard, batch_size=1, shuffle=False, num_workers=cfg.num_workers, **workers)
+    return train, val

@@ -1,32 +1,45 @@
-"""What the training loop asks of a task (see `classification_task`), for semantic segmentation: the mask data sets,
-the pixel loss, and mIoU / per-class IoU / pixel accuracy from one confusion matrix.
+"""The semantic segmentation task (the contract is `train.task.Task`): the mask data sets, the pixel loss, mIoU /
+per-class IoU / pixel accuracy from one confusion matrix, pictures, and what a run reports and records.
 
 Training: the network's logits (at 1/output_stride) are resized bilinearly to the crop before the loss. The loss of a
 step is the sum of the pixel losses of this rank's batch divided by the normaliser (pixels kept, or their class
 weights) summed over all ranks, times the number of ranks: DistributedDataParallel averages the ranks' gradients,
 so the job takes exactly the step one process takes on the union of the ranks' batches, whatever their sizes.
 Validation: each image at full resolution, logits resized bilinearly to its mask's size.
+
+config.json adds `ignore_index` and `backbone_weights`, and the preprocessing: mean, std, the crop trained at, the
+test-time scales and flip (1 and none: what validation does), and `long_side`, the long side images are resized to
+for inference. The network saw images at their own size times a random scale in `scale_range`, so that long side is
+the typical (median) long side of the validation images times the geometric mean of the scale range (1 for
+0.5..2): `iabn-zoo segment --weights RUN` then feeds 64-px scenes at 64 px, not at the Vistas network's 2048.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
+import statistics
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import bad_argument
+from ..models import get_arch
 from ..tasks.confusion import ConfusionMatrix
 from .config import FinetuneConfig
 from .losses import SegmentationLoss
 from .processes import Processes, all_reduce_sums
-from .segmentation_run import build_segmentation_model, describe_segmentation_run, inference_long_side
-from .segmentation_loaders import make_segmentation_loaders
+from .segmentation_loaders import make_segmentation_loaders, open_run_data
 from .segmentation_pictures import PICTURES, ValidationPicture, panel, write_samples
+from .task import random_targets, register_task
+from .task_options import SEGMENTATION_ONLY, check_segmentation_options, crop_hw
+
+SIZE_SAMPLE = 8  # validation images whose size sets the inference long side
 
 
 def full_precision(logits: torch.Tensor) -> torch.Tensor:
@@ -113,39 +126,90 @@ class SegmentationValMeter:
                 "val_images": int(images)}, int(images)
 
 
+def architecture_default(arch: str, name: str) -> Any:
+    """The default of keyword `name` of architecture `arch`'s constructor (None when it takes no such keyword)."""
+    parameter = inspect.signature(get_arch(arch)).parameters.get(name)
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+
+def inference_long_side(dataset: torch.utils.data.Dataset, scale_range: list[float]) -> int | None:
+    """The median long side of the first validation masks, times the geometric mean of the training scales."""
+    sides = [max(dataset[index][1].shape[-2:]) for index in range(min(SIZE_SAMPLE, len(dataset)))]
+    if not sides:
+        return None
+    return max(1, round(statistics.median(sides) * math.sqrt(scale_range[0] * scale_range[1])))
+
+
+@register_task
 class SegmentationTask:
     """Semantic segmentation on the mask data sets of `data.segmentation_data`."""
 
     name = "segmentation"
+    defaults = {"image_size": 512, "augment": "standard", "schedule": "poly"}
+    own_options = SEGMENTATION_ONLY
+    auto_sizes = ("batch_size", "image_size")
+    columns = ("epoch", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy", "lr", "images_per_s")
+    summary = ("val_miou", "val_pixel_accuracy")
+    scalars = {"loss/train": "train_loss", "loss/val": "val_loss", "miou/val": "val_miou",
+               "pixel_accuracy/val": "val_pixel_accuracy", "iou/val": "val_per_class_iou", "learning_rate": "lr",
+               "images_per_second": "images_per_s"}
+    score_curve = ("mIoU (%)", ("val_miou",))
+    check_options = staticmethod(check_segmentation_options)
+
+    @staticmethod
+    def ledger_loss(output: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Training's pixel cross-entropy (`SegmentationLoss`) of the logits resized to the crop, random masks."""
+        logits = resized(full_precision(output), inputs.shape[-2:])
+        mask = random_targets(logits.shape[1], (logits.shape[0], *logits.shape[2:]), logits.device)
+        total, normaliser = SegmentationLoss("ce")(logits, mask)
+        return total / normaliser
+
+    @staticmethod
+    def batch_bytes(batch: int, crop: tuple[int, int]) -> int:
+        """float32 images and int64 masks."""
+        return batch * crop[0] * crop[1] * (3 * 4 + 8)
 
     def __init__(self, cfg: FinetuneConfig, procs: Processes):
         self.cfg = cfg
         self.procs = procs
-        loaders = make_segmentation_loaders(cfg, procs)  # scans and checks every mask before anything is written
-        self.train_loader, self.val_loader, self.classes = loaders.train, loaders.val, loaders.classes
-        self.sampler = loaders.sampler
-        self.val_set = loaders.val_set
-        self.ignore_index = loaders.ignore_index
+        self.data = open_run_data(cfg, procs)  # scans and checks every mask before anything is written
+        self.classes = list(self.data.classes)
+        self.ignore_index = self.data.ignore_index
         if cfg.class_weights is not None and len(cfg.class_weights) != len(self.classes):
             raise bad_argument("class_weights", f"has {len(cfg.class_weights)} weights but {cfg.data_dir} has "
                                                 f"{len(self.classes)} classes; give one weight per class")
         self.criterion = SegmentationLoss(cfg.loss, ignore_index=self.ignore_index, class_weights=cfg.class_weights,
                                           threshold=cfg.ohem_threshold, min_kept=cfg.ohem_min_kept)
 
+    def batch_limit(self) -> int:
+        """The most images one rank's batch can hold: its share of the training set."""
+        return -(-len(self.data.train) // self.procs.world_size)
+
+    def arch_options(self, arch: str, arch_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The output stride: the option, else the weights', else the architecture's default (recorded)."""
+        stride = self.cfg.output_stride if self.cfg.output_stride is not None else arch_kwargs.get(
+            "output_stride", architecture_default(arch, "output_stride"))
+        return {} if stride is None else {"output_stride": stride}
+
+    def start(self) -> None:
+        """The loaders, at the run's final batch size and crop."""
+        self.train_loader, self.val_loader = make_segmentation_loaders(self.cfg, self.procs, self.data)
+
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's order and augmentation."""
-        self.sampler.set_epoch(epoch)
+        self.train_loader.batch_sampler.set_epoch(epoch)
         self.train_loader.dataset.set_epoch(epoch)
 
-    def describe(self) -> dict[str, Any]:
-        """The config.json document of the run."""
+    def preprocessing(self) -> dict[str, Any]:
+        """Mean, std, the crop, test-time scales and flip (validation's), the inference long side."""
         scales = self.cfg.scale_range if self.cfg.augment != "none" else [1.0, 1.0]
-        long_side = inference_long_side(self.val_set, scales)
-        return describe_segmentation_run(self.cfg, self.classes, self.ignore_index, long_side)
+        return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "crop": list(crop_hw(self.cfg.image_size)),
+                "long_side": inference_long_side(self.data.val, scales), "interpolation": "bilinear",
+                "scales": [1.0], "flip": False}
 
-    def build_model(self, description: dict[str, Any], *, resuming: bool) -> nn.Module:
-        """The network to train (see `segmentation_run.build_segmentation_model`)."""
-        return build_segmentation_model(self.cfg, description, resuming=resuming)
+    def run_facts(self) -> dict[str, Any]:
+        """The ignore index and where the backbone's weights came from."""
+        return {"ignore_index": self.ignore_index, "backbone_weights": self.cfg.backbone_weights}
 
     def train_meter(self) -> SegmentationTrainMeter:
         return SegmentationTrainMeter(self.criterion, self.procs)

@@ -24,13 +24,15 @@ from safetensors.torch import save_file
 
 from ..errors import InvalidArgumentError, StorageError
 from ..system.files import fsync_directory, write_atomic, write_temporary
-from ..system.storage import check_room_in, safetensors_bytes, storage_guard
-from ..weights.run_reader import RESUME_FILE, read_json
+from ..system.storage import check_output_folder, safetensors_bytes, storage_guard
+from ..weights.run_reader import CLASSES_FILE, CONFIG_FILE, RESUME_FILE, read_json
 from .run_writer import (
     ResumePoint,
+    classes_csv_bytes,
     has_resume_point,
     json_bytes,
     kept_point_words,
+    make_folders,
     point_tensors,
     remove_unnamed_tensor_files,
     resume_document,
@@ -51,24 +53,31 @@ def epoch_point_document(run_dir: Path) -> dict[str, Any] | None:
     return meta if meta.get("within_epoch") is None else meta.get("epoch_point")
 
 
-def save_step_point(run_dir: Path, point: ResumePoint) -> None:
+def save_step_point(run_dir: Path, point: ResumePoint, *, description: dict[str, Any]) -> None:
     """Commit `point` (its `position` set) as the run's resume point, replacing the previous one inside the epoch;
-    StorageError (nothing written, the previous point kept) when the disk refuses it."""
+    StorageError (nothing written, the previous point kept) when the disk refuses it. The run's description
+    (config.json, classes.csv) goes with it, so that a point inside the first epoch is a run that can be resumed;
+    the run folder is made by the run's first point and removed again if that point fails."""
     tensor_name = step_tensor_name(point)
     tensors, optimizer_rest = point_tensors(point)
     epoch_point = epoch_point_document(run_dir)
     document = json_bytes({**resume_document(point, tensor_name, optimizer_rest), "epoch_point": epoch_point})
-    needed = safetensors_bytes(tensors) + len(document)
+    run_files = {CONFIG_FILE: json_bytes(description), CLASSES_FILE: classes_csv_bytes(description["classes"])}
+    needed = safetensors_bytes(tensors) + len(document) + sum(map(len, run_files.values()))
+    first = not has_resume_point(run_dir)
     context = f"the resume point at step {point.step} was not written; {kept_point_words(run_dir)}"
     advice = "move the run folder to a disk with room"
-    check_room_in(run_dir, needed=needed, context=context, advice=advice)
-    staged = None
+    check_output_folder(run_dir, needed=needed, context=context, advice=advice)
+    staged, made = None, []
     try:
         with storage_guard(run_dir, needed=needed, context=context, advice=advice):
+            made = make_folders(run_dir)
             staged = write_temporary(run_dir / tensor_name, lambda path: save_file(
                 tensors, str(path), metadata={"epoch": str(point.epoch + 1), "step": str(point.step)}))
             os.replace(staged, run_dir / tensor_name)
             staged = None
+            for name, data in run_files.items():
+                write_atomic(run_dir / name, data)
             write_atomic(run_dir / RESUME_FILE, document)  # the commit point
             fsync_directory(run_dir)
     except BaseException:
@@ -76,6 +85,11 @@ def save_step_point(run_dir: Path, point: ResumePoint) -> None:
             staged.unlink(missing_ok=True)
         if not _named(run_dir, tensor_name):  # renamed into place, never committed
             (run_dir / tensor_name).unlink(missing_ok=True)
+            if first:  # nothing of a run exists before its first point
+                for name in run_files:
+                    (run_dir / name).unlink(missing_ok=True)
+                for folder in reversed(made):
+                    folder.rmdir()
         raise
     keep = {tensor_name} | ({epoch_point["tensor_file"]} if epoch_point is not None else set())
     remove_unnamed_tensor_files(run_dir, keep=keep)
@@ -86,11 +100,11 @@ def _named(run_dir: Path, tensor_name: str) -> bool:
     return has_resume_point(run_dir) and read_json(run_dir / RESUME_FILE)["tensor_file"] == tensor_name
 
 
-def try_save_step_point(run_dir: Path, point: ResumePoint) -> bool:
+def try_save_step_point(run_dir: Path, point: ResumePoint, *, description: dict[str, Any]) -> bool:
     """`save_step_point` for a periodic point: a disk that refuses it is a warning (training goes on, the previous
     point stays the resume point); True when written."""
     try:
-        save_step_point(run_dir, point)
+        save_step_point(run_dir, point, description=description)
     except StorageError as error:
         warnings.warn(f"{error}; training goes on", stacklevel=2)
         return False

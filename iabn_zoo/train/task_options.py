@@ -1,9 +1,4 @@
-"""Which task a fine-tuning run trains (classification or segmentation), the defaults that follow from it, and the
-checks of the options only segmentation takes.
-
-The task follows from the model: segmentation weights (task "segmentation" in the registry) or an architecture
-whose network is a `SegmentationNet` (`deeplabv3_<backbone>`, the Vistas architecture) train a segmentation run,
-every other model a classification run; `task=` may say it explicitly and must then agree.
+"""The checks of the options only segmentation takes (the segmentation task's `check_options`), and its crop sizes.
 """
 
 from __future__ import annotations
@@ -11,50 +6,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-
 from ..errors import bad_argument
-from ..models import get_arch, is_arch
-from ..models.segmentation import SegmentationNet
-from ..weights.catalog import get_weights, is_weights
 
-TASKS = ("classification", "segmentation")
 LOSSES = ("ce", "ohem")
 OUTPUT_STRIDES = (8, 16)
 SEGMENTATION_AUGMENT = ("standard", "jitter", "none")
-# per task: (image_size, augment, schedule) when the run leaves them out
-TASK_DEFAULTS = {"classification": (224, "imagenet", "cosine"), "segmentation": (512, "standard", "poly")}
-# segmentation-only options and the value that means "not given"
+# the options only segmentation takes, and the value that means "not given"
 SEGMENTATION_ONLY = {"output_stride": None, "backbone_weights": None, "loss": "ce", "class_weights": None,
                      "ignore_index": 255, "num_classes": None, "scale_range": (0.5, 2.0)}
 MAX_CLASSES = 256  # masks are 8-bit PNGs
-
-
-def model_task(model: str) -> str | None:
-    """The task `model` (a weights or architecture name) is trained for; None for an unknown name."""
-    if is_weights(model):
-        return "segmentation" if get_weights(model).task == "segmentation" else "classification"
-    if not is_arch(model):
-        return None
-    with torch.device("meta"):  # built without memory or initialisation, only to see what it is
-        network = get_arch(model)()
-    return "segmentation" if isinstance(network, SegmentationNet) else "classification"
-
-
-def resolve_task(cfg: Any) -> None:
-    """Fill `cfg.task` from the model (or check the explicit one agrees), then the task's defaults."""
-    inferred = model_task(cfg.model)
-    if cfg.task is None:
-        cfg.task = inferred or "classification"
-    elif cfg.task not in TASKS:
-        raise bad_argument("task", f"must be one of {', '.join(TASKS)}, got {cfg.task!r}")
-    elif inferred is not None and cfg.task != inferred:
-        raise bad_argument("task", f"is {cfg.task} but {cfg.model} is a {inferred} network; drop {{task}} or "
-                                   f"choose a {cfg.task} model")
-    size, augment, schedule = TASK_DEFAULTS[cfg.task]
-    cfg.image_size = size if cfg.image_size is None else cfg.image_size
-    cfg.augment = augment if cfg.augment is None else cfg.augment
-    cfg.schedule = schedule if cfg.schedule is None else cfg.schedule
+AUTO = "auto"
 
 
 def _is_int(value: Any) -> bool:
@@ -65,17 +26,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_task_options(cfg: Any, min_image_size: int) -> None:
-    """Segmentation options in range; for a classification run, none of them given."""
-    if cfg.task == "classification":
-        given = [name for name, unset in SEGMENTATION_ONLY.items() if _normal(getattr(cfg, name)) != _normal(unset)]
-        if given:
-            raise bad_argument(given[0], f"is a segmentation option but {cfg.model} is a classification network; "
-                                         "drop it, or fine-tune a segmentation model (e.g. deeplabv3_resnet18)")
-        _check(_is_int(cfg.image_size) and cfg.image_size >= min_image_size, "image_size",
-               f"must be an integer >= {min_image_size}, got {cfg.image_size!r}")
-        return
-    cfg.image_size = crop_size(cfg.image_size, min_image_size)
+def check_segmentation_options(cfg: Any, min_image_size: int) -> None:
+    """Segmentation options in range (the crop may be `auto`)."""
+    if cfg.image_size != AUTO:
+        cfg.image_size = crop_size(cfg.image_size, min_image_size)
     cfg.scale_range = _scale_range(cfg.scale_range)
     _check(cfg.augment in SEGMENTATION_AUGMENT, "augment",
            f"must be one of {', '.join(SEGMENTATION_AUGMENT)} for segmentation, got {cfg.augment!r}")
@@ -119,10 +73,6 @@ def _scale_range(value: Any) -> list[float]:
             and value[0] <= value[1]):
         raise bad_argument("scale_range", f"must be two numbers 0 < low <= high, such as 0.5,2.0; got {value!r}")
     return [float(value[0]), float(value[1])]
-
-
-def _normal(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
 
 
 def _check(condition: bool, parameter: str, problem: str) -> None:

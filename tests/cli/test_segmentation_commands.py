@@ -1,7 +1,7 @@
 """The segmentation commands as a user runs them (fresh processes, real files): finetune of a segmentation network,
 its bad options (exit 2) and bad masks (exit 8) refused before --out exists, then the run as a model: evaluate (the
 same confusion matrix as training's validation), segment --weights RUN (the run's classes, palette, long side),
-export RUN."""
+the same class maps from segment and evaluate by default (the run's recommended test-time passes), export RUN."""
 
 import json
 
@@ -82,3 +82,42 @@ def test_a_bad_mask_exits_8_naming_it_before_out_is_created(data, tmp_path):
     assert done.returncode == 8, done.stderr
     assert "001.png" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def class_maps_scores(outputs, masks_folder, classes: int):
+    """Per-class IoU and pixel accuracy of `segment --output raw` class maps against the masks they segment."""
+    from iabn_zoo.data.masks import mask_tensor
+    from iabn_zoo.tasks.confusion import ConfusionMatrix
+
+    confusion = ConfusionMatrix(classes)
+    for output in outputs:
+        with Image.open(output) as predicted, Image.open(masks_folder / output.name) as truth:
+            confusion.update(mask_tensor(predicted).long(), mask_tensor(truth))
+    return confusion.scores()
+
+
+def test_segment_and_evaluate_give_the_same_class_maps_by_default(run_dir, data, tmp_path):
+    """Both take the run's recommended test-time passes (scale 1, no flip, its long side): segment's class maps
+    scored here equal evaluate's scores exactly; other passes (a flip) give other maps."""
+    scores = {}
+    for name, passes in (("default", ()), ("flipped", ("--flip",))):
+        segmented = run_cli("segment", "--weights", run_dir, data / "val" / "images", "--out", tmp_path / name,
+                            "--output", "raw", *passes, plugins=True)
+        assert segmented.returncode == 0, segmented.stderr
+        scores[name] = class_maps_scores(sorted((tmp_path / name).iterdir()), data / "val" / "masks", len(CLASSES))
+    evaluated = run_cli("evaluate", run_dir, data, "--json", plugins=True)
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert (report["scales"], report["flip"], report["long_side"]) == ([1.0], False, 32)
+    assert list(report["per_class_iou"].values()) == scores["default"]["per_class_iou"]
+    assert report["pixel_accuracy"] == scores["default"]["pixel_accuracy"]
+    assert scores["flipped"] != scores["default"], "a flipped pass changed nothing: the comparison cannot fail"
+
+
+def test_info_says_the_recommended_test_time_passes(run_dir):
+    run = run_cli("info", run_dir, "--json", plugins=True)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["test_time"] == "scales 1, long side 32"
+    vistas = run_cli("info", "wider_resnet38_deeplab3_vistas")
+    assert vistas.returncode == 0, vistas.stderr
+    assert "test_time: scales 1 + flip, long side 2048" in " ".join(vistas.stdout.split())

@@ -166,3 +166,25 @@ def test_no_reference_cycle_keeps_the_network():
 
 def test_is_a_segmentation_net():
     assert isinstance(deeplab(), SegmentationNet) and isinstance(deeplab().head, nn.Module)
+
+
+def test_the_vistas_network_is_the_one_constructor_on_its_body():
+    """`wider_resnet38_a2_deeplab3` is `deeplabv3("wider_resnet38_a2", ...)` with the published arguments: the same
+    modules and state_dict layout (the authors' keys: test_manifests) as deeplabv3_wider_resnet38_a2 at 65
+    classes; both are segmentation architectures in the registry, the classification families are not."""
+    from iabn_zoo.models import arch_task
+    from iabn_zoo.models.deeplabv3 import deeplabv3
+
+    with torch.device("meta"):
+        vistas = zoo.create_model("wider_resnet38_a2_deeplab3")
+        built = deeplabv3("wider_resnet38_a2", num_classes=65, pooling_size=84)
+        registered = zoo.create_model("deeplabv3_wider_resnet38_a2", num_classes=65, pooling_size=84,
+                                      backbone_weights=None)
+    layouts = [[(key, tuple(value.shape)) for key, value in model.state_dict().items()]
+               for model in (vistas, built, registered)]
+    assert layouts[0] == layouts[1] == layouts[2]
+    assert str(vistas) == str(built) and vistas.head.pooling_size == (84, 84) and vistas.num_classes == 65
+    assert {key.split(".")[0] for key, _ in layouts[0]} == {"body", "head", "cls"}
+    assert arch_task("wider_resnet38_a2_deeplab3") == arch_task("deeplabv3_resnet18") == "segmentation"
+    assert {arch_task(name) for name in CLASSIFICATION_ARCHS if name != "wider_resnet38_a2_deeplab3"} == \
+        {"classification"}

@@ -96,7 +96,7 @@ def tiny_arch_registered() -> Iterator[None]:
     if is_arch(tiny_vistas_deeplab3.__name__):
         yield
         return
-    register_arch(tiny_vistas_deeplab3)
+    register_arch(tiny_vistas_deeplab3, task="segmentation")
     try:
         yield
     finally:

@@ -15,6 +15,7 @@ from iabn_zoo.errors import InvalidArgumentError
 from iabn_zoo.factory import create_model
 from iabn_zoo.system.resources import parse_bytes
 from iabn_zoo.train.budget import fit_budget, largest_fitting
+from iabn_zoo.train.losses import SegmentationLoss
 from iabn_zoo.train.memory import SavedTensorLedger
 
 TINY = tiny_vistas_deeplab3.__name__
@@ -28,16 +29,17 @@ def tiny():
 
 
 def real_step_bytes(name: str, bn_mode: str, batch: int, side: int) -> int:
-    """What the budget counts, measured here on its own: a real CPU training step of the network (per-pixel
-    cross-entropy on logits resized to the crop), the storages it keeps for backward, plus weights and buffers,
-    one gradient and one SGD momentum buffer per parameter."""
+    """What the budget counts, measured here on its own: a real CPU training step of the network (segmentation
+    training's own loss, `SegmentationLoss`: per-pixel cross-entropy on logits resized to the crop), the storages it
+    keeps for backward, plus weights and buffers, one gradient and one SGD momentum buffer per parameter."""
     torch.manual_seed(0)
     model = create_model(name, bn_mode=bn_mode).train()
     images = torch.randn(batch, 3, side, side)
     ledger = SavedTensorLedger(list(model.parameters()))
     with ledger.recording():
         logits = F.interpolate(model(images), size=(side, side), mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits, torch.randint(0, logits.shape[1], (batch, side, side)), ignore_index=255)
+        total, pixels = SegmentationLoss("ce")(logits, torch.randint(0, logits.shape[1], (batch, side, side)))
+        loss = total / pixels
     loss.backward()
     parameters = sum(p.numel() * p.element_size() for p in model.parameters())
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())

@@ -150,6 +150,12 @@ def test_periodic_points_replace_each_other_and_a_job_of_another_size_falls_back
         finetune(MODEL, data, first_epoch, **{**OPTIONS, "num_workers": 0})
     with pytest.raises(InvalidArgumentError, match=r"written by a job of 1 process\(es\) and this job has 2"):
         load_for_job(first_epoch, world_size=2)
+    # the run's first point made the run: its description is there to resume from, and nothing else
+    assert sorted(path.name for path in first_epoch.iterdir()) == [
+        "classes.csv", "config.json", "resume-epoch0001-step00000004-w1.safetensors", "resume.json"]
+    signal_at["step"] = None
+    continued = finetune(MODEL, data, first_epoch, resume="auto", **{**OPTIONS, "num_workers": 0})
+    assert [record["epoch"] for record in continued.metrics] == [1, 2]
 
     newer = tmp_path / "newer"  # a point of a later format is refused, not misread
     shutil.copytree(run, newer)
