@@ -74,29 +74,64 @@ def warm_up_torch() -> None:
         net(torch.randn(2, 3, 8, 8))
 
 
-def live_networks() -> list[nn.Module]:
-    """Every nn.Module the interpreter holds that owns tensors (torch keeps parameterless graph modules of its
+def owns_tensors(obj: Any) -> bool:
+    """Whether `obj` is an nn.Module holding parameters or buffers (torch keeps parameterless graph modules of its
     own in caches)."""
-    return [obj for obj in gc.get_objects() if isinstance(obj, nn.Module)
-            and any(True for _ in itertools.chain(obj.parameters(), obj.buffers()))]
+    return isinstance(obj, nn.Module) and any(True for _ in itertools.chain(obj.parameters(), obj.buffers()))
 
 
 def assert_released(use: Callable[[], Iterable[Any]], what: str, *, warm_up: bool = False) -> None:
     """`use()` builds and exercises objects and returns those that must be freed the moment it returns, by
     reference counting alone (after torch's own warm-up, `warm_up_torch`); no module it built inside may survive
-    either (if it owns tensors). `warm_up`: run `use` once before, for a use whose first run in a process leaves garbage cycles of its
-    own (a third-party import that fails and keeps its traceback, e.g. matplotlib's, holds the calling frames)."""
+    either (if it owns tensors). `warm_up`: run `use` once before, for a use whose first run in a process leaves
+    garbage cycles of its own (a third-party import that fails and keeps its traceback, e.g. matplotlib's, holds
+    the calling frames).
+
+    Generation 0 is emptied first and the collector is off while `use` runs, so everything `use` creates is still
+    in generation 0 when it returns: the search for surviving modules reads that generation alone, not the whole
+    heap (whose size grows with every test run before, and made this check cost seconds in a full run). If
+    something inside `use` runs the collector itself (which promotes objects), the use is run again and the whole
+    heap is compared before and after instead."""
     warm_up_torch()
     if warm_up:
         use()
-    gc.collect()
+    collections: list[dict] = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(info)
+
+    gc.collect(0)
     gc.disable()
+    gc.callbacks.append(count)
     try:
-        before = {id(module) for module in live_networks()}
         refs = [weakref.ref(obj) for obj in use()]
         survivors = [ref() for ref in refs if ref() is not None]
-        survivors += [module for module in live_networks() if id(module) not in before
-                      and not any(module is other for other in survivors)]
+        if not collections:
+            survivors += [obj for obj in gc.get_objects(generation=0) if owns_tensors(obj)
+                          and not any(obj is other for other in survivors)]
+        cycles = [reference_cycle(obj) for obj in survivors]
+        del survivors
+    finally:
+        gc.callbacks.remove(count)
+        gc.enable()
+        gc.collect(2 if collections else 0)
+    if collections:  # generation 0 no longer holds all that `use` made: compare the whole heap instead
+        _assert_released_whole_heap(use, what)
+        return
+    assert not cycles, f"{what}: {len(cycles)} objects outlived their last reference:\n" + "\n".join(cycles[:10])
+
+
+def _assert_released_whole_heap(use: Callable[[], Iterable[Any]], what: str) -> None:
+    """assert_released for a `use` that runs the collector: every module alive after it, compared with before."""
+    gc.collect()
+    before = {id(obj) for obj in gc.get_objects() if owns_tensors(obj)}
+    gc.disable()
+    try:
+        refs = [weakref.ref(obj) for obj in use()]
+        survivors = [ref() for ref in refs if ref() is not None]
+        survivors += [obj for obj in gc.get_objects() if owns_tensors(obj) and id(obj) not in before
+                      and not any(obj is other for other in survivors)]
         cycles = [reference_cycle(obj) for obj in survivors]
         del survivors
     finally:
