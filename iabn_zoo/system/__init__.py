@@ -1,3 +1,4 @@
 """The machine-facing mechanisms every layer shares, each with one owner: atomic file writes, file hashing,
-safetensors files, device checks, progress bars and memory limits.
+safetensors files, device checks, progress bars, memory limits and helper threads that leave Ctrl-C to the
+main thread.
 May import: errors (nothing else of the package)."""

@@ -11,9 +11,11 @@ predecessor left in the `.part` file. The last rounds let the transfer finish be
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from support.folder_events import IN_CLOSE_WRITE, IN_MOVED_TO, WRITES, FolderEvents
@@ -134,3 +136,33 @@ def test_killed_downloads_resume_to_the_verified_file(loopback_server, process_e
     assert installs == 1, "the verified file was renamed onto the cache path exactly once"
     ranges = [record.range for record in loopback_server.requests if record.path == "/slow.pth"]
     assert ranges == requests, "each process resumes where the last stopped"
+
+
+def blocked_signals(pid: int, tid: int) -> int:
+    """The signal mask of one thread of a process (SigBlk in /proc), bit n-1 standing for signal n."""
+    status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigBlk:")), 16)
+
+
+def test_ctrl_c_can_only_reach_the_main_thread_of_a_download(loopback_server, process_env, zoo_home):
+    """The kernel gives a process's SIGINT to any thread not blocking it; taken by a helper thread (the hashing one,
+    tqdm's monitor), it would leave the main thread blocked in its read of a stalled server, Ctrl-C ignored until
+    the read times out a minute later. Every thread but the main one must block it."""
+    if not Path(f"/proc/{os.getpid()}/task").is_dir():
+        pytest.skip("needs /proc to read the threads' signal masks")
+    url = loopback_server.add("/slow.pth", PAYLOAD)
+    gate = loopback_server.gate("/slow.pth")
+    gate.hold_next(READ + 1)  # one whole read arrives: the .part is open, the helper threads are running
+    part = zoo_home / "checkpoints" / (FILE_NAME + ".part")
+    child = start_download(process_env(registry_entry(NAME, url, md5_of(PAYLOAD), FILE_NAME)))
+    try:
+        gate.wait_held()
+        wait_for(lambda: size_of(part) > 0 or child.poll() is not None, 180, "the first read to be written")
+        helpers = [int(task.name) for task in Path(f"/proc/{child.pid}/task").iterdir() if int(task.name) != child.pid]
+        taking_it = [tid for tid in helpers if not blocked_signals(child.pid, tid) & 1 << (signal.SIGINT - 1)]
+        assert helpers and not taking_it, f"helper threads {taking_it} of {helpers} can take Ctrl-C"
+    finally:
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+        gate.release()
+    assert child.returncode == INTERRUPTED and "interrupted" in err, err
