@@ -87,54 +87,22 @@ def assert_released(use: Callable[[], Iterable[Any]], what: str, *, warm_up: boo
     garbage cycles of its own (a third-party import that fails and keeps its traceback, e.g. matplotlib's, holds
     the calling frames).
 
-    Generation 0 is emptied first and the collector is off while `use` runs, so everything `use` creates is still
-    in generation 0 when it returns: the search for surviving modules reads that generation alone, not the whole
-    heap (whose size grows with every test run before, and made this check cost seconds in a full run). If
-    something inside `use` runs the collector itself (which promotes objects), the use is run again and the whole
-    heap is compared before and after instead."""
+    Everything alive before `use` is frozen (gc.freeze: moved out of the collector's generations, which
+    gc.get_objects reads), so the search for surviving modules reads only what `use` made, not the whole heap, whose
+    size grows with every test run before it (that search made this check cost seconds a test in a full run)."""
     warm_up_torch()
     if warm_up:
         use()
-    collections: list[dict] = []
-
-    def count(phase: str, info: dict) -> None:
-        if phase == "start":
-            collections.append(info)
-
-    gc.collect(0)
     gc.disable()
-    gc.callbacks.append(count)
+    gc.freeze()
     try:
         refs = [weakref.ref(obj) for obj in use()]
         survivors = [ref() for ref in refs if ref() is not None]
-        if not collections:
-            survivors += [obj for obj in gc.get_objects(generation=0) if owns_tensors(obj)
-                          and not any(obj is other for other in survivors)]
-        cycles = [reference_cycle(obj) for obj in survivors]
-        del survivors
-    finally:
-        gc.callbacks.remove(count)
-        gc.enable()
-        gc.collect(2 if collections else 0)
-    if collections:  # generation 0 no longer holds all that `use` made: compare the whole heap instead
-        _assert_released_whole_heap(use, what)
-        return
-    assert not cycles, f"{what}: {len(cycles)} objects outlived their last reference:\n" + "\n".join(cycles[:10])
-
-
-def _assert_released_whole_heap(use: Callable[[], Iterable[Any]], what: str) -> None:
-    """assert_released for a `use` that runs the collector: every module alive after it, compared with before."""
-    gc.collect()
-    before = {id(obj) for obj in gc.get_objects() if owns_tensors(obj)}
-    gc.disable()
-    try:
-        refs = [weakref.ref(obj) for obj in use()]
-        survivors = [ref() for ref in refs if ref() is not None]
-        survivors += [obj for obj in gc.get_objects() if owns_tensors(obj) and id(obj) not in before
+        survivors += [obj for obj in gc.get_objects() if owns_tensors(obj)
                       and not any(obj is other for other in survivors)]
         cycles = [reference_cycle(obj) for obj in survivors]
         del survivors
     finally:
+        gc.unfreeze()
         gc.enable()
-        gc.collect()
     assert not cycles, f"{what}: {len(cycles)} objects outlived their last reference:\n" + "\n".join(cycles[:10])
