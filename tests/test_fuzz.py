@@ -1,8 +1,10 @@
 """Fuzzing of the three parsers that read untrusted bytes: checkpoint reader, registry loader, Drive page parser.
 
 Each property says the same thing: whatever the input, the parser either answers or raises the package's own
-typed error (never another exception, never a hang). The budget is fixed (`max_examples`, `deadline`) and the
-search derandomized, so the file runs the same examples in the same time on every machine.
+typed error (never another exception, never a hang). The budget is fixed (`max_examples`) and the search
+derandomized, so the file runs the same examples on every machine. Hypothesis's per-example deadline is off: on a
+busy machine an example that once took over it fails as "flaky"; a hang is caught by `bounded` instead, whose
+limit (60 s) is thousands of times what a small input takes.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from iabn_zoo.weights.catalog import parse_registry
 from iabn_zoo.weights.checkpoint_reader import read_checkpoint
 from iabn_zoo.weights.gdrive import DrivePage, classify_page, direct_url
 
-FUZZ = settings(max_examples=250, deadline=2000, derandomize=True, database=None,
+FUZZ = settings(max_examples=250, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-PARSE_SECONDS = 5.0  # one parse of one small input taking longer than this counts as a hang
+PARSE_SECONDS = 60.0  # one parse of one small input taking longer than this counts as a hang
 
 
 def bounded(call, *args):

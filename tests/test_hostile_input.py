@@ -30,7 +30,7 @@ from iabn_zoo.weights.checkpoint_reader import read_checkpoint
 from iabn_zoo.weights.downloader import DownloadPolicy, download
 from iabn_zoo.weights.loading import load_state_dict
 
-FAST = DownloadPolicy(connect_timeout=2.0, read_timeout=2.0, retries=1, backoff=0.01)
+FAST = DownloadPolicy(connect_timeout=10.0, read_timeout=30.0, retries=1, backoff=0.01)
 
 
 # -- pickles that try to run code ------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from .threads import main_thread_takes_ctrl_c
+
 
 def shows_progress(enabled: bool | None = True) -> bool:
     """Whether a bar is drawn: not when the caller said no (False), else only when stderr is a terminal."""
@@ -20,8 +22,10 @@ def shows_progress(enabled: bool | None = True) -> bool:
 
 
 def progress_bar(iterable: Iterable[Any] | None = None, *, enabled: bool | None = True, **options: Any) -> tqdm:
-    """A tqdm bar over `iterable` (or one updated by hand) following `shows_progress`; `options` go to tqdm."""
-    return tqdm(iterable, disable=not shows_progress(enabled), file=sys.stderr, dynamic_ncols=True, **options)
+    """A tqdm bar over `iterable` (or one updated by hand) following `shows_progress`; `options` go to tqdm (whose
+    monitor thread, started by the first bar, leaves Ctrl-C to the main thread)."""
+    with main_thread_takes_ctrl_c():
+        return tqdm(iterable, disable=not shows_progress(enabled), file=sys.stderr, dynamic_ncols=True, **options)
 
 
 def write_line(text: str) -> None:

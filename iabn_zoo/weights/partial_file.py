@@ -14,6 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ..errors import CacheWriteError
+from ..system.threads import start_helper
 from .cache import cache_guard, remove_quietly
 
 FLUSH_EVERY = 64 << 20
@@ -58,10 +59,9 @@ def stream_into(partial: PartialFile, first: bytes, chunks: Iterator[bytes], bar
     """Write chunks to the partial file on this thread while a worker thread hashes them, in order, and another
     flushes written data to disk now and then, so that the final fsync has little left to do."""
     pending: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
-    worker = threading.Thread(target=_hash_worker, args=(partial.digest, pending), daemon=True)
     handle = write_guard(partial.path, lambda: open(partial.path, "ab"))
     flusher = _BackgroundFlush(handle)
-    worker.start()
+    worker = start_helper(_hash_worker, partial.digest, pending)
     try:
         chunk = first
         while True:
@@ -96,8 +96,7 @@ class _BackgroundFlush:
             return
         self.handle.flush()
         self.unflushed = 0
-        self.thread = threading.Thread(target=_quiet_fdatasync, args=(self.handle.fileno(),), daemon=True)
-        self.thread.start()
+        self.thread = start_helper(_quiet_fdatasync, self.handle.fileno())
 
     def join(self) -> None:
         if self.thread is not None:

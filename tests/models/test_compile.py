@@ -5,6 +5,8 @@ Inductor compiles one training step and one eval per family (the Wide ResNets th
 plain one shares its blocks; a cold inductor cache costs ~1 min per network on 2 cores); the cheaper `aot_eager`
 (the same dynamo capture and AOT autograd, without code generation) covers every family in bn_mode inplace and sync
 (one process), each on one backend, so that both modes and both backends meet every family.
+tests/models/test_release.py compiles the small resnet exactly as here (`inductor_as_shared`), so its kernels come
+from inductor's cache instead of a second C++ build.
 """
 
 import copy
@@ -12,10 +14,9 @@ import copy
 import pytest
 import torch
 import torch._dynamo
-import torch._inductor.config
 from support.backends import needs_native
 from support.numerics import assert_same_buffers, assert_same_function, train_step
-from support.small_models import FAMILIES, images, small_model
+from support.small_models import FAMILIES, images, inductor_as_shared, small_model
 
 
 def assert_same_step(compiled, reference, x, what):
@@ -56,7 +57,7 @@ def check_compiled(family, bn_mode, backend, compiler, *, train=True, evaluate=T
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f != "wider_resnet"])
 def test_inductor_compiles_training_and_eval_like_eager(family):
-    with torch._inductor.config.patch(fallback_random=True):  # dropout (WRN-A2) draws the eager masks
+    with inductor_as_shared():
         check_compiled(family, "inplace", None, "inductor")
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn as nn
 from support.references import assert_released
-from support.small_models import FAMILIES, images, small_model
+from support.numerics import train_step as compiled_train_step
+from support.small_models import FAMILIES, images, inductor_as_shared, small_model
 
 import iabn_zoo
 from iabn_zoo.layers import convert_norm
@@ -137,14 +138,17 @@ def test_the_fast_eval_objects_go_with_the_network():
 
 
 def test_a_compiled_network_is_freed():
-    """torch 2.13's compile caches do not hold the network (torch._dynamo.reset() would drop them otherwise)."""
+    """torch 2.13's compile caches do not hold the network (torch._dynamo.reset() would drop them otherwise). The
+    small resnet is compiled, trained a step and run in eval exactly as tests/models/test_compile.py does, so that
+    inductor's kernels for these graphs are built once per machine and read from its cache here."""
     def use() -> list[nn.Module]:
-        model = build("resnet")
-        compiled = torch.compile(model)
-        loss(compiled(images(dtype=torch.float32))).backward()
-        model.eval()
-        with torch.no_grad():
-            compiled(images(dtype=torch.float32))
+        model = small_model("resnet", "inplace")
+        compiled = torch.compile(model, backend="inductor", fullgraph=True)
+        with inductor_as_shared():
+            compiled_train_step(compiled, images())
+            model.eval()
+            with torch.no_grad():
+                compiled(images())
         return [model, compiled]
 
     assert_released(use, "a compiled network", warm_up=True)

@@ -1,20 +1,20 @@
-"""Fine-tuning runs SIGKILLed while they write a checkpoint: the previous checkpoint stays loadable, --resume works.
+"""Fine-tuning runs SIGKILLed while they save an epoch: the previous checkpoint stays loadable, --resume works.
 
-The run directory's writes go through temporary names (`.NAME.PID.RANDOM.tmp`), so the test watches for one to appear
-after the first checkpoint is committed and kills the process then, at a few offsets; a temporary file left behind
-proves that the kill landed mid-write. The killed run is resumed by a new process, which is killed mid-write in
-turn, and a third process finishes the run.
+The run directory's writes go through temporary names (`.NAME.PID.RANDOM.tmp`) that are renamed into place once all
+are written, the tensor file first and `resume.json` (the commit point) next. Each process is stopped by its own
+audit hook (support.pause_points) just before one of those renames and killed there: once with every temporary of
+an epoch written and none in place, once with the new tensor file in place but `resume.json` not yet. The killed
+run is resumed by a new process, and a third process finishes the run.
 """
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 from support.image_folders import write_colour_dataset
-from support.processes import PYTHON, wait_for
+from support.pause_points import kill_at_pause, start_paused
+from support.processes import PYTHON
 
 from iabn_zoo.factory import load_run
 from iabn_zoo.system.tensor_files import read_safetensors
@@ -25,27 +25,9 @@ FINETUNE = ["--batch-size", "6", "--image-size", "16", "--augment", "none", "--n
             "--lr", "0.01"]
 
 
-def temporaries(run: Path) -> list[str]:
-    return sorted(path.name for path in run.glob(".*.tmp"))
-
-
-def kill_mid_write(process: subprocess.Popen, run: Path, prefix: str, offset: float) -> list[str]:
-    """SIGKILL `process` `offset` seconds after a new temporary `prefix...` file appears in `run` once a checkpoint
-    is committed; returns the new temporaries the kill left behind (none: the write had finished)."""
-    stale = set(temporaries(run))
-
-    def writing() -> bool:
-        fresh = [name for name in temporaries(run) if name.startswith(prefix) and name not in stale]
-        return bool(fresh) and (run / "resume.json").exists()
-
-    try:
-        wait_for(lambda: process.poll() is not None or writing(), 180, f"a write of {prefix}*", interval=0.001)
-        assert process.poll() is None, process.communicate()[1]
-        time.sleep(offset)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    return [name for name in temporaries(run) if name not in stale]
+def temporaries(run: Path, process: subprocess.Popen) -> list[str]:
+    """The files `process` left half-written in `run`, by the name they were to take (`.NAME.PID.RANDOM.tmp`)."""
+    return sorted(path.name[1:].rsplit(".", 3)[0] for path in run.glob(f".*.{process.pid}.*.tmp"))
 
 
 def assert_loadable(run: Path) -> int:
@@ -63,22 +45,23 @@ def test_checkpoint_writes_killed_mid_write_keep_the_previous_one(tmp_path, proc
     data = write_colour_dataset(tmp_path / "data", train=6, val=2, size=16)
     run = tmp_path / "run"
     env = process_env()
-    start = [PYTHON, "-m", "iabn_zoo", "finetune", "resnet18", str(data), "--out", str(run)]
-    landed = []
-    first = subprocess.Popen(start + ["--epochs", "30", *FINETUNE], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
-    landed.append(kill_mid_write(first, run, ".resume-epoch", 0.0))
-    epoch = assert_loadable(run)
+    start = ["finetune", "resnet18", str(data), "--out", str(run)]
+    # epoch 2 staged: all its temporaries written, none renamed; epoch 1 is the resume point
+    first = start_paused(".resume-epoch0002", start + ["--epochs", "30", *FINETUNE], env)
+    kill_at_pause(first, "epoch 2 staged")
+    epoch_files = ["config.json", "metrics.jsonl", "model.safetensors", "resume-epoch0002.safetensors", "resume.json"]
+    assert temporaries(run, first) == epoch_files, "killed with the whole epoch staged"
+    assert assert_loadable(run) == 1
+    # resumed, epoch 2 again: its tensor file renamed into place, resume.json (the commit point) not yet
+    second = start_paused(".resume.json", start + ["--resume"], env)
+    kill_at_pause(second, "epoch 2 about to commit")
+    assert (run / "resume-epoch0002.safetensors").exists()
+    assert temporaries(run, second) == ["config.json", "metrics.jsonl", "model.safetensors", "resume.json"]
+    assert assert_loadable(run) == 1
 
-    second = subprocess.Popen(start + ["--resume"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True)
-    landed.append(kill_mid_write(second, run, ".model.safetensors", 0.002))
-    resumed_epoch = assert_loadable(run)
-    assert resumed_epoch >= epoch
-
-    final = subprocess.run(start + ["--resume", "--epochs", str(resumed_epoch + 1)], env=env, capture_output=True,
-                           text=True, timeout=300)
+    final = subprocess.run([PYTHON, "-m", "iabn_zoo", *start, "--resume", "--epochs", "2"], env=env,
+                           capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
-    assert assert_loadable(run) == resumed_epoch + 1
-    assert [record["epoch"] for record in read_metrics(run)] == list(range(1, resumed_epoch + 2))
-    assert any(landed), f"no kill landed during a write: {landed}"
+    assert assert_loadable(run) == 2
+    assert [record["epoch"] for record in read_metrics(run)] == [1, 2]
+    assert sorted(path.name for path in run.glob("resume-epoch*")) == ["resume-epoch0002.safetensors"]

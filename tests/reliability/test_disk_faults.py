@@ -24,7 +24,7 @@ from iabn_zoo.weights.downloader import DownloadPolicy, download
 from iabn_zoo.weights.loading import load_state_dict
 
 PAYLOAD = random_payload(3 << 20, seed=5)
-FAST = DownloadPolicy(connect_timeout=2.0, read_timeout=2.0, retries=1, backoff=0.01, chunk_size=64 << 10)
+FAST = DownloadPolicy(connect_timeout=10.0, read_timeout=30.0, retries=1, backoff=0.01, chunk_size=64 << 10)
 
 
 def entry(url: str, payload: bytes = PAYLOAD, name: str = "disk_net", **changes) -> Weights:

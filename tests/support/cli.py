@@ -13,7 +13,6 @@ import subprocess
 import sys
 import termios
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,11 @@ RUNNER = (
     "        if name.split('.')[0] in blocked:\n"
     "            raise ModuleNotFoundError(f'No module named {name!r} (blocked by the test)', name=name)\n"
     "sys.meta_path.insert(0, Blocker())\n"
+    "peak_file = os.environ.pop('ZOO_TEST_PEAK_FILE', '')\n"
+    "if peak_file:  # its own high-water mark at exit, in kB (VmHWM counts from the exec)\n"
+    "    import atexit\n"
+    "    atexit.register(lambda: open(peak_file, 'w').write(open('/proc/self/status').read()"
+    ".split('VmHWM:')[1].split()[0]))\n"
     "from iabn_zoo.cli.main import main\n"
     "if os.environ.pop('ZOO_TEST_PLUGINS', ''):\n"
     "    import support.segmentation_fixtures as fixtures\n"
@@ -40,12 +44,11 @@ RUNNER = (
 
 @dataclass
 class Finished:
-    """A finished CLI process: exit code, outputs and how long it ran."""
+    """A finished CLI process: exit code and outputs."""
 
     returncode: int
     stdout: str
     stderr: str
-    seconds: float
 
 
 def run_cli(*argv: object, env: dict[str, str] | None = None, plugins: bool = False, umask: int | None = None,
@@ -67,15 +70,14 @@ def run_cli(*argv: object, env: dict[str, str] | None = None, plugins: bool = Fa
             resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
 
     command = [sys.executable, "-c", RUNNER, *map(str, argv)]
-    start = time.monotonic()
     if not tty:
         done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=timeout,
                               preexec_fn=limits, stdin=subprocess.DEVNULL)
-        return Finished(done.returncode, done.stdout, done.stderr, time.monotonic() - start)
-    return _run_at_terminal(command, environment, limits, answer, timeout, start)
+        return Finished(done.returncode, done.stdout, done.stderr)
+    return _run_at_terminal(command, environment, limits, answer, timeout)
 
 
-def _run_at_terminal(command, environment, limits, answer, timeout, start) -> Finished:
+def _run_at_terminal(command, environment, limits, answer, timeout) -> Finished:
     """The process with a pseudo-terminal as stderr (and stdin when an answer is to be typed)."""
     err_master, err_slave = pty.openpty()
     fcntl.ioctl(err_slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))  # a terminal 160 columns wide
@@ -94,11 +96,12 @@ def _run_at_terminal(command, environment, limits, answer, timeout, start) -> Fi
         stdout, _ = process.communicate(timeout=timeout)
     finally:
         process.kill()
-        reader.join(timeout=10)
+        reader.join(timeout=timeout)  # it ends when the terminal's last writer is gone; a hang guard only
         os.close(err_master)
         if in_master is not None:
             os.close(in_master)
-    return Finished(process.returncode, stdout, b"".join(chunks).decode(errors="replace"), time.monotonic() - start)
+    assert not reader.is_alive(), "the terminal was still being written after the process ended"
+    return Finished(process.returncode, stdout, b"".join(chunks).decode(errors="replace"))
 
 
 def _drain(fd: int, chunks: list[bytes]) -> None:

@@ -23,6 +23,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from .transfer_gate import TransferGate
+
 FAULT_KINDS = ("truncate", "wrong_length", "flip", "reset", "status", "stall", "html")
 DRIVE_PAGES = ("form", "token", "quota", "permission")
 QUOTA_TEXT = ("Too many users have viewed or downloaded this file recently. Please try accessing the file again "
@@ -62,6 +64,7 @@ class Route:
     send_length: bool = True
     chunk_size: int = 1 << 20
     chunk_delay: float = 0.0
+    gate: TransferGate | None = None
 
     @property
     def size(self) -> int:
@@ -132,6 +135,15 @@ class LoopbackServer:
             self.routes[path] = Route(Path(payload) if isinstance(payload, Path) else bytes(payload), ranges,
                                       list(faults or []), content_type, send_length, chunk_size, chunk_delay)
         return self.url(path)
+
+    def gate(self, path: str) -> TransferGate:
+        """The gate of an existing path, created on first use: `gate(path).hold_next(offset)` makes the path's
+        next response stop at `offset` until `release()` (see support.transfer_gate)."""
+        with self.lock:
+            route = self.routes[path]
+            if route.gate is None:
+                route.gate = TransferGate(self.stopping)
+            return route.gate
 
     def add_fault(self, path: str, fault: Fault) -> None:
         """Queue one more fault on an existing path."""
@@ -301,21 +313,29 @@ class _Handler(BaseHTTPRequestHandler):
         return start, stop, 206
 
     def _send_body(self, route: Route, start: int, stop: int, fault: Fault | None) -> None:
-        if fault is None and isinstance(route.payload, Path) and not route.chunk_delay:
+        hold = route.gate.claim() if route.gate is not None else None
+        if fault is None and isinstance(route.payload, Path) and not route.chunk_delay and hold is None:
             with route.payload.open("rb") as handle:
                 self.wfile.flush()
                 self.connection.sendfile(handle, offset=start, count=stop - start)
             return
         strike = fault.at if fault is not None and fault.kind in ("truncate", "reset", "stall") else None
         end = min(stop, strike) if strike is not None and strike >= start else stop
-        for offset in range(start, end, route.chunk_size):
-            chunk = route.read(offset, min(offset + route.chunk_size, end))
+        hold = None if hold is None else min(max(hold, start), end)
+        cuts = sorted({*range(start, end, route.chunk_size), *([hold] if hold is not None and hold < end else [])})
+        for offset, upto in zip(cuts, cuts[1:] + [end]):
+            if offset == hold:
+                self.wfile.flush()
+                route.gate.wait_at(hold)
+            chunk = route.read(offset, upto)
             if fault is not None and fault.kind == "flip" and offset <= fault.at < offset + len(chunk):
                 chunk = _flip(chunk, fault.at - offset)
             self.wfile.write(chunk)
             if route.chunk_delay:
                 time.sleep(route.chunk_delay)
         self.wfile.flush()
+        if hold == end:
+            route.gate.wait_at(hold)
         if fault is not None and end < stop:
             self._strike(fault)
 

@@ -1,4 +1,4 @@
-"""Running `iabn-zoo` as a user does while watching its memory: the peak resident set of the process (wait4), its
+"""Running `iabn-zoo` as a user does while watching its memory: the peak resident set of the process (its own), its
 DataLoader workers, and what it leaves in /dev/shm and its temporary folder."""
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,33 +53,30 @@ def start_cli(*argv: object, env: dict[str, str], memory_limit: int | None = Non
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, preexec_fn=limits)
 
 
-def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[Finished, int]:
-    """Wait for `process` (killed past `timeout` seconds): its result, and its own peak resident set in bytes as
-    the kernel counted it (wait4 on it alone, not the largest of all the test's children)."""
-    start = time.monotonic()
-    outputs: dict[str, str] = {}
-    readers = [threading.Thread(target=lambda name=name, stream=stream: outputs.__setitem__(name, stream.read()))
-               for name, stream in (("out", process.stdout), ("err", process.stderr))]
-    for reader in readers:
-        reader.start()
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid == process.pid:
-            break
-        if time.monotonic() - start > timeout:
-            process.kill()
-        time.sleep(0.05)
-    for reader in readers:
-        reader.join()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return Finished(process.returncode, outputs["out"], outputs["err"], time.monotonic() - start), \
-        usage.ru_maxrss * 1024
+def finish(process: subprocess.Popen, timeout: float = 300) -> Finished:
+    """Wait for `process` (killed past `timeout` seconds) and read its outputs."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+    return Finished(process.returncode, stdout, stderr)
 
 
 def run_measured(*argv: object, env: dict[str, str], memory_limit: int | None = None,
-                 setup: Callable[[], None] | None = None, timeout: float = 300) -> tuple[Finished, int]:
-    """Run `iabn-zoo ARGV` to the end: its result and its peak resident set in bytes."""
-    return finish(start_cli(*argv, env=env, memory_limit=memory_limit, setup=setup), timeout)
+                 setup: Callable[[], None] | None = None, timeout: float = 300) -> tuple[Finished, int | None]:
+    """Run `iabn-zoo ARGV` to the end: its result and its peak resident set in bytes as the child wrote it at exit
+    (None if it did not exit normally). Not the kernel's ru_maxrss: at exec a child inherits the high-water mark of
+    the process it was forked from, here pytest's, gigabytes late in the suite."""
+    handle, peak_file = tempfile.mkstemp(prefix="zoo-peak-")
+    os.close(handle)
+    try:
+        done = finish(start_cli(*argv, env={**env, "ZOO_TEST_PEAK_FILE": peak_file}, memory_limit=memory_limit,
+                                setup=setup), timeout)
+        written = Path(peak_file).read_text()
+    finally:
+        os.unlink(peak_file)
+    return done, int(written) * 1024 if written else None
 
 
 def shared_files() -> set[str]:

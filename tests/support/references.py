@@ -74,32 +74,35 @@ def warm_up_torch() -> None:
         net(torch.randn(2, 3, 8, 8))
 
 
-def live_networks() -> list[nn.Module]:
-    """Every nn.Module the interpreter holds that owns tensors (torch keeps parameterless graph modules of its
+def owns_tensors(obj: Any) -> bool:
+    """Whether `obj` is an nn.Module holding parameters or buffers (torch keeps parameterless graph modules of its
     own in caches)."""
-    return [obj for obj in gc.get_objects() if isinstance(obj, nn.Module)
-            and any(True for _ in itertools.chain(obj.parameters(), obj.buffers()))]
+    return isinstance(obj, nn.Module) and any(True for _ in itertools.chain(obj.parameters(), obj.buffers()))
 
 
 def assert_released(use: Callable[[], Iterable[Any]], what: str, *, warm_up: bool = False) -> None:
     """`use()` builds and exercises objects and returns those that must be freed the moment it returns, by
     reference counting alone (after torch's own warm-up, `warm_up_torch`); no module it built inside may survive
-    either (if it owns tensors). `warm_up`: run `use` once before, for a use whose first run in a process leaves garbage cycles of its
-    own (a third-party import that fails and keeps its traceback, e.g. matplotlib's, holds the calling frames)."""
+    either (if it owns tensors). `warm_up`: run `use` once before, for a use whose first run in a process leaves
+    garbage cycles of its own (a third-party import that fails and keeps its traceback, e.g. matplotlib's, holds
+    the calling frames).
+
+    Everything alive before `use` is frozen (gc.freeze: moved out of the collector's generations, which
+    gc.get_objects reads), so the search for surviving modules reads only what `use` made, not the whole heap, whose
+    size grows with every test run before it (that search made this check cost seconds a test in a full run)."""
     warm_up_torch()
     if warm_up:
         use()
-    gc.collect()
     gc.disable()
+    gc.freeze()
     try:
-        before = {id(module) for module in live_networks()}
         refs = [weakref.ref(obj) for obj in use()]
         survivors = [ref() for ref in refs if ref() is not None]
-        survivors += [module for module in live_networks() if id(module) not in before
-                      and not any(module is other for other in survivors)]
+        survivors += [obj for obj in gc.get_objects() if owns_tensors(obj)
+                      and not any(obj is other for other in survivors)]
         cycles = [reference_cycle(obj) for obj in survivors]
         del survivors
     finally:
+        gc.unfreeze()
         gc.enable()
-        gc.collect()
     assert not cycles, f"{what}: {len(cycles)} objects outlived their last reference:\n" + "\n".join(cycles[:10])

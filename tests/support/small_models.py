@@ -1,7 +1,10 @@
 """Every zoo family built directly at its smallest structure (one block per module, tiny DenseNet growth, a narrow
 DeepLab head), for tests that run whole networks many times: compile, checkpointing, intermediates, autocast."""
 
+from contextlib import AbstractContextManager
+
 import torch
+import torch._inductor.config
 
 from iabn_zoo.layers import make_norm_act
 from iabn_zoo.models._blocks import init_conv_weights
@@ -57,3 +60,10 @@ def small_model(family: str, bn_mode: str = "inplace", backend: str | None = Non
 def images(batch: int = 2, size: int = IMAGE_SIZE, dtype: torch.dtype = torch.float64, seed: int = 0) -> torch.Tensor:
     """A seeded random batch."""
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def inductor_as_shared() -> AbstractContextManager:
+    """The inductor settings every test that compiles a small model uses (dropout drawing the eager masks): with
+    the same settings, the same graph is compiled to C++ once per machine and read from inductor's cache after, so
+    a second test compiling it costs tracing, not a compiler run (a cold cache costs ~1 min per network here)."""
+    return torch._inductor.config.patch(fallback_random=True)

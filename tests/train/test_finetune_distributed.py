@@ -1,4 +1,7 @@
-"""Two processes under torchrun (gloo, CPU): training runs, synchronised statistics agree, only rank 0 writes."""
+"""Two processes under torchrun (gloo, CPU): training runs, synchronised statistics agree, only rank 0 writes.
+
+One torchrun launch serves both tests: each rank fine-tunes with synchronised statistics, then again without, in a
+process group the worker script holds across both (finetune uses a group it finds and leaves it open)."""
 
 import json
 import os
@@ -17,33 +20,34 @@ from iabn_zoo.weights.run_reader import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Each rank fine-tunes into its own would-be run folder (rank 0: run, rank 1: run_rank1) and reports its final
-# state outside them, so the test can see what every rank holds and that only rank 0 wrote a run.
+# For each mode (in its own folder), each rank fine-tunes into its own would-be run folder (rank 0: run, rank 1:
+# run_rank1) and reports its final state outside them, so the test can see what every rank holds and that only
+# rank 0 wrote a run.
 WORKER = textwrap.dedent("""
     import json, os, sys
     import torch
+    import torch.distributed as dist
     from iabn_zoo.train.finetune import finetune
 
     torch.set_num_threads(1)
-    data, base, sync_bn = sys.argv[1], sys.argv[2], sys.argv[3] == "sync"
+    data, bases = sys.argv[1], dict(arg.split("=", 1) for arg in sys.argv[2:])
     rank = int(os.environ["RANK"])
-    out = os.path.join(base, "run" if rank == 0 else f"run_rank{rank}")
-    result = finetune("resnet18", data, out, epochs=2, batch_size=4, image_size=16, augment="light", lr=0.02,
-                      num_workers=0, progress=False, sync_bn=sync_bn)
-    torch.save(result.model.state_dict(), os.path.join(base, f"state_rank{rank}.pt"))
-    with open(os.path.join(base, f"metrics_rank{rank}.json"), "w") as handle:
-        json.dump(result.metrics, handle)
-    print("layers", sorted({type(m).__name__ for m in result.model.modules() if hasattr(m, "running_mean")}))
+    dist.init_process_group("gloo")
+    for mode, base in bases.items():
+        out = os.path.join(base, "run" if rank == 0 else f"run_rank{rank}")
+        result = finetune("resnet18", data, out, epochs=2, batch_size=4, image_size=16, augment="light", lr=0.02,
+                          num_workers=0, progress=False, sync_bn=mode == "sync")
+        torch.save(result.model.state_dict(), os.path.join(base, f"state_rank{rank}.pt"))
+        with open(os.path.join(base, f"metrics_rank{rank}.json"), "w") as handle:
+            json.dump(result.metrics, handle)
+        print(mode, "layers", sorted({type(m).__name__ for m in result.model.modules() if hasattr(m, "running_mean")}))
+    dist.destroy_process_group()
 """)
 
 
-def run_two_ranks(base: Path, data: Path, mode: str) -> subprocess.CompletedProcess:
-    script = base / "worker.py"
-    script.write_text(WORKER)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(script), str(data), str(base), mode]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+def layer_lines(stdout: str, mode: str) -> list[str]:
+    """What each rank printed of its network's norm layers after fine-tuning in `mode`."""
+    return [line for line in stdout.splitlines() if line.startswith(f"{mode} layers")]
 
 
 def running_stats(state: dict) -> dict:
@@ -51,23 +55,34 @@ def running_stats(state: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    # 21 training images: the sampler pads to 22, so each rank trains on 11 different ones.
-    return write_colour_dataset(tmp_path_factory.mktemp("ddp") / "data", train=7, val=3, size=16)
+def two_ranks(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict[str, Path]]:
+    """One torchrun launch of two ranks fine-tuning with synchronised statistics, then without: its outcome and
+    the folder of each mode. 21 training images: the sampler pads to 22, so each rank trains on 11 different ones."""
+    base = tmp_path_factory.mktemp("ddp")
+    data = write_colour_dataset(base / "data", train=7, val=3, size=16)
+    folders = {mode: base / mode for mode in ("sync", "local")}
+    for folder in folders.values():
+        folder.mkdir()
+    (base / "worker.py").write_text(WORKER)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(base / "worker.py"), str(data), *(f"{mode}={folder}" for mode, folder in folders.items())]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300), folders
 
 
-def test_two_ranks_train_with_synchronised_statistics_and_rank0_alone_writes(tmp_path, data):
-    done = run_two_ranks(tmp_path, data, "sync")
+def test_two_ranks_train_with_synchronised_statistics_and_rank0_alone_writes(two_ranks):
+    done, folders = two_ranks
+    folder = folders["sync"]
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "InPlaceABNSync" in done.stdout
+    assert [("InPlaceABNSync" in line) for line in layer_lines(done.stdout, "sync")] == [True, True]
     assert "broadcast_buffers" not in done.stderr and "FutureWarning" not in done.stderr, done.stderr
 
-    assert (tmp_path / "run" / "model.safetensors").exists()
-    assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [1, 2]
-    assert not (tmp_path / "run_rank1").exists()
+    assert (folder / "run" / "model.safetensors").exists()
+    assert [r["epoch"] for r in read_metrics(folder / "run")] == [1, 2]
+    assert not (folder / "run_rank1").exists()
 
-    rank0 = torch.load(tmp_path / "state_rank0.pt")
-    rank1 = torch.load(tmp_path / "state_rank1.pt")
+    rank0 = torch.load(folder / "state_rank0.pt")
+    rank1 = torch.load(folder / "state_rank1.pt")
     stats0, stats1 = running_stats(rank0), running_stats(rank1)
     # every rank reduces the same gathered per-rank statistics in the same order (sync_stats.reduce_statistics), so
     # the ranks hold the same bits, on any machine: nothing to allow for
@@ -75,20 +90,21 @@ def test_two_ranks_train_with_synchronised_statistics_and_rank0_alone_writes(tmp
     assert stats0 and not unequal, f"the ranks' synchronised statistics differ (max |diff|): {unequal}"
     assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in stats0.items() if k.endswith("running_mean"))
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0 if k not in stats0)  # DDP keeps weights equal
-    saved = read_safetensors(tmp_path / "run" / "model.safetensors")
+    saved = read_safetensors(folder / "run" / "model.safetensors")
     assert all(torch.equal(saved[k], rank0[k]) for k in saved)
 
-    metrics0 = json.loads((tmp_path / "metrics_rank0.json").read_text())
-    metrics1 = json.loads((tmp_path / "metrics_rank1.json").read_text())
+    metrics0 = json.loads((folder / "metrics_rank0.json").read_text())
+    metrics1 = json.loads((folder / "metrics_rank1.json").read_text())
     assert [m["val_top1"] for m in metrics0] == [m["val_top1"] for m in metrics1]
     assert metrics0[-1]["val_images"] == 9
 
 
-def test_without_sync_each_rank_keeps_its_own_statistics(tmp_path, data):
-    done = run_two_ranks(tmp_path, data, "local")
+def test_without_sync_each_rank_keeps_its_own_statistics(two_ranks):
+    done, folders = two_ranks
+    folder = folders["local"]
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "InPlaceABNSync" not in done.stdout
-    stats0 = running_stats(torch.load(tmp_path / "state_rank0.pt"))
-    stats1 = running_stats(torch.load(tmp_path / "state_rank1.pt"))
+    assert [("InPlaceABNSync" in line) for line in layer_lines(done.stdout, "local")] == [False, False]
+    stats0 = running_stats(torch.load(folder / "state_rank0.pt"))
+    stats1 = running_stats(torch.load(folder / "state_rank1.pt"))
     assert_differs(torch.cat([stats0[k].flatten() for k in stats0]), torch.cat([stats1[k].flatten() for k in stats0]),
                    1e-2, "the two ranks' running statistics (each of its own 11 images)")
