@@ -4,8 +4,10 @@ with its SLOWEST tests (setup, call and teardown together), its wall time and it
 and its children), and fails above PEAK_RSS_LIMIT, so the suite cannot creep up to the machine's size or its time
 budget unnoticed."""
 
+import ctypes
 import os
 import resource
+import signal
 import sys
 import time
 from collections import defaultdict
@@ -23,6 +25,7 @@ torch.set_num_threads(1)
 PEAK_RSS_LIMIT = 8 * 2**30
 SLOWEST = 15
 _seconds: dict[str, float] = defaultdict(float)
+_worker_peaks: list[tuple[int, int]] = []  # (own, largest child) of each xdist worker
 _loaded = time.monotonic()
 
 
@@ -36,15 +39,80 @@ def wall_seconds() -> float:
 
 
 def peak_rss_bytes() -> tuple[int, int]:
-    """Peak resident set of this process and of its largest finished child (Linux reports KiB)."""
+    """Peak resident set of this process and of its largest finished child (Linux reports KiB). A child's figure
+    starts from its parent's resident set at the fork (Linux carries it over the exec), so it is an upper bound."""
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
 
 
+def run_peaks() -> tuple[list[int], int]:
+    """The peak of each pytest process of the run (each xdist worker, or this one alone) and of the largest child."""
+    own, children = peak_rss_bytes()
+    if not _worker_peaks:
+        return [own], children
+    return [peak for peak, _ in _worker_peaks], max(child for _, child in _worker_peaks)
+
+
+def over_the_limit(pytest_peaks: list[int], child: int) -> bool:
+    """The pytest processes together (they run at once) or the largest child above PEAK_RSS_LIMIT."""
+    return max(sum(pytest_peaks), child) > PEAK_RSS_LIMIT
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one worker per core, at most two (each holds torch and the networks of its tests; two keep the
+    run within its memory budget)."""
+    return max(1, min(2, len(os.sched_getaffinity(0))))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """An xdist worker finished: keep its peaks for the summary."""
+    peaks = getattr(node, "workeroutput", {}).get("peaks")
+    if peaks:
+        _worker_peaks.append((peaks[0], peaks[1]))
+
+
 def pytest_sessionfinish(session, exitstatus):
-    """A run that passed fails when its peak resident set is above PEAK_RSS_LIMIT."""
-    if exitstatus == 0 and max(peak_rss_bytes()) > PEAK_RSS_LIMIT:
+    """A worker hands its peaks to the controller; a run that passed fails when its peak resident set is above
+    PEAK_RSS_LIMIT."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["peaks"] = list(peak_rss_bytes())
+    elif exitstatus == 0 and over_the_limit(*run_peaks()):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# Files whose tests hold gigabytes (full-size networks in float64, full-size exports, compiled graphs): one xdist
+# worker runs them one after another, so that two such peaks never add up; every other file is a group of its own.
+HEAVY_FILES = ("tests/models/test_fast_eval.py", "tests/models/test_compile.py", "tests/models/test_release.py",
+               "tests/models/test_forward_intermediates.py", "tests/deploy/test_export.py", "tests/tasks/test_segment.py")
+
+
+def pytest_configure(config):
+    """Ctrl-C reaches the test's children as it reaches a user's: a shell that starts the run in the background
+    makes it ignore SIGINT, which its children would inherit (the interrupted-download tests would then hang)."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under `--dist loadgroup`, a file's tests run in one worker (its module fixtures are built once), and the
+    HEAVY_FILES in one worker together."""
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group("heavy" if path in HEAVY_FILES else path))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After a test's fixtures are gone, give the memory it freed back to the system (glibc keeps it otherwise), so
+    a worker's resident set is what its next test holds, not the largest of all its tests so far."""
+    result = yield
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    return result
 
 
 def pytest_runtest_logreport(report):
@@ -58,14 +126,16 @@ def pytest_terminal_summary(terminalreporter):
     if _seconds:
         terminalreporter.write_sep("=", f"{min(SLOWEST, len(_seconds))} slowest tests (setup + call + teardown)")
         for nodeid, seconds in sorted(_seconds.items(), key=lambda item: -item[1])[:SLOWEST]:
-            terminalreporter.write_line(f"{seconds:8.2f}s  {nodeid}")
-    own, children = peak_rss_bytes()
-    verdict = "above" if max(own, children) > PEAK_RSS_LIMIT else "within"
+            terminalreporter.write_line(f"{seconds:8.2f}s  {nodeid.partition('@')[0]}")  # less the xdist group
+    pytest_peaks, child = run_peaks()
+    above = over_the_limit(pytest_peaks, child)
+    processes = " + ".join(f"{peak / 2**30:.2f}" for peak in pytest_peaks)
+    who = "pytest" if len(pytest_peaks) == 1 else f"{len(pytest_peaks)} pytest workers"
     wall = wall_seconds()
-    terminalreporter.write_line(f"wall time {wall // 60:.0f} min {wall % 60:04.1f} s ({wall:.0f} s); peak RSS: pytest "
-                                f"{own / 2**30:.2f} GiB, largest child process {children / 2**30:.2f} GiB "
-                                f"({verdict} the {PEAK_RSS_LIMIT / 2**30:.0f} GiB limit)",
-                                red=verdict == "above", bold=verdict == "above")
+    terminalreporter.write_line(f"wall time {wall // 60:.0f} min {wall % 60:04.1f} s ({wall:.0f} s); peak RSS: {who} "
+                                f"{processes} GiB, largest child process {child / 2**30:.2f} GiB "
+                                f"({'above' if above else 'within'} the {PEAK_RSS_LIMIT / 2**30:.0f} GiB limit)",
+                                red=above, bold=above)
 
 
 @pytest.fixture(autouse=True)
@@ -77,3 +147,4 @@ def zoo_home(tmp_path, monkeypatch):
     monkeypatch.delenv("IABN_ZOO_REGISTRY", raising=False)
     monkeypatch.delenv("IABN_ZOO_BACKEND", raising=False)
     return home
+

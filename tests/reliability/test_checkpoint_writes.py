@@ -49,14 +49,14 @@ def test_checkpoint_writes_killed_mid_write_keep_the_previous_one(tmp_path, proc
     # epoch 2 staged: all its temporaries written, none renamed; epoch 1 is the resume point
     first = start_paused(".resume-epoch0002", start + ["--epochs", "30", *FINETUNE], env)
     kill_at_pause(first, "epoch 2 staged")
-    epoch_files = ["config.json", "metrics.jsonl", "model.safetensors", "resume-epoch0002.safetensors", "resume.json"]
+    epoch_files = ["classes.csv", "config.json", "metrics.jsonl", "model.safetensors", "resume-epoch0002.safetensors", "resume.json"]
     assert temporaries(run, first) == epoch_files, "killed with the whole epoch staged"
     assert assert_loadable(run) == 1
     # resumed, epoch 2 again: its tensor file renamed into place, resume.json (the commit point) not yet
     second = start_paused(".resume.json", start + ["--resume"], env)
     kill_at_pause(second, "epoch 2 about to commit")
     assert (run / "resume-epoch0002.safetensors").exists()
-    assert temporaries(run, second) == ["config.json", "metrics.jsonl", "model.safetensors", "resume.json"]
+    assert temporaries(run, second) == ["classes.csv", "config.json", "metrics.jsonl", "model.safetensors", "resume.json"]
     assert assert_loadable(run) == 1
 
     final = subprocess.run([PYTHON, "-m", "iabn_zoo", *start, "--resume", "--epochs", "2"], env=env,

@@ -236,7 +236,7 @@ RANKS = textwrap.dedent("""
     with tiny_arch_registered():
         result = finetune("tiny_vistas_deeplab3", data, os.path.join(base, "run"), epochs=1, batch_size="auto",
                           image_size=64, memory_budget=budgets[rank], num_workers=0, augment="none", progress=False)
-    print("rank", rank, "batch", result.config.batch_size, flush=True)
+    print(f"rank {rank} batch {result.config.batch_size}", flush=True)  # one write: the ranks share the pipe
 """)
 
 

@@ -67,6 +67,7 @@ def test_torch_hub_entry_backbone_weights_and_the_segmentation_predictor(runs, p
 
 def test_info_predict_and_evaluate_take_a_hub_repository(runs, pushed, capsys):
     name = f"hf-hub:{pushed['classification']}"
+    zoo.create_model(name)  # its weights in the Hugging Face cache, whichever test of the session ran first
     info = run_json(capsys, "info", name)
     assert info["repo"] == pushed["classification"] and info["arch"] == "resnet18" and info["cached"]
     assert len(info["commit"]) == 40 and info["num_classes"] == 3 and info["parameters"] > 1e6
