@@ -88,10 +88,14 @@ HEAVY_FILES = ("tests/models/test_fast_eval.py", "tests/models/test_compile.py",
 
 
 def pytest_configure(config):
-    """Ctrl-C reaches the test's children as it reaches a user's: a shell that starts the run in the background
-    makes it ignore SIGINT, which its children would inherit (the interrupted-download tests would then hang)."""
+    """The test's children start as a user's do. Ctrl-C reaches them: a shell that starts the run in the background
+    makes it ignore SIGINT, which they would inherit (the interrupted-download tests would then hang). Their output
+    is buffered: an xdist worker runs with PYTHONUNBUFFERED=1, under which a print of several values is several
+    writes, and two ranks sharing a pipe interleave their lines."""
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hasattr(config, "workerinput"):
+        os.environ.pop("PYTHONUNBUFFERED", None)
 
 
 @pytest.hookimpl(tryfirst=True)

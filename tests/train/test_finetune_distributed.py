@@ -40,7 +40,8 @@ WORKER = textwrap.dedent("""
         torch.save(result.model.state_dict(), os.path.join(base, f"state_rank{rank}.pt"))
         with open(os.path.join(base, f"metrics_rank{rank}.json"), "w") as handle:
             json.dump(result.metrics, handle)
-        print(mode, "layers", sorted({type(m).__name__ for m in result.model.modules() if hasattr(m, "running_mean")}))
+        kinds = sorted({type(m).__name__ for m in result.model.modules() if hasattr(m, "running_mean")})
+        print(f"{mode} layers {kinds}")
     dist.destroy_process_group()
 """)
 

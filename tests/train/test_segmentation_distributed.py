@@ -34,7 +34,8 @@ WORKER = textwrap.dedent("""
         result = finetune("tiny_vistas_deeplab3", data, out, epochs=2, batch_size=batch, image_size=24, lr=0.02,
                           num_workers=0, progress=False)
     torch.save(result.model.state_dict(), os.path.join(base, f"state_rank{rank}.pt"))
-    print("layers", sorted({type(m).__name__ for m in result.model.modules() if hasattr(m, "running_mean")}))
+    kinds = sorted({type(m).__name__ for m in result.model.modules() if hasattr(m, "running_mean")})
+    print(f"layers {kinds}")
 """)
 
 
