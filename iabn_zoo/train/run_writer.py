@@ -14,8 +14,6 @@ committed point removes the tensor files no longer named by resume.json, so that
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
@@ -36,6 +34,7 @@ from ..weights.run_reader import (
     METRICS_FILE,
     MODEL_FILE,
     RESUME_FILE,
+    classes_csv_bytes,
     read_json,
     read_metrics,
 )
@@ -59,15 +58,6 @@ def json_bytes(value: Any) -> bytes:
 def metrics_bytes(records: list[dict[str, Any]]) -> bytes:
     """metrics.jsonl's content: one JSON object per finished epoch."""
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
-
-
-def classes_csv_bytes(classes: list[str]) -> bytes:
-    """classes.csv's content (index,name), the label file a registered entry of a run points to."""
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["index", "name"])
-    writer.writerows(enumerate(classes))
-    return text.getvalue().encode()
 
 
 def write_classes_csv(folder: Path, classes: list[str]) -> None:

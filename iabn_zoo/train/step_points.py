@@ -25,10 +25,9 @@ from safetensors.torch import save_file
 from ..errors import InvalidArgumentError, StorageError
 from ..system.files import fsync_directory, write_atomic, write_temporary
 from ..system.storage import check_output_folder, safetensors_bytes, storage_guard
-from ..weights.run_reader import CLASSES_FILE, CONFIG_FILE, RESUME_FILE, read_json
+from ..weights.run_reader import CLASSES_FILE, CONFIG_FILE, RESUME_FILE, classes_csv_bytes, read_json
 from .run_writer import (
     ResumePoint,
-    classes_csv_bytes,
     has_resume_point,
     json_bytes,
     kept_point_words,

@@ -12,6 +12,8 @@ Writing it is training's business (`iabn_zoo.train.run_writer`); building its ne
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -30,6 +32,16 @@ MODEL_FILE = "model.safetensors"
 RESUME_FILE = "resume.json"
 METRICS_FILE = "metrics.jsonl"
 CLASSES_FILE = "classes.csv"
+
+
+def classes_csv_bytes(classes: list[str]) -> bytes:
+    """classes.csv's content (index,name): what a run writes, a Hub repository publishes and a registered entry of
+    a run names as its labels."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["index", "name"])
+    writer.writerows(enumerate(classes))
+    return text.getvalue().encode()
 
 
 def read_json(path: Path) -> Any:

@@ -27,6 +27,7 @@ from ..run_reader import (
     CONFIG_FILE,
     MODEL_FILE,
     RunInfo,
+    classes_csv_bytes,
     is_run_dir,
     read_json,
     read_metrics,
@@ -203,14 +204,14 @@ def _metrics(scores: dict[str, float]) -> list[Metric]:
 def classes_bytes(run_dir: Path, classes: tuple[str, ...]) -> bytes:
     """The run's classes.csv, or one written from its class list."""
     path = run_dir / CLASSES_FILE
-    return path.read_bytes() if path.is_file() else _csv_bytes(list(classes))
+    return path.read_bytes() if path.is_file() else classes_csv_bytes(list(classes))
 
 
 def label_file(labels: str | None, num_classes: int) -> bytes:
     """The class CSV of a label set: a built-in one (package data of iabn_zoo.data, read as a file: this layer
     imports no code of data/), a CSV file, or `class N` names for none."""
     if labels is None:
-        return _csv_bytes([f"class {index}" for index in range(num_classes)])
+        return classes_csv_bytes([f"class {index}" for index in range(num_classes)])
     if labels in BUILTIN_LABELS:
         return (importlib.resources.files("iabn_zoo.data") / "label_files" / f"{labels}_classes.csv").read_bytes()
     return Path(labels).read_bytes()
@@ -218,11 +219,3 @@ def label_file(labels: str | None, num_classes: int) -> bytes:
 
 def _rows(data: bytes) -> list[dict[str, str]]:
     return sorted(csv.DictReader(io.StringIO(data.decode("utf-8"))), key=lambda row: int(row["index"]))
-
-
-def _csv_bytes(classes: list[str]) -> bytes:
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["index", "name"])
-    writer.writerows(enumerate(classes))
-    return text.getvalue().encode()
