@@ -7,14 +7,21 @@ budget unnoticed."""
 import ctypes
 import os
 import resource
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-import torch
+# Inductor compiles in this process: its default pool of compile workers (each importing torch) only adds work
+# here, where every core already runs a test. Set before torch reads its inductor settings; children inherit it.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import support.x` from every folder
 
@@ -58,6 +65,7 @@ def over_the_limit(pytest_peaks: list[int], child: int) -> bool:
     return max(sum(pytest_peaks), child) > PEAK_RSS_LIMIT
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config) -> int:
     """`-n auto`: one worker per core, at most two (each holds torch and the networks of its tests; two keep the
     run within its memory budget)."""
@@ -140,6 +148,17 @@ def pytest_terminal_summary(terminalreporter):
                                 f"{processes} GiB, largest child process {child / 2**30:.2f} GiB "
                                 f"({'above' if above else 'within'} the {PEAK_RSS_LIMIT / 2**30:.0f} GiB limit)",
                                 red=above, bold=above)
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory) -> Iterator[Callable[[str], Path]]:
+    """`module_tmp(name)` makes a new folder for a test file's module fixtures. They are all removed when the file's
+    tests end, unless one failed (kept to read): a run's disk use is then one file's, not every file's."""
+    root = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    failures = request.session.testsfailed
+    yield lambda name: Path(tempfile.mkdtemp(prefix=f"{name}_", dir=root))
+    if request.session.testsfailed == failures:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -32,9 +32,9 @@ def run_probe(pythonpath: Path, cwd: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def source_tree(tmp_path_factory) -> Path:
+def source_tree(module_tmp) -> Path:
     """A copy of what git tracks, so that builds neither see nor leave build/ folders in the checkout."""
-    tree = tmp_path_factory.mktemp("source")
+    tree = module_tmp("source")
     files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True).stdout
     for name in filter(None, files.decode().split("\0")):
         if (REPO / name).is_file():
@@ -44,8 +44,8 @@ def source_tree(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory, source_tree) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+def wheel(module_tmp, source_tree) -> Path:
+    out = module_tmp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     "-w", str(out), str(source_tree)], check=True, capture_output=True, timeout=300)
     return next(out.glob("iabn_zoo-*.whl"))

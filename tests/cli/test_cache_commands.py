@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from filelock import FileLock
+from support import forkserver
 from support.cli import REPO, run_cli
 from support.loopback_server import Fault, md5_of, random_payload
 
@@ -208,7 +208,7 @@ def cache_with_python_registered_weights(tmp_path):
     process never sees that entry), plus a stray file nobody registered."""
     home = tmp_path / "home"
     env = {**os.environ, "IABN_ZOO_HOME": str(home), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-c", PYTHON_USER.format(tests=str(REPO / "tests"), folder=str(tmp_path))],
+    forkserver.run([sys.executable, "-c", PYTHON_USER.format(tests=str(REPO / "tests"), folder=str(tmp_path))],
                    env=env, check=True, capture_output=True, timeout=240)
     (home / "checkpoints" / "stray.bin").write_bytes(b"12345")
     return {"IABN_ZOO_HOME": str(home)}, home

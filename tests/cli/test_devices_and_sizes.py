@@ -24,8 +24,8 @@ FAST = ["--epochs", "1", "--batch-size", "4", "--image-size", "16", "--augment",
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("device_data")
+def data(module_tmp):
+    folder = module_tmp("device_data")
     write_colour_dataset(folder / "data", train=4, val=2, size=16)
     Image.new("RGB", (20, 16), (200, 30, 30)).save(folder / "photo.png")
     return folder
@@ -72,8 +72,8 @@ def test_library_entry_points_check_the_device_and_name_the_python_parameter(dat
 
 
 @pytest.fixture(scope="module")
-def tiny_weights_env(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_sizes")
+def tiny_weights_env(module_tmp):
+    folder = module_tmp("tiny_sizes")
     with served_tiny_vistas(folder, name="tiny_vistas_for_sizes") as weights:
         yield weights, {"IABN_ZOO_REGISTRY": str(registry_file(folder, weights)), "IABN_ZOO_HOME": str(folder / "home")}
 

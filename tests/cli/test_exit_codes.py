@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import forkserver
 from support.authors_checkpoints import publish
 
 from iabn_zoo import cli, errors
@@ -40,7 +41,7 @@ def test_codes_are_distinct_and_documented_in_cli_and_readme():
 
 def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "iabn_zoo", *argv], env=environment, capture_output=True, text=True,
+    return forkserver.run([sys.executable, "-m", "iabn_zoo", *argv], env=environment, capture_output=True, text=True,
                           timeout=120)
 
 

@@ -9,11 +9,11 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import pytest
 from PIL import Image
+from support import forkserver
 from support.cli import REPO, run_cli
 from support.image_folders import write_colour_dataset
 
@@ -27,9 +27,9 @@ def terminal_lines(text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def colour_run(tmp_path_factory):
+def colour_run(module_tmp):
     """resnet18 fine-tuned for two epochs on three colour classes at a terminal; one training file is not an image."""
-    base = tmp_path_factory.mktemp("colour_run")
+    base = module_tmp("colour_run")
     data = write_colour_dataset(base / "data", train=12, val=3, size=16)
     (data / "train" / "red" / "zzz_not_an_image.png").write_bytes(b"just some bytes")
     run = base / "run"
@@ -145,7 +145,7 @@ def test_the_readme_publishing_line_runs_as_written(colour_run):
     code = ("import iabn_zoo as zoo\n" + line.replace('"runs/flowers"', repr(str(run)))
             + "\nweights = zoo.get_weights('flowers_rx101')\nprint(weights.arch, weights.num_classes, weights.urls[0])")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    done = forkserver.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["resnet18", "3", "https://your.server/flowers.safetensors"]
 

@@ -17,9 +17,9 @@ FAST = ["--weights", TINY_WEIGHTS, "--scales", "1", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(module_tmp):
     """The tiny Vistas weights registered and served for the whole module (each test downloads into its own cache)."""
-    with served_tiny_vistas(tmp_path_factory.mktemp("served")) as weights:
+    with served_tiny_vistas(module_tmp("served")) as weights:
         yield weights
 
 
@@ -185,9 +185,9 @@ def test_unknown_weights_name_suggests_close_ones(served, photos, tmp_path, caps
 
 
 @pytest.fixture(scope="module")
-def served_in_a_file(tmp_path_factory):
+def served_in_a_file(module_tmp):
     """The tiny Vistas weights served from loopback and named in a registry file, for CLI processes."""
-    folder = tmp_path_factory.mktemp("served_in_a_file")
+    folder = module_tmp("served_in_a_file")
     with served_tiny_vistas(folder, name="tiny_vistas_in_a_process") as weights:
         yield weights, {"IABN_ZOO_REGISTRY": str(registry_file(folder, weights))}
 

@@ -19,13 +19,13 @@ FAST = ("--epochs", "2", "--batch-size", "4", "--image-size", "32", "--num-worke
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_square_scenes(tmp_path_factory.mktemp("squares") / "data", train=12, val=4)
+def data(module_tmp):
+    return write_square_scenes(module_tmp("squares") / "data", train=12, val=4)
 
 
 @pytest.fixture(scope="module")
-def run_dir(data, tmp_path_factory):
-    run = tmp_path_factory.mktemp("cli") / "run"
+def run_dir(data, module_tmp):
+    run = module_tmp("cli") / "run"
     done = run_cli("finetune", MODEL, data, "--out", run, *FAST, plugins=True)
     assert done.returncode == 0, done.stderr
     assert "val_miou=" in done.stdout and "val_top1" not in done.stdout

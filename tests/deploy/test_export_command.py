@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from support import forkserver
 from support.authors_checkpoints import publish, write_imagenet_checkpoint
 from support.image_folders import write_colour_dataset
 from support.small_networks import randomize_norms
@@ -52,7 +52,7 @@ def test_export_command_in_a_real_process(served_weights, tmp_path, zoo_home):
     out.parent.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO), "IABN_ZOO_REGISTRY": str(registry), "OMP_NUM_THREADS": "1",
            "IABN_ZOO_HOME": str(zoo_home)}
-    done = subprocess.run([sys.executable, "-m", "iabn_zoo", "export", NAME, "--out", str(out), "--image-size",
+    done = forkserver.run([sys.executable, "-m", "iabn_zoo", "export", NAME, "--out", str(out), "--image-size",
                            "64", "--no-progress", "--json"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
@@ -68,21 +68,21 @@ def test_export_command_in_a_real_process(served_weights, tmp_path, zoo_home):
         expected = model(x)
     assert (run_onnx(out, x) - expected).abs().max() <= 1e-4 * expected.abs().max()
 
-    text = subprocess.run([sys.executable, "-m", "iabn_zoo", "export", NAME, "--out", str(out.with_suffix(".pt2")),
+    text = forkserver.run([sys.executable, "-m", "iabn_zoo", "export", NAME, "--out", str(out.with_suffix(".pt2")),
                            "--image-size", "64", "--precision", "bf16", "--no-progress"], env=env,
                           capture_output=True, text=True, timeout=300)
     assert text.returncode == 0, text.stderr
     assert f"path: {out.with_suffix('.pt2')}" in text.stdout and "max_difference:" in text.stdout
     assert "MiB" in text.stdout and "Warning" not in text.stdout + text.stderr
-    bad = subprocess.run([sys.executable, "-m", "iabn_zoo", "export", NAME, "--out", str(tmp_path / "x.tflite")],
+    bad = forkserver.run([sys.executable, "-m", "iabn_zoo", "export", NAME, "--out", str(tmp_path / "x.tflite")],
                          env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "suffix" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
+def trained_run(module_tmp):
     """resnet18 (InPlace-ABN) fine-tuned for real on three colour classes: a RUN directory and its data."""
-    base = tmp_path_factory.mktemp("run")
+    base = module_tmp("run")
     data = write_colour_dataset(base / "data", train=16, val=8)
     finetune("resnet18", data, base / "run", epochs=2, batch_size=8, image_size=16, augment="light",
              optimizer="adamw", lr=1e-3, num_workers=0, progress=False)

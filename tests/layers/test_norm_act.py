@@ -2,12 +2,12 @@
 
 import copy
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 import torch.nn as nn
+from support import forkserver
 from support.backends import BACKENDS, needs_native
 from support.numerics import (
     FLOAT64_TOL,
@@ -324,7 +324,7 @@ def test_without_compiled_package_default_is_torch_and_native_is_refused():
         "except InvalidArgumentError as error:\n"
         "    print(error)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+    result = forkserver.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     assert "backend 'native' needs the compiled inplace-abn package" in result.stdout

@@ -78,8 +78,8 @@ def free_port():
 
 
 @pytest.fixture(scope="module")
-def rank_results(tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("sync")
+def rank_results(module_tmp):
+    out_dir = module_tmp("sync")
     mp.spawn(worker, args=(free_port(), str(out_dir)), nprocs=len(SPLIT), join=True)
     return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(len(SPLIT))]
 

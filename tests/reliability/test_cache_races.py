@@ -13,6 +13,7 @@ import json
 import subprocess
 
 import pytest
+from support import forkserver
 from support.loopback_server import md5_of, random_payload
 from support.processes import PYTHON, registry_entry, wait_for
 
@@ -50,12 +51,12 @@ def test_cache_commands_racing_a_download(loopback_server, process_env, zoo_home
     target = zoo_home / "checkpoints" / FILE_NAME
     stop, done = tmp_path / "stop", tmp_path / "done"
     gate.hold_next(len(PAYLOAD) // 2)
-    downloader = subprocess.Popen([PYTHON, "-m", "iabn_zoo", "download", NAME, "--no-progress"], env=env,
+    downloader = forkserver.popen([PYTHON, "-m", "iabn_zoo", "download", NAME, "--no-progress"], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     racer = None
     try:
         gate.wait_held()  # the download holds its lock, half of the file sent
-        racer = subprocess.Popen([PYTHON, "-c", RACER, str(stop), str(done), NAME, *actions], env=env,
+        racer = forkserver.popen([PYTHON, "-c", RACER, str(stop), str(done), NAME, *actions], env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         # prune alone runs rounds while the transfer is held; `remove` then waits for the download's lock
         wanted = 1 if "remove" in actions else 3

@@ -12,6 +12,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from support import forkserver
 from support.image_folders import write_colour_dataset
 from support.pause_points import kill_at_pause, start_paused
 from support.processes import PYTHON
@@ -59,7 +60,7 @@ def test_checkpoint_writes_killed_mid_write_keep_the_previous_one(tmp_path, proc
     assert temporaries(run, second) == ["classes.csv", "config.json", "metrics.jsonl", "model.safetensors", "resume.json"]
     assert assert_loadable(run) == 1
 
-    final = subprocess.run([PYTHON, "-m", "iabn_zoo", *start, "--resume", "--epochs", "2"], env=env,
+    final = forkserver.run([PYTHON, "-m", "iabn_zoo", *start, "--resume", "--epochs", "2"], env=env,
                            capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
     assert assert_loadable(run) == 2

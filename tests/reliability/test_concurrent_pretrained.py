@@ -12,6 +12,7 @@ import hashlib
 import subprocess
 
 import torch
+from support import forkserver
 from support.authors_checkpoints import write_imagenet_checkpoint
 from support.folder_events import FolderEvents
 from support.loopback_server import md5_of
@@ -60,7 +61,7 @@ def test_processes_share_one_transfer_and_one_conversion(loopback_server, proces
         folder.mkdir(parents=True)
     watch = FolderEvents(folders)
     go = tmp_path / "go"
-    workers = [subprocess.Popen([PYTHON, "-c", WORKER, NAME, str(go), str(index)], env=env,
+    workers = [forkserver.popen([PYTHON, "-c", WORKER, NAME, str(go), str(index)], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for index in range(PROCESSES)]
     try:

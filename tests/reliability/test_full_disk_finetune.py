@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from support import forkserver
 from support.image_folders import write_colour_dataset
 from support.processes import PYTHON
 
@@ -64,12 +64,12 @@ def tensorboard_epochs(run: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted(module_tmp):
     """The same fine-tuning, never stopped, on an ordinary disk: the data and the finished run."""
-    base = tmp_path_factory.mktemp("uninterrupted")
+    base = module_tmp("uninterrupted")
     data = write_colour_dataset(base / "data", train=6, val=3, size=16)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    done = subprocess.run(finetune_command(data, base / "run"), env=env, capture_output=True, text=True, timeout=300)
+    done = forkserver.run(finetune_command(data, base / "run"), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return data, base / "run"
 
@@ -81,7 +81,7 @@ def test_a_disk_full_in_the_second_epoch_keeps_the_first_and_resume_ends_as_if_n
     disk = mounts(tmp_path / "disk", "size=320m")
     run, filler = disk / "run", disk / "filler"
     env = {**process_env(), "FILLER": str(filler), "LEFT_FREE": str(LEFT_FREE), "FULL_BY": full_by}
-    stopped = subprocess.run([PYTHON, "-c", CHILD, *finetune_command(data, run)[3:]], env=env, capture_output=True,
+    stopped = forkserver.run([PYTHON, "-c", CHILD, *finetune_command(data, run)[3:]], env=env, capture_output=True,
                              text=True, timeout=300)
 
     assert stopped.returncode == 11, stopped.stderr
@@ -103,12 +103,12 @@ def test_a_disk_full_in_the_second_epoch_keeps_the_first_and_resume_ends_as_if_n
         return  # the state the resumes start from is the one asserted above, as for "check"
 
     config = (run / "config.json").read_bytes()  # a resume that cannot continue leaves config.json as it was
-    longer = subprocess.run(finetune_command(data, run, "--resume", "--epochs", "4"), env=process_env(),
+    longer = forkserver.run(finetune_command(data, run, "--resume", "--epochs", "4"), env=process_env(),
                             capture_output=True, text=True, timeout=300)
     assert longer.returncode == 11 and "nothing was trained or written" in longer.stderr, longer.stderr
     assert (run / "config.json").read_bytes() == config
     filler.unlink()
-    resumed = subprocess.run(finetune_command(data, run, "--resume"), env=process_env(), capture_output=True,
+    resumed = forkserver.run(finetune_command(data, run, "--resume"), env=process_env(), capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     final, expected = read_safetensors(run / "model.safetensors"), read_safetensors(whole / "model.safetensors")

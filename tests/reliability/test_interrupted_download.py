@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support import forkserver
 from support.folder_events import IN_CLOSE_WRITE, IN_MOVED_TO, WRITES, FolderEvents
 from support.loopback_server import md5_of, random_payload
 from support.processes import PYTHON, registry_entry, wait_for
@@ -61,7 +62,7 @@ CASES = {
 
 
 def start_download(env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([PYTHON, "-m", "iabn_zoo", "download", NAME, "--no-progress"], env=env,
+    return forkserver.popen([PYTHON, "-m", "iabn_zoo", "download", NAME, "--no-progress"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -16,6 +16,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from support import forkserver
+
 REPO = Path(__file__).resolve().parents[2]
 TESTS = REPO / "tests"
 # A child that registers the test-only architectures (tiny Vistas network), blocks imports if asked, then runs the CLI.
@@ -54,7 +56,7 @@ class Finished:
 def run_cli(*argv: object, env: dict[str, str] | None = None, plugins: bool = False, umask: int | None = None,
             memory_limit: int | None = None, tty: bool = False, answer: str | None = None,
             block_imports: tuple[str, ...] = (), timeout: float = 240) -> Finished:
-    """Run `iabn-zoo ARGV` in a new process. `tty` gives it a terminal on stderr (and on stdin when `answer` is
+    """Run `iabn-zoo ARGV` in a new process (forked by the fork server, see support/forkserver.py). `tty` gives it a terminal on stderr (and on stdin when `answer` is
     typed there); `memory_limit` caps its address space (RLIMIT_AS, bytes); `block_imports` makes those top-level
     packages unimportable."""
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "COLUMNS": "200", **(env or {})}
@@ -64,27 +66,27 @@ def run_cli(*argv: object, env: dict[str, str] | None = None, plugins: bool = Fa
         environment["ZOO_TEST_BLOCK_IMPORTS"] = ",".join(block_imports)
 
     def limits() -> None:
-        if umask is not None:
-            os.umask(umask)
         if memory_limit is not None:
             resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
 
     command = [sys.executable, "-c", RUNNER, *map(str, argv)]
     if not tty:
-        done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=timeout,
-                              preexec_fn=limits, stdin=subprocess.DEVNULL)
+        spawn = subprocess.run if block_imports else forkserver.run  # a fork has the server's modules imported
+        done = spawn(command, env=environment, capture_output=True, text=True, timeout=timeout,
+                     stdin=subprocess.DEVNULL, umask=-1 if umask is None else umask,
+                     preexec_fn=limits if memory_limit is not None else None)
         return Finished(done.returncode, done.stdout, done.stderr)
-    return _run_at_terminal(command, environment, limits, answer, timeout)
+    return _run_at_terminal(command, environment, limits, umask, answer, timeout)
 
 
-def _run_at_terminal(command, environment, limits, answer, timeout) -> Finished:
+def _run_at_terminal(command, environment, limits, umask, answer, timeout) -> Finished:
     """The process with a pseudo-terminal as stderr (and stdin when an answer is to be typed)."""
     err_master, err_slave = pty.openpty()
     fcntl.ioctl(err_slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))  # a terminal 160 columns wide
     in_master, in_slave = pty.openpty() if answer is not None else (None, None)
     process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=err_slave,
                                stdin=in_slave if in_slave is not None else subprocess.DEVNULL, text=True,
-                               preexec_fn=limits)
+                               preexec_fn=limits, umask=-1 if umask is None else umask)
     os.close(err_slave)
     if in_slave is not None:
         os.close(in_slave)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support import forkserver
 from support.processes import PYTHON, wait_for
 
 
@@ -32,7 +33,7 @@ def pause_before_renaming(prefix: str) -> None:
 
 def start_paused(prefix: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
     """`iabn-zoo ARGV` in a new process that stops itself before renaming a file named PREFIX*."""
-    return subprocess.Popen([PYTHON, "-m", "support.pause_points", prefix, "--", *argv], env=env,
+    return forkserver.popen([PYTHON, "-m", "support.pause_points", prefix, "--", *argv], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

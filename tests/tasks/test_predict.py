@@ -3,12 +3,12 @@
 import json
 import math
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 from PIL import Image
+from support import forkserver
 from support.authors_checkpoints import publish, write_imagenet_checkpoint
 
 import iabn_zoo as zoo
@@ -219,7 +219,7 @@ def test_predict_command_in_a_real_process(published_colour_model, colour_images
         f'preprocessing = {{ mean = {list(MEAN)}, std = {list(STD)}, resize = 40, crop = 32 }}\n'
         f'description = "rigged colour classifier"\n')
     env = {**os.environ, "IABN_ZOO_REGISTRY": str(registry), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "iabn_zoo", "predict", NAME, str(colour_images["blue"]),
+    result = forkserver.run([sys.executable, "-m", "iabn_zoo", "predict", NAME, str(colour_images["blue"]),
                              "--topk", "1", "--no-progress"], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()

@@ -27,9 +27,9 @@ TIE = 1e-5
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
+def tiny_model(module_tmp):
     """The synthetic Vistas-format checkpoint, downloaded from loopback, verified and loaded via create_model."""
-    folder = tmp_path_factory.mktemp("tiny_vistas")
+    folder = module_tmp("tiny_vistas")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("IABN_ZOO_HOME", str(folder / "home"))
         with served_tiny_vistas(folder) as weights:

@@ -121,14 +121,14 @@ def assert_same_run(run: Path, reference: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_square_scenes(tmp_path_factory.mktemp("scenes") / "data", train=16, val=4, size=24)
+def data(module_tmp):
+    return write_square_scenes(module_tmp("scenes") / "data", train=16, val=4, size=24)
 
 
 @pytest.fixture(scope="module")
-def reference(data, tmp_path_factory):
+def reference(data, module_tmp):
     """Two processes, never interrupted."""
-    run = tmp_path_factory.mktemp("reference") / "run"
+    run = module_tmp("reference") / "run"
     done = finished(launch(standalone() + finetune(data, run), environment(**FLOAT64)))
     assert done.returncode == 0, done.stderr
     return run

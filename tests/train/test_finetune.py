@@ -33,9 +33,9 @@ class Interrupted(Exception):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(module_tmp):
     """resnet18 (InPlace-ABN) fine-tuned from scratch for three epochs on three colour classes."""
-    base = tmp_path_factory.mktemp("trained")
+    base = module_tmp("trained")
     data = write_colour_dataset(base / "data", train=24, val=6)
     result = finetune("resnet18", data, base / "run", epochs=3, optimizer="adamw", lr=1e-3,
                       **{**FAST, "batch_size": 8})

@@ -57,10 +57,10 @@ def running_stats(state: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict[str, Path]]:
+def two_ranks(module_tmp) -> tuple[subprocess.CompletedProcess, dict[str, Path]]:
     """One torchrun launch of two ranks fine-tuning with synchronised statistics, then without: its outcome and
     the folder of each mode. 21 training images: the sampler pads to 22, so each rank trains on 11 different ones."""
-    base = tmp_path_factory.mktemp("ddp")
+    base = module_tmp("ddp")
     data = write_colour_dataset(base / "data", train=7, val=3, size=16)
     folders = {mode: base / mode for mode in ("sync", "local")}
     for folder in folders.values():

@@ -53,8 +53,8 @@ def child_tmp():
 
 
 @pytest.fixture(scope="module")
-def squares(tmp_path_factory):
-    return write_square_scenes(tmp_path_factory.mktemp("squares") / "data", train=320, val=4)
+def squares(module_tmp):
+    return write_square_scenes(module_tmp("squares") / "data", train=320, val=4)
 
 
 def assert_nothing_left(tmp: Path, before: set[str], out: Path | None = None) -> None:

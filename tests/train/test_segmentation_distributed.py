@@ -50,9 +50,9 @@ def run(base: Path, data: Path, processes: int, batch: int) -> subprocess.Comple
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(module_tmp):
     # 13 training scenes, batches of 8 for the job: the last step has 5 images, 3 on rank 0 and 2 on rank 1
-    return write_square_scenes(tmp_path_factory.mktemp("ddp") / "data", train=13, val=5, size=24)
+    return write_square_scenes(module_tmp("ddp") / "data", train=13, val=5, size=24)
 
 
 def test_two_ranks_with_unequal_batches_match_one_process_on_the_union(tmp_path, data):

@@ -32,14 +32,14 @@ def tiny_arch():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_square_scenes(tmp_path_factory.mktemp("squares") / "data", train=24, val=8)
+def data(module_tmp):
+    return write_square_scenes(module_tmp("squares") / "data", train=24, val=8)
 
 
 @pytest.fixture(scope="module")
-def trained(data, tmp_path_factory):
+def trained(data, module_tmp):
     with tiny_arch_registered():
-        return finetune(MODEL, data, tmp_path_factory.mktemp("run") / "run", epochs=6, augment="none", **FAST)
+        return finetune(MODEL, data, module_tmp("run") / "run", epochs=6, augment="none", **FAST)
 
 
 def trivial_miou(data) -> float:

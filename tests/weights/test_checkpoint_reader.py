@@ -1,10 +1,10 @@
 """Reading checkpoints: the authors' layouts normalised to our keys, unsafe or damaged files refused, safetensors copy."""
 
-import subprocess
 import sys
 
 import pytest
 import torch
+from support import forkserver
 from support.authors_checkpoints import (
     to_2017_layout,
     with_module_prefix,
@@ -116,7 +116,7 @@ def test_malicious_fixture_really_runs_code_when_unpickled_unsafely(tmp_path):
     # The control for the test above: an unsafe torch.load (in a child process) does create the marker.
     marker = tmp_path / "marker"
     path = write_malicious_checkpoint(tmp_path / "evil.pth.tar", marker)
-    subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(path)!r}, weights_only=False)"],
+    forkserver.run([sys.executable, "-c", f"import torch; torch.load({str(path)!r}, weights_only=False)"],
                    check=True, capture_output=True, timeout=120)
     assert marker.read_text() == "unpickled"
 

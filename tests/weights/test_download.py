@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from support import forkserver
 from support.loopback_server import Fault, md5_of, random_payload
 
 from iabn_zoo.errors import ChecksumError, DownloadError, UnknownNameError
@@ -337,7 +337,7 @@ def test_a_full_disk_is_a_download_error_naming_the_file_and_leaves_nothing(loop
                         f'md5 = "{md5_of(PAYLOAD)}"\nfile_name = "big.pth"\ntask = "classification"\n'
                         'num_classes = 10\nmetrics = {}\nlicense = "test"\npreprocessing = {}\ndescription = "x"\n')
     env = {**os.environ, "IABN_ZOO_REGISTRY": str(registry), "IABN_ZOO_HOME": str(zoo_home)}
-    done = subprocess.run([sys.executable, "-c", DISK_FULL_WORKER, "big_net"], env=env, capture_output=True,
+    done = forkserver.run([sys.executable, "-c", DISK_FULL_WORKER, "big_net"], env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.stdout.startswith("CacheWriteError"), done.stdout + done.stderr
     assert str(zoo_home / "checkpoints" / "big.pth.part") in done.stdout

@@ -8,12 +8,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
-import subprocess
 import sys
 
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from support import forkserver
 from support.authors_checkpoints import write_imagenet_checkpoint
 from support.cli import REPO, registry_file
 from support.small_networks import trained_like
@@ -103,7 +103,7 @@ def test_a_mirrored_name_downloads_verifies_and_loads_in_a_fresh_process(publish
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "IABN_ZOO_HOME": str(tmp_path / "home"),
            "IABN_ZOO_REGISTRY": str(registry_file(tmp_path, entry)), "OMP_NUM_THREADS": "1",
            **hub_env(tmp_path / "hf_home")}
-    done = subprocess.run([sys.executable, "-c", LOAD, weights.name, str(tmp_path / "out.safetensors")], env=env,
+    done = forkserver.run([sys.executable, "-c", LOAD, weights.name, str(tmp_path / "out.safetensors")], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().startswith(str(tmp_path / "hf_home" / "hub")), done.stdout

@@ -5,12 +5,12 @@ float64), and loaded again with HF_HUB_OFFLINE=1 without a single request; the r
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard
+from support import forkserver
 from support.cli import REPO
 from support.hub_repos import front_matter
 
@@ -39,7 +39,7 @@ def load_in_fresh_process(hub_env, names: dict[str, str], out, hf_home, **extra:
     shapes = {kind: (f"hf-hub:{name}", INPUT[kind]) for kind, name in names.items()}
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "IABN_ZOO_HOME": str(out.parent / "zoo_home"),
            "OMP_NUM_THREADS": "1", **hub_env(hf_home, **extra)}
-    done = subprocess.run([sys.executable, "-c", LOAD, json.dumps(shapes), str(out)], env=env, capture_output=True,
+    done = forkserver.run([sys.executable, "-c", LOAD, json.dumps(shapes), str(out)], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return read_safetensors(out)

@@ -1,0 +1,258 @@
+"""A fork server for the suite's Python child processes. Importing torch costs ~2 s of CPU, most of a short CLI
+command, and the suite starts hundreds of `python -c CODE` and `python -m iabn_zoo` processes. One server per pytest
+process imports torch once and forks a child for each of them. The child takes the command's streams, environment,
+folder, umask and argv, runs the code as `__main__` as the interpreter would, and exits through the interpreter's
+own shutdown (thread joins, atexit handlers, flushed streams). Its exit status reaches the test through the server.
+
+`popen` and `run` take the arguments of subprocess.Popen and subprocess.run and return the same objects. A child
+that needs what a fork cannot give (a preexec_fn, a new session, extra fds, other start-up settings) is an ordinary
+subprocess, and ZOO_TEST_FRESH_PROCESSES=1 makes every child one.
+
+What is read at import stays a fresh process's own: the server imports torch and nothing of iabn_zoo,
+huggingface_hub or the tests (whose settings come from the environment at import), and a command whose start-up
+settings (`STARTUP_PREFIXES`) differ from the server's is not served.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[1]
+# Environment variables read when the interpreter or torch starts.
+STARTUP_PREFIXES = ("PYTHON", "TORCH", "PYTORCH", "OMP_", "MKL_", "KMP_", "LD_", "CUDA", "MALLOC", "GOMP", "LC_",
+                    "LANG")
+# The server: imports torch, then serves; a forked child comes back from `_serve` with the code of its command and
+# runs it at the top level of __main__ (emptied of the server's names), as `python -c` does.
+SERVER = (
+    "import sys\n"
+    "_path = list(sys.path)\n"
+    f"sys.path.insert(0, {str(TESTS)!r})\n"
+    "import torch\n"
+    "from support.forkserver import serve as _serve\n"
+    "exec(_serve(int(sys.argv[1]), _path))\n"
+)
+
+
+def serve(control_fd: int, path: list[str]):
+    """Fork a child for each request on the control socket; report each child's exit code on its request's own
+    socket. Exits when the control socket closes. In a child, returns the compiled code it is to run."""
+    control = socket.socket(fileno=control_fd)
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    selector = selectors.DefaultSelector()
+    selector.register(control, selectors.EVENT_READ)
+    selector.register(wake_read, selectors.EVENT_READ)
+    waiting: dict[int, socket.socket] = {}
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj is not control:
+                os.read(wake_read, 4096)
+                _report_exits(waiting)
+                continue
+            message, fds, _, _ = socket.recv_fds(control, 1 << 20, 4)
+            if not message:
+                os._exit(0)
+            reply = socket.socket(fileno=fds[0])
+            pid = os.fork()
+            if pid == 0:
+                selector.close()
+                for sock in (control, reply, *waiting.values()):
+                    sock.close()
+                os.close(wake_read)
+                os.close(wake_write)
+                return _become(json.loads(message), fds[1:], path)
+            for fd in fds[1:]:
+                os.close(fd)
+            reply.sendall(f"{pid}\n".encode())
+            waiting[pid] = reply
+
+
+def _report_exits(waiting: dict[int, socket.socket]) -> None:
+    """Reap every child that has ended and send its exit code (negative: the signal) to whoever asked for it."""
+    while waiting:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid == 0:
+            return
+        reply = waiting.pop(pid)
+        try:
+            reply.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
+        except OSError:
+            pass  # the asker is gone
+        reply.close()
+
+
+def _become(request: dict, stdio: list[int], path: list[str]):
+    """In a forked child: the signal dispositions, streams, environment, folder, umask, argv, sys.path and __main__
+    of a fresh `python -c CODE` or `python -m MODULE`; returns the code to run."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for target, fd in enumerate(stdio):
+        os.dup2(fd, target)
+    for fd in set(stdio) - {0, 1, 2}:
+        os.close(fd)
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.chdir(request["cwd"])
+    if request["umask"] >= 0:
+        os.umask(request["umask"])
+    flag, target, argv = request["flag"], request["target"], request["argv"]
+    sys.argv[:] = [flag, *argv]
+    sys.path[:] = [os.getcwd() if flag == "-m" else "", *path[1:]]
+    for name in [name for name in sys.modules if name == "support" or name.startswith("support.")]:
+        del sys.modules[name]
+    if "numpy.random" in sys.modules:
+        sys.modules["numpy.random"].seed()  # numpy's global generator, from fresh entropy as at its import
+    if "tempfile" in sys.modules:
+        sys.modules["tempfile"].tempdir = None  # read TMPDIR again, as a new process would
+    main = sys.modules["__main__"].__dict__
+    for name in [name for name in main if not name.startswith("__")]:
+        del main[name]
+    if flag == "-m":
+        target = f"import runpy\nrunpy._run_module_as_main({target!r})\n"
+    return compile(target, "<string>", "exec")
+
+
+class ForkServer:
+    """The client: starts the server on first use (in the environment of that moment) and asks it for children."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen | None = None
+        self._control: socket.socket | None = None
+        self._environment: dict[str, str] = {}
+
+    def serves(self, environment: dict[str, str]) -> bool:
+        """Whether a child in `environment` can be forked from the server (its start-up settings are the
+        server's); starts the server if needed."""
+        if os.environ.get("ZOO_TEST_FRESH_PROCESSES") == "1":
+            return False
+        with self._lock:
+            if self._process is None or self._process.poll() is not None:
+                self._start(environment)
+        return _startup(environment) == _startup(self._environment)
+
+    def _start(self, environment: dict[str, str]) -> None:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._process = subprocess.Popen([sys.executable, "-c", SERVER, str(theirs.fileno())], env=environment,
+                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        theirs.close()
+        self._control, self._environment = mine, dict(environment)
+        atexit.register(_stop, mine, self._process)
+
+    def fork(self, flag: str, target: str, argv: list[str], environment: dict[str, str], cwd: str,
+             umask: int, stdio: tuple[int, int, int]) -> tuple[int, socket.socket]:
+        """A child running `python FLAG TARGET ARGV` on the fds `stdio`: its pid, and the socket its exit code
+        arrives on."""
+        request = json.dumps({"flag": flag, "target": target, "argv": argv, "env": environment, "cwd": cwd,
+                              "umask": umask})
+        reply, theirs = socket.socketpair()
+        with theirs:
+            socket.send_fds(self._control, [request.encode()], [theirs.fileno(), *stdio])
+        pid = b""
+        while not pid.endswith(b"\n"):
+            pid += reply.recv(1)
+        return int(pid), reply
+
+
+def _stop(control: socket.socket, process: subprocess.Popen) -> None:
+    """Close the control socket, which ends the server, and wait for it."""
+    control.close()
+    process.wait()
+
+
+def _startup(environment: dict[str, str]) -> dict[str, str]:
+    return {key: value for key, value in environment.items() if key.startswith(STARTUP_PREFIXES)}
+
+
+FORK_SERVER = ForkServer()
+
+
+class ServedPopen(subprocess.Popen):
+    """subprocess.Popen whose child is forked by the fork server (`args` is `[sys.executable, "-c"|"-m", TARGET,
+    *ARGV]`): the pipes, text mode, communicate, timeouts and signals of Popen; the exit code comes from the
+    server, since the child is the server's."""
+
+    def _execute_child(self, args, executable, preexec_fn, close_fds, pass_fds, cwd, env, startupinfo,
+                       creationflags, shell, p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite,
+                       restore_signals, gid, gids, uid, umask, start_new_session, process_group):
+        stdio = (p2cread if p2cread != -1 else 0, c2pwrite if c2pwrite != -1 else 1,
+                 errwrite if errwrite != -1 else 2)
+        try:
+            self.pid, self._status = FORK_SERVER.fork(args[1], args[2], [os.fsdecode(a) for a in args[3:]],
+                                                      dict(env), os.fspath(cwd or os.getcwd()), umask, stdio)
+            self._child_created = True
+        finally:
+            self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
+
+    def _exit_code(self, timeout: float | None) -> int | None:
+        """The child's exit code once the server reports it; None if it has not within `timeout` seconds."""
+        self._status.settimeout(timeout)
+        try:
+            data = self._status.recv(64, socket.MSG_PEEK)
+        except (TimeoutError, BlockingIOError):
+            return None
+        self._status.settimeout(None)
+        data = self._status.makefile("rb").readline()
+        self._status.close()
+        if not data:
+            raise RuntimeError(f"the fork server ended before child {self.pid} did")
+        return int(data)
+
+    def _internal_poll(self, *args, **kwargs):
+        if self.returncode is None:
+            with self._waitpid_lock:
+                if self.returncode is None:
+                    self.returncode = self._exit_code(0)
+        return self.returncode
+
+    def _wait(self, timeout):
+        if self.returncode is None:
+            with self._waitpid_lock:
+                if self.returncode is None:
+                    self.returncode = self._exit_code(timeout)
+            if self.returncode is None:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+
+def popen(args: list, **kwargs) -> subprocess.Popen:
+    """subprocess.Popen(args, **kwargs), the child forked by the fork server when it can be."""
+    servable = (len(args) >= 3 and args[0] == sys.executable and args[1] in ("-c", "-m")
+                and not ({"preexec_fn", "pass_fds", "start_new_session", "process_group", "executable", "shell",
+                          "user", "group", "extra_groups"} & {key for key, value in kwargs.items() if value})
+                and kwargs.get("close_fds", True))
+    if kwargs.get("env") is None:
+        kwargs["env"] = dict(os.environ)
+    if servable and FORK_SERVER.serves(kwargs["env"]):
+        return ServedPopen(args, **kwargs)
+    return subprocess.Popen(args, **kwargs)
+
+
+def run(args: list, *, input=None, timeout: float | None = None, check: bool = False, capture_output: bool = False,
+        **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run(args, ...), the child forked by the fork server when it can be."""
+    if capture_output:
+        kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE
+    if input is not None:
+        kwargs["stdin"] = subprocess.PIPE
+    with popen(args, **kwargs) as process:
+        try:
+            stdout, stderr = process.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+    if check and process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, process.args, stdout, stderr)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
