@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto --dist loadgroup tests
+	$(PY) -m pytest -q -n auto --dist loadfile tests
 
 demo: $(STAMP)
 	$(PY) -m iabn_zoo.demo

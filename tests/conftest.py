@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import support.x` from every folder
 
+from support.forkserver import stop_servers  # noqa: E402
 from support.loopback_server import loopback_server  # noqa: E402,F401  (fixture)
 
 torch.set_num_threads(1)
@@ -82,7 +83,8 @@ def pytest_testnodedown(node, error):
 
 def pytest_sessionfinish(session, exitstatus):
     """A worker hands its peaks to the controller; a run that passed fails when its peak resident set is above
-    PEAK_RSS_LIMIT."""
+    PEAK_RSS_LIMIT. The fork servers are stopped first, so that their children count among this process's."""
+    stop_servers()
     if hasattr(session.config, "workeroutput"):
         session.config.workeroutput["peaks"] = list(peak_rss_bytes())
     elif exitstatus == 0 and over_the_limit(*run_peaks()):
@@ -106,13 +108,16 @@ def pytest_configure(config):
         os.environ.pop("PYTHONUNBUFFERED", None)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Under `--dist loadgroup`, a file's tests run in one worker (its module fixtures are built once), and the
-    HEAVY_FILES in one worker together."""
-    for item in items:
-        path = item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group("heavy" if path in HEAVY_FILES else path))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under xdist, a file's tests run in one worker (its module fixtures are built once), and the HEAVY_FILES in
+    one worker together, the largest group first. (Markers cannot do this: xdist 3.8 groups by a node id suffix
+    that pytest 9 no longer reads, so `--dist loadgroup` spreads a group over every worker.)"""
+    if config.getvalue("dist") == "each":
+        return None
+    from support.test_groups import HeavyTogether
+
+    return HeavyTogether(config, log, HEAVY_FILES)
 
 
 @pytest.hookimpl(wrapper=True)

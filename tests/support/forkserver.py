@@ -1,6 +1,6 @@
 """A fork server for the suite's Python child processes. Importing torch costs ~2 s of CPU, most of a short CLI
-command, and the suite starts hundreds of `python -c CODE` and `python -m iabn_zoo` processes. One server per pytest
-process imports torch once and forks a child for each of them. The child takes the command's streams, environment,
+command, and the suite starts hundreds of `python -c CODE` and `python -m iabn_zoo` processes. A server (per pytest
+process and set of start-up settings) imports torch once and forks a child for each of them. The child takes the command's streams, environment,
 folder, umask and argv, runs the code as `__main__` as the interpreter would, and exits through the interpreter's
 own shutdown (thread joins, atexit handlers, flushed streams). Its exit status reaches the test through the server.
 
@@ -9,8 +9,8 @@ that needs what a fork cannot give (a preexec_fn, a new session, extra fds, othe
 subprocess, and ZOO_TEST_FRESH_PROCESSES=1 makes every child one.
 
 What is read at import stays a fresh process's own: the server imports torch and nothing of iabn_zoo,
-huggingface_hub or the tests (whose settings come from the environment at import), and a command whose start-up
-settings (`STARTUP_PREFIXES`) differ from the server's is not served.
+huggingface_hub or the tests (whose settings come from the environment at import), and it starts in the child's
+start-up settings (`STARTUP_PREFIXES`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ TESTS = Path(__file__).resolve().parents[1]
 # Environment variables read when the interpreter or torch starts.
 STARTUP_PREFIXES = ("PYTHON", "TORCH", "PYTORCH", "OMP_", "MKL_", "KMP_", "LD_", "CUDA", "MALLOC", "GOMP", "LC_",
                     "LANG")
+# ... except inductor's, read when torch._inductor is first imported (never in the server; a test process sets
+# TORCHINDUCTOR_CACHE_DIR in its environment when it first compiles).
+READ_LATER = ("TORCHINDUCTOR_",)
 # The server: imports torch, then serves; a forked child comes back from `_serve` with the code of its command and
 # runs it at the top level of __main__ (emptied of the server's names), as `python -c` does.
 SERVER = (
@@ -124,31 +127,23 @@ def _become(request: dict, stdio: list[int], path: list[str]):
 
 
 class ForkServer:
-    """The client: starts the server on first use (in the environment of that moment) and asks it for children."""
+    """The client side of one server, started in `environment` (whose start-up settings its children share)."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._process: subprocess.Popen | None = None
-        self._control: socket.socket | None = None
-        self._environment: dict[str, str] = {}
-
-    def serves(self, environment: dict[str, str]) -> bool:
-        """Whether a child in `environment` can be forked from the server (its start-up settings are the
-        server's); starts the server if needed."""
-        if os.environ.get("ZOO_TEST_FRESH_PROCESSES") == "1":
-            return False
-        with self._lock:
-            if self._process is None or self._process.poll() is not None:
-                self._start(environment)
-        return _startup(environment) == _startup(self._environment)
-
-    def _start(self, environment: dict[str, str]) -> None:
+    def __init__(self, environment: dict[str, str]) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._process = subprocess.Popen([sys.executable, "-c", SERVER, str(theirs.fileno())], env=environment,
-                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
-        theirs.close()
-        self._control, self._environment = mine, dict(environment)
-        atexit.register(_stop, mine, self._process)
+        with theirs:
+            self._process = subprocess.Popen([sys.executable, "-c", SERVER, str(theirs.fileno())], env=environment,
+                                             pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        self._control = mine
+
+    def running(self) -> bool:
+        return self._process.poll() is None
+
+    def stop(self) -> None:
+        """End the server (closing its control socket ends it) and reap it, so that its children's resource use
+        counts in this process's RUSAGE_CHILDREN."""
+        self._control.close()
+        self._process.wait()
 
     def fork(self, flag: str, target: str, argv: list[str], environment: dict[str, str], cwd: str,
              umask: int, stdio: tuple[int, int, int]) -> tuple[int, socket.socket]:
@@ -165,17 +160,39 @@ class ForkServer:
         return int(pid), reply
 
 
-def _stop(control: socket.socket, process: subprocess.Popen) -> None:
-    """Close the control socket, which ends the server, and wait for it."""
-    control.close()
-    process.wait()
+# One server per set of start-up settings in use (children of `run_cli` have OMP_NUM_THREADS=1, others inherit
+# the test's environment), at most MAX_SERVERS (each holds torch, ~250 MB); past that, children start fresh.
+MAX_SERVERS = 3
+_servers: dict[tuple[tuple[str, str], ...], ForkServer] = {}
+_servers_lock = threading.Lock()
 
 
-def _startup(environment: dict[str, str]) -> dict[str, str]:
-    return {key: value for key, value in environment.items() if key.startswith(STARTUP_PREFIXES)}
+def server_for(environment: dict[str, str]) -> ForkServer | None:
+    """The server whose children start as a fresh process in `environment` would (started if needed), or None
+    when children are to start fresh."""
+    if os.environ.get("ZOO_TEST_FRESH_PROCESSES") == "1":
+        return None
+    key = tuple(sorted((k, v) for k, v in environment.items()
+                       if k.startswith(STARTUP_PREFIXES) and not k.startswith(READ_LATER)))
+    with _servers_lock:
+        server = _servers.get(key)
+        if server is not None and not server.running():
+            _servers.pop(key).stop()
+            server = None
+        if server is None and len(_servers) < MAX_SERVERS:
+            server = _servers[key] = ForkServer(environment)
+        return server
 
 
-FORK_SERVER = ForkServer()
+def stop_servers() -> None:
+    """Stop every server (the next child starts a new one)."""
+    with _servers_lock:
+        for server in _servers.values():
+            server.stop()
+        _servers.clear()
+
+
+atexit.register(stop_servers)
 
 
 class ServedPopen(subprocess.Popen):
@@ -183,13 +200,17 @@ class ServedPopen(subprocess.Popen):
     *ARGV]`): the pipes, text mode, communicate, timeouts and signals of Popen; the exit code comes from the
     server, since the child is the server's."""
 
+    def __init__(self, args: list, server: ForkServer, **kwargs) -> None:
+        self._server = server
+        super().__init__(args, **kwargs)
+
     def _execute_child(self, args, executable, preexec_fn, close_fds, pass_fds, cwd, env, startupinfo,
                        creationflags, shell, p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite,
                        restore_signals, gid, gids, uid, umask, start_new_session, process_group):
         stdio = (p2cread if p2cread != -1 else 0, c2pwrite if c2pwrite != -1 else 1,
                  errwrite if errwrite != -1 else 2)
         try:
-            self.pid, self._status = FORK_SERVER.fork(args[1], args[2], [os.fsdecode(a) for a in args[3:]],
+            self.pid, self._status = self._server.fork(args[1], args[2], [os.fsdecode(a) for a in args[3:]],
                                                       dict(env), os.fspath(cwd or os.getcwd()), umask, stdio)
             self._child_created = True
         finally:
@@ -234,8 +255,9 @@ def popen(args: list, **kwargs) -> subprocess.Popen:
                 and kwargs.get("close_fds", True))
     if kwargs.get("env") is None:
         kwargs["env"] = dict(os.environ)
-    if servable and FORK_SERVER.serves(kwargs["env"]):
-        return ServedPopen(args, **kwargs)
+    server = server_for(kwargs["env"]) if servable else None
+    if server is not None:
+        return ServedPopen(args, server, **kwargs)
     return subprocess.Popen(args, **kwargs)
 
 
