@@ -94,7 +94,8 @@ def pytest_sessionfinish(session, exitstatus):
 # Files whose tests hold gigabytes (full-size networks in float64, full-size exports, compiled graphs): one xdist
 # worker runs them one after another, so that two such peaks never add up; every other file is a group of its own.
 HEAVY_FILES = ("tests/models/test_fast_eval.py", "tests/models/test_compile.py", "tests/models/test_release.py",
-               "tests/models/test_forward_intermediates.py", "tests/deploy/test_export.py", "tests/tasks/test_segment.py")
+               "tests/models/test_forward_intermediates.py", "tests/deploy/test_export.py", "tests/tasks/test_segment.py",
+               "tests/models/test_grad_checkpointing.py", "tests/models/test_wider_resnet.py")
 
 
 def pytest_configure(config):
@@ -115,7 +116,7 @@ def pytest_xdist_make_scheduler(config, log):
     that pytest 9 no longer reads, so `--dist loadgroup` spreads a group over every worker.)"""
     if config.getvalue("dist") == "each":
         return None
-    from support.test_groups import HeavyTogether
+    from support.work_units import HeavyTogether
 
     return HeavyTogether(config, log, HEAVY_FILES)
 
