@@ -96,8 +96,8 @@ def _report_exits(waiting: dict[int, socket.socket]) -> None:
 
 
 def _become(request: dict, stdio: list[int], path: list[str]):
-    """In a forked child: the signal dispositions, streams, environment, folder, umask, argv, sys.path and __main__
-    of a fresh `python -c CODE` or `python -m MODULE`; returns the code to run."""
+    """In a forked child: the state of a fresh `python -c CODE` or `python -m MODULE` process with the request's
+    streams and settings; returns the code to run."""
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for target, fd in enumerate(stdio):
@@ -109,21 +109,51 @@ def _become(request: dict, stdio: list[int], path: list[str]):
     os.chdir(request["cwd"])
     if request["umask"] >= 0:
         os.umask(request["umask"])
-    flag, target, argv = request["flag"], request["target"], request["argv"]
-    sys.argv[:] = [flag, *argv]
+    flag, target = request["flag"], request["target"]
+    sys.argv[:] = [flag, *request["argv"]]
     sys.path[:] = [os.getcwd() if flag == "-m" else "", *path[1:]]
+    _forget_the_server()
+    if flag == "-m":
+        target = f"import runpy\nrunpy._run_module_as_main({target!r})\n"
+    code = compile(target, "<string>", "exec")
+    _hide_server_frames(code if flag == "-m" else None)
+    return code
+
+
+def _forget_the_server() -> None:
+    """Drop what the server's start left that a fresh process would not have: the tests' modules, __main__'s
+    names, the temporary folder read from the server's environment, numpy's global random state."""
     for name in [name for name in sys.modules if name == "support" or name.startswith("support.")]:
         del sys.modules[name]
-    if "numpy.random" in sys.modules:
-        sys.modules["numpy.random"].seed()  # numpy's global generator, from fresh entropy as at its import
-    if "tempfile" in sys.modules:
-        sys.modules["tempfile"].tempdir = None  # read TMPDIR again, as a new process would
     main = sys.modules["__main__"].__dict__
     for name in [name for name in main if not name.startswith("__")]:
         del main[name]
-    if flag == "-m":
-        target = f"import runpy\nrunpy._run_module_as_main({target!r})\n"
-    return compile(target, "<string>", "exec")
+    if "tempfile" in sys.modules:
+        sys.modules["tempfile"].tempdir = None
+    if "numpy.random" in sys.modules:
+        sys.modules["numpy.random"].seed()  # from fresh entropy, as at its import
+
+
+def _hide_server_frames(shim) -> None:
+    """An uncaught exception prints the traceback a fresh process would: without the server's frame (nor the
+    `-m` shim's, `shim`)."""
+    outermost = sys._getframe()
+    while outermost.f_back is not None:
+        outermost = outermost.f_back
+    hidden = {outermost.f_code, shim} - {None}
+
+    def print_uncaught(kind, value, tb) -> None:
+        value.__traceback__ = _without(hidden, tb)  # what the interpreter prints is the exception's own traceback
+        sys.__excepthook__(kind, value, value.__traceback__)
+
+    sys.excepthook = print_uncaught
+
+
+def _without(hidden: set, tb):
+    """A traceback less its leading frames in `hidden` (the server's own, which a fresh process does not have)."""
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code in hidden:
+        tb = tb.tb_next
+    return tb
 
 
 class ForkServer:
