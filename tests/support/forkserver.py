@@ -185,8 +185,11 @@ class ForkServer:
         with theirs:
             socket.send_fds(self._control, [request.encode()], [theirs.fileno(), *stdio])
         pid = b""
-        while not pid.endswith(b"\n"):
-            pid += reply.recv(1)
+        while not pid.endswith(b"\n"):  # a byte at a time: the exit code may follow on the same socket
+            byte = reply.recv(1)
+            if not byte:
+                raise RuntimeError("the fork server ended before it forked the child")
+            pid += byte
         return int(pid), reply
 
 
