@@ -21,6 +21,12 @@ PROBE = (
 )
 
 
+@pytest.fixture(autouse=True)
+def room_for_a_server():
+    """Earlier tests of this process may hold every server the cap allows (each for its start-up settings)."""
+    forkserver.stop_servers()
+
+
 def both_ways(args: list[str], **kwargs) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
     """`args` run by the fork server (checked to be served) and as a fresh subprocess."""
     environment = kwargs.setdefault("env", dict(os.environ))
