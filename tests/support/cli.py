@@ -56,9 +56,9 @@ class Finished:
 def run_cli(*argv: object, env: dict[str, str] | None = None, plugins: bool = False, umask: int | None = None,
             memory_limit: int | None = None, tty: bool = False, answer: str | None = None,
             block_imports: tuple[str, ...] = (), timeout: float = 240) -> Finished:
-    """Run `iabn-zoo ARGV` in a new process (forked by the fork server, see support/forkserver.py). `tty` gives it a terminal on stderr (and on stdin when `answer` is
-    typed there); `memory_limit` caps its address space (RLIMIT_AS, bytes); `block_imports` makes those top-level
-    packages unimportable."""
+    """Run `iabn-zoo ARGV` in a new process (forked by the fork server, see support/forkserver.py). `tty` gives
+    it a terminal on stderr (and on stdin when `answer` is typed there); `memory_limit` caps its address space
+    (RLIMIT_AS, bytes); `block_imports` makes those top-level packages unimportable."""
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "COLUMNS": "200", **(env or {})}
     if plugins:
         environment["ZOO_TEST_PLUGINS"] = "1"
